@@ -1,0 +1,166 @@
+"""Which implementation runs an op.
+
+Backends:
+
+* ``reference`` - plain PyTorch (``reference.py``) with PyTorch's autograd; runs anywhere.
+* ``triton``    - the Triton kernels in ``convnext_fast.kernels``; CUDA tensors, or CPU tensors
+                  when ``TRITON_INTERPRET=1`` was set before import (how CI tests the kernels).
+* ``cuda``      - the compiled extension's CUDA kernels (CUDA tensors).
+* ``cpu``       - the compiled extension's C++ kernels (CPU tensors).
+* ``auto``      - the fastest available for the tensors' device; falls back quietly.
+
+The choice comes from, in order: ``use_backend()`` / ``set_backend()``, else the environment variable
+``CONVNEXT_FAST_BACKEND``, else ``auto``. Policy (Liger-Kernel's): ``auto`` may fall back quietly; a
+backend asked for by name that cannot run on the given tensors raises :class:`BackendUnavailableError`
+saying why. Nothing here touches the GPU at import time.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from types import ModuleType
+from typing import Iterator
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "available_backends",
+    "get_backend",
+    "resolve",
+    "set_backend",
+    "use_backend",
+]
+
+BACKENDS = ("auto", "reference", "triton", "cuda", "cpu")
+OPS = ("depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm")
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend asked for by name cannot run on the given tensors (the message says why)."""
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"unknown convnext_fast backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name.lower()
+
+
+# Read once: Triton's interpreter mode is fixed when triton is first imported, so a later change of
+# the variable could not take effect anyway.
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# A module-level string (not a dict or a thread-local) so torch.compile guards on its value and
+# recompiles when the backend changes.
+_requested: str = _check_name(os.environ.get("CONVNEXT_FAST_BACKEND", "auto"))
+
+
+def set_backend(name: str) -> None:
+    """Select the backend for all following calls (``auto``, ``reference``, ``triton``, ``cuda``, ``cpu``)."""
+    global _requested
+    _requested = _check_name(name)
+
+
+def get_backend() -> str:
+    """The backend currently requested (possibly ``auto``)."""
+    return _requested
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Context manager: run the enclosed code with backend ``name``, then restore the previous one."""
+    global _requested
+    previous = _requested
+    _requested = _check_name(name)
+    try:
+        yield
+    finally:
+        _requested = previous
+
+
+# ----------------------------------------------------------------------------------------------
+# Capability checks. Each returns None when the backend can run on `device_type`, else the reason.
+# They depend only on the installation, never on tensor values, so torch.compile may treat their
+# result as a constant (assume_constant_result) instead of tracing imports.
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_reason(device_type: str) -> str:
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (pip install triton)"
+    if device_type == "cuda":
+        return ""
+    if device_type == "cpu":
+        if _TRITON_INTERPRET:
+            return ""
+        return ("the triton backend runs CPU tensors only through Triton's interpreter; set "
+                "TRITON_INTERPRET=1 before importing convnext_fast (slow: for tests only)")
+    return f"the triton backend does not support {device_type} tensors"
+
+
+@functools.lru_cache(maxsize=None)
+def _extension_reason(backend: str, device_type: str) -> str:
+    if backend != device_type:
+        return f"the {backend} backend runs {backend.upper()} tensors only, got {device_type} tensors"
+    from . import extension
+
+    return extension.unavailable_reason(device_type)
+
+
+@torch.compiler.assume_constant_result
+def _unavailable_reason(backend: str, device_type: str) -> str:
+    if backend == "reference":
+        return ""
+    if backend == "triton":
+        return _triton_reason(device_type)
+    return _extension_reason(backend, device_type)
+
+
+# `auto` preference per (device type, op), fastest first. On CUDA the order comes from the
+# measurements in benchmarks/results/ (see README); on CPU the compiled extension beats eager
+# PyTorch and the interpreter is never chosen automatically.
+_AUTO_ORDER = {
+    "cuda": {op: ("triton", "cuda", "reference") for op in OPS},
+    "cpu": {op: ("cpu", "reference") for op in OPS},
+}
+
+
+def resolve(op: str, device: torch.device) -> str:
+    """The concrete backend (never ``auto``) that runs ``op`` on tensors on ``device``."""
+    requested = _requested
+    device_type = device.type
+    if requested != "auto":
+        reason = _unavailable_reason(requested, device_type)
+        if reason:
+            raise BackendUnavailableError(f"convnext_fast backend {requested!r} cannot run {op}: {reason}")
+        return requested
+    for candidate in _AUTO_ORDER.get(device_type, {}).get(op, ("reference",)):
+        if not _unavailable_reason(candidate, device_type):
+            return candidate
+    return "reference"
+
+
+def implementation(backend: str) -> ModuleType:
+    """The module holding the forward/backward functions of a concrete, non-reference backend.
+
+    Every such module provides ``dwconv_forward``, ``dwconv_backward``, ``layer_norm_forward``,
+    ``layer_norm_backward``, ``dwconv_ln_forward`` and ``dwconv_ln_backward`` with the signatures
+    documented in ``convnext_fast/ops.py``.
+    """
+    if backend == "triton":
+        from . import kernels
+
+        return kernels
+    if backend in ("cuda", "cpu"):
+        from . import extension
+
+        return extension
+    raise ValueError(f"backend {backend!r} has no kernel implementation module")
+
+
+def available_backends(device_type: str) -> dict[str, str]:
+    """For each concrete backend: '' if it can run on ``device_type``, else the reason it cannot."""
+    return {b: _unavailable_reason(b, device_type) for b in BACKENDS if b != "auto"}
