@@ -1,0 +1,44 @@
+"""Shared test setup.
+
+On a machine without a GPU the Triton kernels run through Triton's CPU interpreter; the variable
+must be set before triton is imported, so it is set here, before anything imports convnext_fast.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import convnext_fast  # noqa: E402
+from convnext_fast.backend import available_backends  # noqa: E402
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+
+
+def kernel_backends() -> list[str]:
+    """The non-reference backends that can run on DEVICE here (triton via the interpreter on CPU)."""
+    status = available_backends(DEVICE.type)
+    return [b for b in ("triton", "cuda", "cpu") if status[b] == ""]
+
+
+@pytest.fixture(params=kernel_backends() or ["<none>"])
+def kernel_backend(request):
+    """Each kernel backend in turn, selected with use_backend for the duration of the test."""
+    if request.param == "<none>":
+        pytest.skip("no kernel backend can run here")
+    with convnext_fast.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
