@@ -1,0 +1,92 @@
+"""Compile every Triton kernel, at the configurations its launcher uses, for a GPU that need not be here.
+
+The Triton interpreter runs code a GPU would refuse or run badly (non-power-of-2 ranges, shared
+memory over the limit, register arrays spilled to local memory). Triton's ahead-of-time compiler
+catches those on a machine without a GPU: this module compiles each ``aot_configs()`` entry of the
+kernel modules for the named targets and reads registers, stack (spills) and shared memory from
+the cubin with the ``cuobjdump`` that ships in the triton wheel.
+
+Usage: ``python -m convnext_fast.aot_check [--arch 90 80] [--json]``. Must run with
+``TRITON_INTERPRET`` unset (under the interpreter ``@triton.jit`` functions cannot be compiled).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+KERNEL_MODULES = (
+    "convnext_fast.kernels.depthwise_conv",
+    "convnext_fast.kernels.layer_norm",
+    "convnext_fast.kernels.dwconv_layer_norm",
+)
+
+_RESOURCE_RE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not path.exists():
+        raise FileNotFoundError(f"cuobjdump not found in the triton wheel at {path}")
+    return str(path)
+
+
+def compile_config(cfg: dict, arch: int) -> dict:
+    """Compile one config for sm_<arch>; return name, arch, registers, stack bytes, shared bytes."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    src = ASTSource(fn=cfg["kernel"], signature=cfg["signature"], constexprs=cfg.get("constexprs", {}))
+    options = {"num_warps": cfg.get("num_warps", 4)}
+    if "num_stages" in cfg:
+        options["num_stages"] = cfg["num_stages"]
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        out = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                             check=True).stdout
+    match = _RESOURCE_RE.search(out)
+    if match is None:
+        raise RuntimeError(f"could not read the resource usage of {cfg['name']}:\n{out}")
+    regs, stack, shared, local = (int(g) for g in match.groups())
+    return {"name": cfg["name"], "arch": arch, "registers": regs, "stack_bytes": stack,
+            "shared_bytes": max(shared, int(compiled.metadata.shared)), "local_bytes": local,
+            "spills": stack > 0 or local > 0}
+
+
+def all_configs() -> list[dict]:
+    configs: list[dict] = []
+    for name in KERNEL_MODULES:
+        configs.extend(importlib.import_module(name).aot_configs())
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities (90 = H100)")
+    parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled for a GPU")
+    rows = [compile_config(cfg, arch) for cfg in all_configs() for arch in args.arch]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"{'kernel config':60s} {'sm':>3s} {'regs':>5s} {'stack':>6s} {'smem':>7s}")
+        for r in rows:
+            print(f"{r['name']:60s} {r['arch']:>3d} {r['registers']:>5d} {r['stack_bytes']:>6d} {r['shared_bytes']:>7d}")
+    return 1 if any(r["spills"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The elementwise tails of a ConvNeXt block, each written as one pass over memory.
+
+A ConvNeXt block (Liu et al., "A ConvNet for the 2020s", CVPR 2022) ends its MLP with two
+memory-bound steps that eager PyTorch runs as separate kernels:
+
+* bias + GELU after the first pointwise layer (``Linear(C, 4C)``);
+* layer scale ``gamma``, stochastic depth and the residual add after the second one.
+
+The functions here express each step in the fewest PyTorch passes (the bias rides in the GEMM
+epilogue of ``addmm``; ``addcmul`` does scale + residual in one pass), in plain differentiable
+PyTorch that ``torch.compile`` fuses further and that a later Triton kernel can take over behind
+the same signature. ConvNeXt V2's Global Response Normalization (Woo et al., "ConvNeXt V2:
+Co-designing and Scaling ConvNets with Masked Autoencoders", CVPR 2023) lives here too.
+
+All functions take the NHWC view ``x.permute(0, 2, 3, 1)`` of a channels_last tensor, where the
+channel dimension is last and contiguous.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["linear_gelu", "layer_scale_residual", "drop_path_scale", "global_response_norm"]
+
+
+def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``GELU(x @ weight.T + bias)`` with the exact (erf) GELU of the official ConvNeXt.
+
+    The bias is added inside the GEMM (``addmm``'s epilogue); GELU is one more elementwise pass.
+    PyTorch's own fused ``_addmm_activation`` is not used: it applies the tanh approximation.
+
+    Args:
+        x: (..., C_in), channels last.
+        weight: (C_out, C_in).
+        bias: optional (C_out,).
+
+    Returns:
+        (..., C_out).
+    """
+    return F.gelu(F.linear(x, weight, bias))
+
+
+def drop_path_scale(x: Tensor, drop_prob: float, training: bool) -> Optional[Tensor]:
+    """Per-sample stochastic-depth factor: 0 for a dropped sample, ``1 / keep_prob`` for a kept one.
+
+    Args:
+        x: the residual branch, (N, ...).
+        drop_prob: probability of dropping a sample's branch.
+        training: stochastic depth is active only in training.
+
+    Returns:
+        None when nothing is dropped (eval mode or ``drop_prob == 0``), else an (N, 1, ..., 1) tensor
+        of x's dtype (rank of x) to multiply into the branch.
+    """
+    if not training or drop_prob <= 0.0:
+        return None
+    keep_prob = 1.0 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    return x.new_empty(shape).bernoulli_(keep_prob).div_(keep_prob)
+
+
+def layer_scale_residual(x: Tensor, gamma: Optional[Tensor], shortcut: Tensor,
+                         drop_scale: Optional[Tensor] = None) -> Tensor:
+    """``shortcut + drop_scale * gamma * x`` in one pass (``torch.addcmul``).
+
+    Dtypes follow PyTorch's type promotion, as in timm's block: under autocast a float32 ``gamma``
+    makes the residual stream float32, like timm's ``x.mul(gamma) + shortcut``.
+
+    Args:
+        x: the residual branch, (N, H, W, C).
+        gamma: layer scale (C,), or None (ConvNeXt V2 has none).
+        shortcut: the block input, (N, H, W, C).
+        drop_scale: optional (N, 1, 1, 1) stochastic-depth factor from :func:`drop_path_scale`.
+
+    Returns:
+        (N, H, W, C) block output.
+    """
+    if gamma is None:
+        if drop_scale is None:
+            return shortcut + x
+        return torch.addcmul(shortcut, x, drop_scale)
+    scale = gamma if drop_scale is None else gamma * drop_scale
+    return torch.addcmul(shortcut, x, scale)
+
+
+def global_response_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) -> Tensor:
+    """ConvNeXt V2 Global Response Normalization over the NHWC tensor ``x``.
+
+    ``g = ||x||_2 over (H, W)``; ``n = g / (mean_C(g) + eps)``; ``y = x + bias + weight * (x * n)``.
+    The spatial norm and its channel mean are computed in float32 (float64 for float64 input), so
+    bfloat16/float16 inputs neither overflow nor lose the statistic; the output has x's dtype.
+
+    Args:
+        x: (N, H, W, C).
+        weight, bias: (C,) (the official ``gamma``/``beta``, timm's ``weight``/``bias``).
+        eps: added to the channel mean of the norms.
+
+    Returns:
+        (N, H, W, C), dtype of x.
+    """
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xc = x.to(compute)
+    gx = torch.linalg.vector_norm(xc, ord=2, dim=(1, 2), keepdim=True)
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)
+    y = xc + torch.addcmul(bias.to(compute), weight.to(compute), xc * nx)
+    return y.to(x.dtype)

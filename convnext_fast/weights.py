@@ -1,0 +1,418 @@
+"""ConvNeXt checkpoints: read them safely, recognise their layout, map them onto a model.
+
+Three layouts are in use for the same networks:
+
+* **official** (facebookresearch/ConvNeXt, Liu et al., "A ConvNet for the 2020s", CVPR 2022, and
+  facebookresearch/ConvNeXt-V2, Woo et al., "ConvNeXt V2", CVPR 2023): ``downsample_layers.*``,
+  ``stages.i.j.dwconv/norm/pwconv1/pwconv2/gamma``, ``grn.gamma/beta`` of shape (1, 1, 1, C),
+  final ``norm`` and ``head``; checkpoints wrap the state dict under ``model``.
+* **timm**: ``stem.*``, ``stages.i.downsample.*``, ``stages.i.blocks.j.conv_dw/norm/mlp.fc1/
+  mlp.fc2/mlp.grn.weight/bias/gamma``, ``norm_pre``, ``head.norm``, ``head.fc``; the small models
+  (``conv_mlp``) store the MLP as (C_out, C_in, 1, 1) conv weights.
+* **torchvision**: ``features.*`` (stem, stages and downsampling layers interleaved),
+  ``block.0/2/3/5``, ``layer_scale`` of shape (C, 1, 1), ``classifier.0/2``.
+
+:class:`convnext_fast.models.ConvNeXt` uses the timm names, which serve as the canonical layout
+here: a source is detected, renamed to timm keys, renamed to the target model's layout, and
+reshaped where the two differ only by size-1 dimensions.
+
+Files are read without executing code: ``torch.load(..., weights_only=True)`` for pickles and
+``safetensors.torch.load_file`` for ``.safetensors``. Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointError",
+    "LAYOUTS",
+    "read_checkpoint",
+    "unwrap_state_dict",
+    "detect_layout",
+    "convert_state_dict",
+    "load_weights",
+    "resolve_pretrained",
+]
+
+LAYOUTS = ("official", "timm", "torchvision")
+_WRAPPER_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema", "module")
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+StateDict = Dict[str, Tensor]
+Source = Union[str, "os.PathLike[str]", Mapping[str, Any]]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit the model (the message names the keys)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+
+def read_checkpoint(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+    """Load a checkpoint file onto the CPU without executing code from it.
+
+    Args:
+        path: a ``.safetensors`` file, or a PyTorch pickle (``.pth``, ``.pt``, ``.bin``, ...).
+
+    Returns:
+        The loaded dict (a state dict or a checkpoint wrapping one).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the pickle needs code execution (``weights_only=True`` refused it) or
+            the file is not a checkpoint.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path!r}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path!r}: it is not a plain tensor checkpoint, and loading it would run code "
+            f"from the file (torch.load(weights_only=True) rejected it: {e}). Save a state dict "
+            f"(torch.save(model.state_dict(), path)) or convert the file to safetensors from a trusted "
+            f"environment.") from e
+    except Exception as e:  # zip/pickle corruption and the like
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a state dict")
+    return dict(obj)
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> StateDict:
+    """The state dict inside a checkpoint.
+
+    Accepts a state dict itself or a dict wrapping one under ``model``, ``state_dict`` (then
+    ``model_ema``, ``state_dict_ema``); strips the ``module.`` (DDP) and ``_orig_mod.``
+    (torch.compile) prefixes.
+
+    Raises:
+        CheckpointError: no state dict found, or non-tensor values in it.
+    """
+    sd: Any = checkpoint
+    for key in _WRAPPER_KEYS:
+        inner = sd.get(key) if isinstance(sd, Mapping) else None
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+            sd = inner
+            break
+    if not isinstance(sd, Mapping) or not sd:
+        raise CheckpointError("checkpoint holds no state dict (expected a dict of tensors, possibly under 'model' "
+                              "or 'state_dict')")
+    bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint is not a state dict: non-tensor entries {bad[:8]} (top-level keys: "
+                              f"{list(sd)[:8]}); expected a dict of tensors, possibly under 'model' or 'state_dict'")
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _STRIP_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts
+# ----------------------------------------------------------------------------------------------
+
+
+def detect_layout(keys: Any) -> str:
+    """``"official"``, ``"timm"`` or ``"torchvision"`` for a state dict (or its keys).
+
+    Raises:
+        CheckpointError: the keys fit none of them.
+    """
+    keys = list(keys)
+    if any(k.startswith("features.0.0.") for k in keys) or any(k.startswith("classifier.") for k in keys):
+        return "torchvision"
+    if any(k.startswith("downsample_layers.") for k in keys) or any(re.match(r"stages\.\d+\.\d+\.", k) for k in keys):
+        return "official"
+    if any(k.startswith("stem.") for k in keys) or any(re.match(r"stages\.\d+\.blocks\.", k) for k in keys):
+        return "timm"
+    raise CheckpointError(f"cannot tell the ConvNeXt layout of this state dict (first keys: {keys[:6]}); expected "
+                          f"the official (downsample_layers.*, stages.i.j.*), timm (stem.*, stages.i.blocks.j.*) "
+                          f"or torchvision (features.*, classifier.*) layout")
+
+
+_BLOCK_OFFICIAL_TO_TIMM = {
+    "dwconv.": "conv_dw.", "norm.": "norm.", "pwconv1.": "mlp.fc1.", "pwconv2.": "mlp.fc2.",
+    "grn.gamma": "mlp.grn.weight", "grn.beta": "mlp.grn.bias", "gamma": "gamma",
+}
+_BLOCK_TV_TO_TIMM = {
+    "block.0.": "conv_dw.", "block.2.": "norm.", "block.3.": "mlp.fc1.", "block.5.": "mlp.fc2.",
+    "layer_scale": "gamma",
+}
+_BLOCK_TIMM_ALIASES = {"mlp.grn.gamma": "mlp.grn.weight", "mlp.grn.beta": "mlp.grn.bias"}
+
+
+def _rename_block(rest: str, table: Mapping[str, str]) -> Optional[str]:
+    for src, dst in table.items():
+        if rest == src or (src.endswith(".") and rest.startswith(src)):
+            return dst + rest[len(src):] if src.endswith(".") else dst
+    return None
+
+
+def _official_to_timm(k: str) -> Optional[str]:
+    if k.startswith("downsample_layers.0."):
+        return "stem." + k[len("downsample_layers.0."):]
+    m = re.match(r"downsample_layers\.(\d+)\.(.*)", k)
+    if m:
+        return f"stages.{m[1]}.downsample.{m[2]}"
+    m = re.match(r"stages\.(\d+)\.(\d+)\.(.*)", k)
+    if m:
+        rest = _rename_block(m[3], _BLOCK_OFFICIAL_TO_TIMM)
+        return None if rest is None else f"stages.{m[1]}.blocks.{m[2]}.{rest}"
+    if k.startswith("norm."):
+        return "head.norm." + k[len("norm."):]
+    if k.startswith("head."):
+        return "head.fc." + k[len("head."):]
+    return None
+
+
+def _timm_to_official(k: str) -> Optional[str]:
+    if k.startswith("stem."):
+        return "downsample_layers.0." + k[len("stem."):]
+    m = re.match(r"stages\.(\d+)\.downsample\.(.*)", k)
+    if m:
+        return f"downsample_layers.{m[1]}.{m[2]}"
+    m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.*)", k)
+    if m:
+        inverse = {v: s for s, v in _BLOCK_OFFICIAL_TO_TIMM.items()}
+        rest = _rename_block(m[3], inverse)
+        return None if rest is None else f"stages.{m[1]}.{m[2]}.{rest}"
+    if k.startswith("head.norm."):
+        return "norm." + k[len("head.norm."):]
+    if k.startswith("head.fc."):
+        return "head." + k[len("head.fc."):]
+    return None
+
+
+def _tv_to_timm(k: str) -> Optional[str]:
+    m = re.match(r"features\.(\d+)\.(.*)", k)
+    if m:
+        idx, rest = int(m[1]), m[2]
+        if idx == 0:
+            return "stem." + rest
+        if idx % 2 == 0:  # downsampling layer in front of stage idx/2
+            return f"stages.{idx // 2}.downsample.{rest}"
+        m2 = re.match(r"(\d+)\.(.*)", rest)
+        if not m2:
+            return None
+        brest = _rename_block(m2[2], _BLOCK_TV_TO_TIMM)
+        return None if brest is None else f"stages.{(idx - 1) // 2}.blocks.{m2[1]}.{brest}"
+    if k.startswith("classifier.0."):
+        return "head.norm." + k[len("classifier.0."):]
+    if k.startswith("classifier.2."):
+        return "head.fc." + k[len("classifier.2."):]
+    return None
+
+
+def _timm_to_tv(k: str) -> Optional[str]:
+    if k.startswith("stem."):
+        return "features.0." + k[len("stem."):]
+    m = re.match(r"stages\.(\d+)\.downsample\.(.*)", k)
+    if m:
+        return f"features.{2 * int(m[1])}.{m[2]}"
+    m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.*)", k)
+    if m:
+        rest = _rename_block(m[3], {v: s for s, v in _BLOCK_TV_TO_TIMM.items()})
+        return None if rest is None else f"features.{2 * int(m[1]) + 1}.{m[2]}.{rest}"
+    if k.startswith("head.norm."):
+        return "classifier.0." + k[len("head.norm."):]
+    if k.startswith("head.fc."):
+        return "classifier.2." + k[len("head.fc."):]
+    return None
+
+
+def _timm_to_timm(k: str) -> Optional[str]:
+    m = re.match(r"(stages\.\d+\.blocks\.\d+\.)(.*)", k)
+    if m and m[2] in _BLOCK_TIMM_ALIASES:
+        return m[1] + _BLOCK_TIMM_ALIASES[m[2]]
+    return k
+
+
+_TO_TIMM: Dict[str, Callable[[str], Optional[str]]] = {
+    "official": _official_to_timm, "timm": _timm_to_timm, "torchvision": _tv_to_timm}
+_FROM_TIMM: Dict[str, Callable[[str], Optional[str]]] = {
+    "official": _timm_to_official, "timm": lambda k: k, "torchvision": _timm_to_tv}
+
+
+def _layout_shape(layout: str, key: str, t: Tensor) -> Tensor:
+    """Reshape a tensor to the convention of ``layout`` (used when no target model is known)."""
+    if layout == "official":
+        if re.search(r"\.pwconv[12]\.weight$", key) and t.dim() == 4:
+            return t.flatten(1)
+        if re.search(r"\.grn\.(gamma|beta)$", key):
+            return t.reshape(1, 1, 1, -1)
+    if layout == "torchvision":
+        if key.endswith(".layer_scale"):
+            return t.reshape(-1, 1, 1)
+        if re.search(r"\.block\.[35]\.weight$", key) and t.dim() == 4:
+            return t.flatten(1)
+    if layout == "timm" and re.search(r"(\.mlp\.grn\.(weight|bias)|\.gamma)$", key):
+        return t.reshape(-1)
+    return t
+
+
+def convert_state_dict(state_dict: Mapping[str, Tensor], to: str = "timm",
+                       source_layout: Optional[str] = None) -> StateDict:
+    """Rename a ConvNeXt state dict from its layout (detected) to layout ``to``.
+
+    Args:
+        state_dict: official, timm or torchvision keys (use :func:`unwrap_state_dict` first for
+            wrapped checkpoints).
+        to: ``"official"``, ``"timm"`` (also :class:`convnext_fast.models.ConvNeXt`'s layout) or
+            ``"torchvision"``.
+        source_layout: skip detection.
+
+    Returns:
+        A new dict with the same tensors (reshaped views where the layouts differ in shape).
+
+    Raises:
+        CheckpointError: keys that have no counterpart in the target layout (named).
+    """
+    if to not in LAYOUTS:
+        raise ValueError(f"unknown layout {to!r}; choose one of {', '.join(LAYOUTS)}")
+    src = source_layout or detect_layout(state_dict.keys())
+    if src not in LAYOUTS:
+        raise ValueError(f"unknown layout {src!r}; choose one of {', '.join(LAYOUTS)}")
+    out: StateDict = {}
+    unmapped: List[str] = []
+    for k, v in state_dict.items():
+        canon = _TO_TIMM[src](k)
+        new = None if canon is None else _FROM_TIMM[to](canon)
+        if new is None:
+            unmapped.append(k)
+            continue
+        out[new] = _layout_shape(to, new, v)
+    if unmapped:
+        raise CheckpointError(f"{len(unmapped)} key(s) of the {src}-layout state dict have no counterpart in the "
+                              f"{to} layout: {unmapped[:20]}")
+    return out
+
+
+def _squeezed(shape: Tuple[int, ...]) -> List[int]:
+    return [s for s in shape if s != 1]
+
+
+def load_weights(model: nn.Module, source: Source, strict: bool = True,
+                 assign: bool = False) -> Tuple[List[str], List[str]]:
+    """Load weights in the official, timm or torchvision layout into ``model``.
+
+    The source layout is detected and mapped onto the model's own layout (a
+    :class:`convnext_fast.models.ConvNeXt` uses timm's; a timm or torchvision model, converted or
+    not, uses its own). Tensors that differ only by size-1 dimensions (1x1 conv vs Linear MLP
+    weights, official GRN (1, 1, 1, C), torchvision layer scale (C, 1, 1)) are reshaped. A model
+    without a classifier (``num_classes=0``) ignores the checkpoint's classifier.
+
+    Args:
+        model: the model to fill (in place).
+        source: a checkpoint path (``.pth``/``.pt``/``.safetensors``; loaded with
+            ``weights_only=True`` or safetensors, never executing code), a state dict, or a
+            checkpoint dict wrapping one under ``model``/``state_dict``.
+        strict: raise on missing or unexpected keys (default). With ``strict=False`` they are
+            returned instead; shape mismatches always raise.
+        assign: replace the model's parameters by the checkpoint's tensors (cast to each
+            parameter's dtype, and copied when ``source`` is a caller's dict, so the model never
+            shares memory with it) instead of copying into them. For models built on the meta
+            device (the factories do this when given ``pretrained=``): nothing is initialized twice.
+
+    Returns:
+        ``(missing_keys, unexpected_keys)`` in the model's naming (empty when ``strict``).
+
+    Raises:
+        CheckpointError: missing / unexpected keys (named), mismatched shapes, unreadable files,
+            pickles that would execute code.
+    """
+    from_file = isinstance(source, (str, os.PathLike))
+    if assign and not strict:
+        raise ValueError("load_weights(assign=True) needs strict=True: a missing key would leave a parameter unset")
+    if from_file:
+        checkpoint: Mapping[str, Any] = read_checkpoint(source)
+    elif isinstance(source, Mapping):
+        checkpoint = source
+    else:
+        raise TypeError(f"load_weights expects a file path or a state dict, got {type(source).__name__}")
+    sd = unwrap_state_dict(checkpoint)
+    target = model.state_dict()
+    target_layout = detect_layout(target.keys())
+    mapped = convert_state_dict(sd, to=target_layout)
+
+    # A model built without a classifier ignores the checkpoint's classifier.
+    head_prefix = {"timm": "head.fc.", "official": "head.", "torchvision": "classifier.2."}[target_layout]
+    if not any(k.startswith(head_prefix) for k in target):
+        mapped = {k: v for k, v in mapped.items() if not k.startswith(head_prefix)}
+
+    missing = sorted(set(target) - set(mapped))
+    unexpected = sorted(set(mapped) - set(target))
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected[:20]}"
+                         f"{' ...' if len(unexpected) > 20 else ''}")
+        raise CheckpointError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(parts)
+                              + "  (check the model variant, num_classes and head options)")
+    bad_shapes = []
+    final: StateDict = {}
+    for k, v in mapped.items():
+        if k not in target:
+            continue
+        want = tuple(target[k].shape)
+        if tuple(v.shape) != want:
+            if _squeezed(tuple(v.shape)) != _squeezed(want):
+                bad_shapes.append(f"{k}: checkpoint {tuple(v.shape)} vs model {want}")
+                continue
+            v = v.reshape(want)
+        if assign:
+            dtype = target[k].dtype
+            v = v.to(dtype) if v.dtype != dtype or from_file else v.to(dtype, copy=True)
+        final[k] = v
+    if bad_shapes:
+        raise CheckpointError(f"checkpoint shapes do not fit {type(model).__name__}: {bad_shapes[:20]}"
+                              f"  (a different model size, or num_classes: pass num_classes=... to the factory)")
+    model.load_state_dict(final, strict=False, assign=assign)
+    return missing, unexpected
+
+
+def resolve_pretrained(name: str, pretrained: Any) -> Optional[Source]:
+    """Validate a factory's ``pretrained=`` argument: None/False, a local file or a state dict.
+
+    Raises:
+        ValueError: ``True`` or a string that is not an existing file (e.g. a hub name): nothing
+            is downloaded, the message says how to pass a local file.
+        TypeError: anything else.
+    """
+    if pretrained is None or pretrained is False:
+        return None
+    how = (f"convnext_fast never downloads weights. Download a checkpoint yourself (e.g. timm's "
+           f"'{name}' weights from the Hugging Face hub, torchvision's, or the official release) and pass the "
+           f"local file: {name}(pretrained='/path/to/weights.safetensors' or '.pth'), or a state dict: "
+           f"{name}(pretrained=timm.create_model('{name}', pretrained=True).state_dict())")
+    if pretrained is True:
+        raise ValueError(f"{name}(pretrained=True): {how}")
+    if isinstance(pretrained, (str, os.PathLike)):
+        if not os.path.isfile(os.fspath(pretrained)):
+            raise ValueError(f"{name}(pretrained={os.fspath(pretrained)!r}): no such file. {how}")
+        return pretrained
+    if isinstance(pretrained, Mapping):
+        return pretrained
+    raise TypeError(f"{name}(pretrained=...) expects a file path or a state dict, got {type(pretrained).__name__}")
