@@ -1,13 +1,149 @@
-"""The compiled extension (``convnext_fast._C``) as the ``cuda`` and ``cpu`` backends.
+"""The compiled extension (``convnext_fast._C``, sources in ``csrc/``) as the ``cuda`` and ``cpu`` backends.
 
-Loaded lazily: importing convnext_fast never imports it.
+Loaded lazily: importing convnext_fast never imports it. The six launchers implement the backend
+contract documented in ``convnext_fast/ops.py``; the C++ side dispatches by the tensors' device.
+
+Inputs may have any strides: activations are made dense channels_last with
+``.contiguous(memory_format=torch.channels_last)`` before the C++ call (a no-op for the usual
+channels_last input; a copy for contiguous NCHW, sliced views and expanded stride-0 gradients),
+because the kernels index dense NHWC memory. Outputs are allocated here through
+``convnext_fast.layout`` exactly as every backend and the fake implementations allocate them.
 """
 from __future__ import annotations
 
 import functools
+from types import ModuleType
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .layout import empty_channels_last, stats_dtype, stats_shape
+
+__all__ = [
+    "build_info",
+    "dwconv_backward",
+    "dwconv_forward",
+    "dwconv_ln_backward",
+    "dwconv_ln_forward",
+    "layer_norm_backward",
+    "layer_norm_forward",
+    "unavailable_reason",
+]
+
+_REBUILD_HINT = "reinstall with torch and a C++ compiler present: pip install --no-build-isolation --no-deps -e ."
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> tuple[Optional[ModuleType], str]:
+    """(the module, '') or (None, why it cannot be imported)."""
+    try:
+        from . import _C
+    except ImportError as e:
+        return None, f"the compiled extension convnext_fast._C is not built or does not load ({e}); {_REBUILD_HINT}"
+    return _C, ""
+
+
+def _ext() -> ModuleType:
+    module, reason = _load()
+    if module is None:
+        raise RuntimeError(reason)
+    return module
+
+
+def build_info() -> dict:
+    """What ``convnext_fast._C`` was built with: ``built``, ``cpu``, ``cuda``, ``cuda_archs``,
+    ``cuda_version``, ``torch_version``, compiler flags and the CPU instruction set in use; or
+    ``{"built": False, "reason": ...}``."""
+    module, reason = _load()
+    if module is None:
+        return {"built": False, "reason": reason}
+    return {"built": True, **dict(module.build_info())}
 
 
 @functools.lru_cache(maxsize=None)
 def unavailable_reason(device_type: str) -> str:
     """'' when the extension can run ops on ``device_type`` tensors, else why not."""
-    return "the compiled extension convnext_fast._C is not part of this build yet"
+    info = build_info()
+    if not info["built"]:
+        return info["reason"]
+    if device_type == "cpu":
+        if not info["cpu"]:
+            return "convnext_fast._C was built without its CPU kernels (CONVNEXT_FAST_BUILD_CPU=0)"
+        return ""
+    if device_type == "cuda":
+        if not info["cuda"]:
+            return ("convnext_fast._C was built without its CUDA kernels (no nvcc or a CPU-only torch at build "
+                    "time, or CONVNEXT_FAST_BUILD_CUDA=0)")
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+        return ""
+    return f"the compiled extension does not support {device_type} tensors"
+
+
+def _nhwc(t: Tensor) -> Tensor:
+    # Dense channels_last: the kernels index NHWC memory (see the module docstring).
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    shape, dtype = stats_shape(x.shape), stats_dtype(x.dtype)
+    return (torch.empty(shape, dtype=dtype, device=x.device), torch.empty(shape, dtype=dtype, device=x.device))
+
+
+def _vec_like(p: Tensor) -> Tensor:
+    return torch.empty(p.shape, dtype=p.dtype, device=p.device)
+
+
+def dwconv_forward(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    x = _nhwc(x)
+    y = empty_channels_last(x.shape, x.dtype, x.device)
+    _ext().dwconv_forward(x, w, b, y)
+    return y
+
+
+def dwconv_backward(grad_y: Tensor, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    x, grad_y = _nhwc(x), _nhwc(grad_y)
+    gx = empty_channels_last(x.shape, x.dtype, x.device)
+    gw = _vec_like(w)
+    gb = torch.empty(w.shape[0], dtype=w.dtype, device=w.device)
+    _ext().dwconv_backward(grad_y, x, w, gx, gw, gb)
+    return gx, gw, gb
+
+
+def layer_norm_forward(x: Tensor, w: Tensor, b: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    x = _nhwc(x)
+    y = empty_channels_last(x.shape, x.dtype, x.device)
+    mean, rstd = _stats(x)
+    _ext().layer_norm_forward(x, w, b, float(eps), y, mean, rstd)
+    return y, mean, rstd
+
+
+def layer_norm_backward(grad_y: Tensor, x: Tensor, w: Tensor, mean: Tensor,
+                        rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    x, grad_y = _nhwc(x), _nhwc(grad_y)
+    gx = empty_channels_last(x.shape, x.dtype, x.device)
+    gw, gb = _vec_like(w), _vec_like(w)
+    _ext().layer_norm_backward(grad_y, x, w, mean.contiguous(), rstd.contiguous(), gx, gw, gb)
+    return gx, gw, gb
+
+
+def dwconv_ln_forward(x: Tensor, dw_w: Tensor, dw_b: Optional[Tensor], ln_w: Tensor, ln_b: Tensor,
+                      eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    x = _nhwc(x)
+    y = empty_channels_last(x.shape, x.dtype, x.device)
+    mean, rstd = _stats(x)
+    _ext().dwconv_ln_forward(x, dw_w, dw_b, ln_w, ln_b, float(eps), y, mean, rstd)
+    return y, mean, rstd
+
+
+def dwconv_ln_backward(grad_y: Tensor, x: Tensor, dw_w: Tensor, dw_b: Optional[Tensor], ln_w: Tensor, mean: Tensor,
+                       rstd: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    x, grad_y = _nhwc(x), _nhwc(grad_y)
+    gx = empty_channels_last(x.shape, x.dtype, x.device)
+    g_dw_w = _vec_like(dw_w)
+    g_dw_b = torch.empty(x.shape[1], dtype=dw_w.dtype, device=x.device)
+    g_ln_w, g_ln_b = _vec_like(ln_w), _vec_like(ln_w)
+    _ext().dwconv_ln_backward(grad_y, x, dw_w, dw_b, ln_w, mean.contiguous(), rstd.contiguous(), gx, g_dw_w,
+                              g_dw_b, g_ln_w, g_ln_b)
+    return gx, g_dw_w, g_dw_b, g_ln_w, g_ln_b

@@ -1,0 +1,293 @@
+"""Tests specific to the compiled extension (convnext_fast._C, csrc/).
+
+The shared parity suites cover the ``cpu`` backend through the ``kernel_backend`` fixture; here:
+the build itself (CPU part when a compiler is there, CUDA part when it was requested), ``python -m
+convnext_fast info``, the six launchers called directly at small ConvNeXt-like shapes against the
+float64 reference (fp32 and bf16/fp16 on CPU), every CPU instruction-set variant, determinism of the
+weight gradients, and the errors of a backend that cannot run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import convnext_fast
+from convnext_fast import backend, extension, reference
+from numerics import assert_matches_reference
+
+INFO = extension.build_info()
+CPU_OK = extension.unavailable_reason("cpu") == ""
+needs_cpu_ext = pytest.mark.skipif(not CPU_OK, reason=f"cpu backend unavailable: {extension.unavailable_reason('cpu')}")
+
+# Small ConvNeXt-like shapes: (N, C, H, W, K). C=96 is ConvNeXt-T stage 1; 40 and 13 are not
+# multiples of the 16-channel vector blocks; 3x5 images are smaller than the kernel.
+SHAPES = [(2, 96, 14, 14, 7), (1, 40, 9, 7, 7), (2, 13, 3, 5, 7), (1, 24, 6, 5, 3), (1, 16, 8, 9, 31)]
+
+
+def _switch(name: str) -> str:
+    return os.environ.get(name, "auto").strip().lower()
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+def test_cpu_part_built_when_a_compiler_is_present():
+    if _switch("CONVNEXT_FAST_BUILD_CPU") == "0":
+        pytest.skip("CONVNEXT_FAST_BUILD_CPU=0: the CPU part was not requested")
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler here: the pure-Python install without the extension is expected")
+    assert INFO["built"], INFO.get("reason")
+    assert INFO["cpu"], INFO
+    assert CPU_OK
+
+
+def test_cuda_part_built_when_requested():
+    """CI installs from a clean checkout with the CUDA build of torch and nvcc: the CUDA sources must
+    have compiled and linked (a compile error drops the whole extension in auto mode, or fails the
+    install when forced)."""
+    want = _switch("CONVNEXT_FAST_BUILD_CUDA")
+    if want == "0":
+        pytest.skip("CONVNEXT_FAST_BUILD_CUDA=0")
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    toolchain = torch.version.cuda is not None and CUDA_HOME is not None and \
+        os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    if want != "1" and not toolchain:
+        pytest.skip("no nvcc or a CPU-only torch: the CUDA part is not expected")
+    assert INFO["built"], INFO.get("reason")
+    assert INFO["cuda"], f"the CUDA kernels were not built: {INFO}"
+    archs = os.environ.get("CONVNEXT_FAST_CUDA_ARCHS", "80;90").replace(".", "")
+    assert INFO["cuda_archs"] == ";".join(a.strip() for a in archs.split(";") if a.strip())
+
+
+@pytest.mark.skipif(not INFO["built"], reason="extension not built")
+def test_build_flags_reported():
+    for key in ("cpu", "cuda", "cuda_archs", "cuda_version", "torch_version", "cxx_flags", "nvcc_flags", "cpu_isa"):
+        assert key in INFO, key
+    assert INFO["torch_version"] == torch.__version__, "the extension was built against another torch: rebuild it"
+    assert "-march" not in INFO["cxx_flags"], "the CPU binary must stay portable"
+    if INFO["cpu"]:
+        assert INFO["cpu_isa"] in ("avx512", "avx2", "generic")
+    if INFO["cuda"]:
+        assert INFO["cuda_version"] and "-gencode" in INFO["nvcc_flags"]
+
+
+def test_info_command_runs():
+    out = subprocess.run([sys.executable, "-m", "convnext_fast", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"torch {torch.__version__}" in out.stdout
+    assert "backends for cpu tensors" in out.stdout
+    assert "compiled extension" in out.stdout
+    assert "built:" in out.stdout
+
+
+# ------------------------------------------------------------------------------------------ parity
+
+
+def _inputs(shape, dtype, bias=True):
+    n, c, h, w, k = shape
+    x = torch.randn(n, c, h, w).to(dtype).contiguous(memory_format=torch.channels_last)
+    dw_w = (torch.randn(c, 1, k, k) / k).to(dtype)
+    dw_b = torch.randn(c).to(dtype) if bias else None
+    ln_w = (1 + 0.5 * torch.randn(c)).to(dtype)
+    ln_b = (0.5 * torch.randn(c)).to(dtype)
+    gy = torch.randn(n, c, h, w).to(dtype)  # NCHW-contiguous on purpose: the launcher must convert
+    return x, dw_w, dw_b, ln_w, ln_b, gy
+
+
+def _reference_grads(fn, tensors, gy, dtype):
+    """Outputs and gradients of the reference computed in `dtype` (None entries pass through)."""
+    leaves = [None if t is None else t.detach().to(dtype).clone().requires_grad_() for t in tensors]
+    y = fn(*leaves)
+    y.backward(gy.to(dtype))
+    return y.detach(), [None if t is None else t.grad for t in leaves]
+
+
+def _check(ours, ref64, lowp, name):
+    if ours.dtype == torch.float32:
+        scale = max(1.0, ref64.abs().max().item())
+        assert_matches_reference(ours, ref64, name=name, atol=1e-5 * scale)
+    else:
+        assert_matches_reference(ours, ref64, lowp, name=name, atol=2e-3)
+
+
+def _lowp_ok(dtype):
+    if dtype == torch.float32:
+        return True
+    try:
+        reference.depthwise_conv2d(torch.randn(1, 2, 3, 3, dtype=dtype), torch.randn(2, 1, 3, 3, dtype=dtype))
+    except RuntimeError:
+        return False
+    return True
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_launchers_match_reference(shape, dtype):
+    if not _lowp_ok(dtype):
+        pytest.skip(f"PyTorch has no CPU depthwise conv in {dtype} to compare with")
+    x, dw_w, dw_b, ln_w, ln_b, gy = _inputs(shape, dtype)
+    lowp = None if dtype == torch.float32 else dtype
+
+    def both(fn, tensors):
+        r64 = _reference_grads(fn, tensors, gy, torch.float64)
+        rlp = _reference_grads(fn, tensors, gy, lowp) if lowp else (None, [None] * len(tensors))
+        return r64, rlp
+
+    # depthwise conv
+    (y64, g64), (ylp, glp) = both(reference.depthwise_conv2d, [x, dw_w, dw_b])
+    y = extension.dwconv_forward(x, dw_w, dw_b)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype
+    _check(y, y64, ylp, "dwconv y")
+    gx, gw, gb = extension.dwconv_backward(gy, x, dw_w)
+    for name, ours, r, rl in (("gx", gx, g64[0], glp[0]), ("gw", gw, g64[1], glp[1]), ("gb", gb, g64[2], glp[2])):
+        _check(ours, r, rl, f"dwconv {name}")
+
+    # LayerNorm over C
+    (y64, g64), (ylp, glp) = both(lambda a, w, b: reference.layer_norm_2d(a, w, b, 1e-6), [x, ln_w, ln_b])
+    y, mean, rstd = extension.layer_norm_forward(x, ln_w, ln_b, 1e-6)
+    _check(y, y64, ylp, "ln y")
+    assert mean.dtype == torch.float32 and mean.shape == (shape[0], shape[2], shape[3]) and mean.is_contiguous()
+    x64 = x.double()
+    torch.testing.assert_close(mean.double(), x64.mean(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rstd.double(), (x64.var(1, unbiased=False) + 1e-6).rsqrt(), atol=1e-4, rtol=1e-4)
+    gx, gw, gb = extension.layer_norm_backward(gy, x, ln_w, mean, rstd)
+    for name, ours, r, rl in (("gx", gx, g64[0], glp[0]), ("gw", gw, g64[1], glp[1]), ("gb", gb, g64[2], glp[2])):
+        _check(ours, r, rl, f"ln {name}")
+
+    # fused dwconv + LayerNorm
+    fused = lambda a, w, b, lw, lb: reference.dwconv_layer_norm(a, w, b, lw, lb, 1e-6)  # noqa: E731
+    (y64, g64), (ylp, glp) = both(fused, [x, dw_w, dw_b, ln_w, ln_b])
+    y, mean, rstd = extension.dwconv_ln_forward(x, dw_w, dw_b, ln_w, ln_b, 1e-6)
+    _check(y, y64, ylp, "fused y")
+    z64 = reference.depthwise_conv2d(x.double(), dw_w.double(), dw_b.double())
+    torch.testing.assert_close(mean.double(), z64.mean(1), atol=1e-3 if lowp else 1e-5, rtol=1e-3 if lowp else 1e-5)
+    grads = extension.dwconv_ln_backward(gy, x, dw_w, dw_b, ln_w, mean, rstd)
+    for name, ours, r, rl in zip(("gx", "g_dw_w", "g_dw_b", "g_ln_w", "g_ln_b"), grads, g64, glp):
+        _check(ours, r, rl, f"fused {name}")
+
+
+@needs_cpu_ext
+def test_fp64_and_no_bias_through_public_api():
+    x, dw_w, _, ln_w, ln_b, gy = _inputs((2, 20, 6, 7, 5), torch.float64, bias=False)
+    leaves = [t.clone().requires_grad_() for t in (x, dw_w, ln_w, ln_b)]
+    with convnext_fast.use_backend("cpu"):
+        y = convnext_fast.dwconv_layer_norm(leaves[0], leaves[1], None, leaves[2], leaves[3])
+    y.backward(gy)
+    ref = [t.clone().requires_grad_() for t in (x, dw_w, ln_w, ln_b)]
+    reference.dwconv_layer_norm(ref[0], ref[1], None, ref[2], ref[3]).backward(gy)
+    for a, b in zip(leaves, ref):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-10)
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_every_cpu_instruction_set_variant(isa):
+    """The row kernels are compiled for AVX-512, AVX2 and baseline x86-64 and picked at run time;
+    force the lower ones (in a subprocess: the choice is made once per process)."""
+    code = (
+        "import torch\n"
+        "from convnext_fast import extension, reference\n"
+        "torch.manual_seed(0)\n"
+        "x = torch.randn(2, 40, 9, 11).contiguous(memory_format=torch.channels_last)\n"
+        "w = torch.randn(40, 1, 7, 7) / 7; b = torch.randn(40); g = torch.randn(40); bb = torch.randn(40)\n"
+        "gy = torch.randn(2, 40, 9, 11)\n"
+        "y, m, r = extension.dwconv_ln_forward(x, w, b, g, bb, 1e-6)\n"
+        "torch.testing.assert_close(y, reference.dwconv_layer_norm(x, w, b, g, bb), atol=1e-4, rtol=1e-4)\n"
+        "ref = [t.double().requires_grad_() for t in (x, w, b, g, bb)]\n"
+        "reference.dwconv_layer_norm(*ref).backward(gy.double())\n"
+        "for o, t in zip(extension.dwconv_ln_backward(gy, x, w, b, g, m, r), ref):\n"
+        "    torch.testing.assert_close(o.double(), t.grad, atol=1e-3, rtol=1e-4)\n"
+        "print(extension.build_info()['cpu_isa'])\n"
+    )
+    env = dict(os.environ, CONVNEXT_FAST_CPU_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    used = out.stdout.strip().splitlines()[-1]
+    assert used in (isa, "generic"), used  # a CPU without AVX2 falls back to generic
+
+
+# ------------------------------------------------------------------------------------------ determinism
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_weight_gradients_are_deterministic(dtype):
+    x, dw_w, dw_b, ln_w, ln_b, gy = _inputs((3, 48, 17, 13, 7), dtype)
+    runs = []
+    for _ in range(2):
+        _, gw, gb = extension.dwconv_backward(gy, x, dw_w)
+        _, mean, rstd = extension.layer_norm_forward(x, ln_w, ln_b, 1e-6)
+        _, lw, lb = extension.layer_norm_backward(gy, x, ln_w, mean, rstd)
+        _, mean, rstd = extension.dwconv_ln_forward(x, dw_w, dw_b, ln_w, ln_b, 1e-6)
+        fused = extension.dwconv_ln_backward(gy, x, dw_w, dw_b, ln_w, mean, rstd)
+        runs.append([gw, gb, lw, lb, *fused[1:]])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@needs_cpu_ext
+def test_weight_gradients_do_not_depend_on_the_thread_count():
+    x, dw_w, _, _, _, gy = _inputs((2, 32, 16, 16, 7), torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = extension.dwconv_backward(gy, x, dw_w)[1:]
+        torch.set_num_threads(max(2, threads))
+        many = extension.dwconv_backward(gy, x, dw_w)[1:]
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def test_backend_for_the_wrong_device_says_why():
+    x = torch.randn(1, 4, 5, 5)
+    w = torch.randn(4, 1, 3, 3)
+    with convnext_fast.use_backend("cuda"), pytest.raises(backend.BackendUnavailableError, match="CUDA tensors only"):
+        convnext_fast.depthwise_conv2d(x, w)
+
+
+def test_missing_extension_says_why(monkeypatch):
+    """Simulate an install without the binary: an explicit ``cpu`` request raises with the reason,
+    ``auto`` falls back quietly to the reference."""
+    monkeypatch.setattr(extension, "_load", lambda: (None, "simulated: convnext_fast._C is not built"))
+    caches = (extension.unavailable_reason, backend._extension_reason)
+    for c in caches:
+        c.cache_clear()
+    try:
+        x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3)
+        with convnext_fast.use_backend("cpu"), pytest.raises(backend.BackendUnavailableError, match="simulated"):
+            convnext_fast.depthwise_conv2d(x, w)
+        assert backend.resolve("depthwise_conv2d", x.device) != "cpu"
+        assert extension.build_info() == {"built": False, "reason": "simulated: convnext_fast._C is not built"}
+    finally:
+        monkeypatch.undo()
+        for c in caches:
+            c.cache_clear()
+
+
+@needs_cpu_ext
+def test_cpp_checks_raise_instead_of_crashing():
+    x = torch.randn(1, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    C = extension._ext()
+    y = torch.empty_like(x)
+    with pytest.raises(RuntimeError, match="must have shape"):
+        C.dwconv_forward(x, torch.randn(6, 1, 3, 3), None, y)
+    with pytest.raises(RuntimeError, match="odd kernel size"):
+        C.dwconv_forward(x, torch.randn(8, 1, 4, 4), None, y)
+    with pytest.raises(RuntimeError, match="channels_last"):
+        C.dwconv_forward(x.contiguous(), torch.randn(8, 1, 3, 3), None, y)
+    with pytest.raises(RuntimeError, match="dtype"):
+        C.dwconv_forward(x, torch.randn(8, 1, 3, 3, dtype=torch.float64), None, y)
+    with pytest.raises(RuntimeError, match="eps must be positive"):
+        C.layer_norm_forward(x, torch.ones(8), torch.zeros(8), 0.0, y, torch.empty(1, 5, 5), torch.empty(1, 5, 5))
