@@ -45,7 +45,10 @@ def compile_config(cfg: dict, arch: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn=cfg["kernel"], signature=cfg["signature"], constexprs=cfg.get("constexprs", {}))
+    # `attrs` carries the alignment hints (tt.divisibility) the JIT would add at launch, so the
+    # compiled code is the code a GPU runs.
+    src = ASTSource(fn=cfg["kernel"], signature=cfg["signature"], constexprs=cfg.get("constexprs", {}),
+                    attrs=cfg.get("attrs"))
     options = {"num_warps": cfg.get("num_warps", 4)}
     if "num_stages" in cfg:
         options["num_stages"] = cfg["num_stages"]

@@ -1,0 +1,442 @@
+"""Depthwise KxK convolution (stride 1, zero padding K//2): Triton kernels and host launchers.
+
+The 7x7 depthwise convolution is the spatial mixing layer of every ConvNeXt block (Liu et al.,
+"A ConvNet for the 2020s", CVPR 2022, section 2.4 / 2.5). It does 49 multiply-adds per output
+element and is memory-bound in eager PyTorch; these kernels read each input element from HBM about
+once and keep the K*K reuse in registers and L1.
+
+Layout: tensors are logically (N, C, H, W). The kernels tile [BLOCK_W pixels of one row, BLOCK_C
+channels] with channels innermost, so on channels_last (NHWC) memory each thread loads 16 contiguous
+bytes of channels. Any strides are accepted (a stride of 0 too: the expanded gradient of
+``y.sum()``); the launchers copy an input whose channel stride is neither 1 nor 0 to channels_last
+first, because channel-innermost tiles over NCHW memory would touch one 32-byte sector per element.
+Outputs are channels_last (``convnext_fast.layout.empty_channels_last``).
+
+Kernels:
+
+* ``_dwconv_fwd_kernel``: y = conv(x, w) + b. Also computes the input gradient: grad_x is the
+  correlation of grad_y with the spatially flipped kernel (same padding K//2), so the backward pass
+  launches this kernel on grad_y with flipped weights and no bias.
+* ``_dwconv_bwd_weight_kernel``: per-program fp32 (fp64 for fp64) partial sums of
+  grad_w[c, kh, kw] = sum_{n,h,w} grad_y[n, c, h, w] * x[n, c, h + kh - K//2, w + kw - K//2] and of
+  grad_b[c] = sum grad_y, written to a partials buffer [programs, K*K + 1, C].
+* ``_dwconv_bwd_weight_reduce_kernel``: sums the partials over programs in a fixed order and writes
+  grad_w (C, 1, K, K) and grad_b (C,). No atomics anywhere: two backward passes give bitwise-equal
+  weight gradients.
+
+Launcher contract (``convnext_fast/ops.py``): ``dwconv_forward(x, w, b) -> y`` and
+``dwconv_backward(gy, x, w) -> (gx, gw, gb)``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from convnext_fast.layout import empty_channels_last
+
+__all__ = ["dwconv_forward", "dwconv_backward", "aot_configs"]
+
+# Programs to aim for in the weight-gradient pass: enough to fill an H100 (132 SMs, several 2-warp
+# programs each) while keeping the partials buffer small. A fixed number, not a device query, so
+# the reduction order (and the result bits) depend only on the shapes.
+_WGRAD_TARGET_PROGRAMS = 1024
+# Forward programs to aim for: a program takes a whole image column (no halo rows read twice)
+# unless that gives fewer programs than this; then H is split into row segments (see _fwd_rows).
+_FWD_TARGET_PROGRAMS = 1024
+# Rows of one weight-gradient tile: small enough that the tile's grad_y rows and x rows (with
+# halo) stay in L1 across the K passes over kh (8 rows x 16 px x 32 ch: about 28 KB at K=7, bf16).
+_WGRAD_TILE_ROWS = 8
+_NUM_WARPS = 2
+
+
+@triton.jit
+def _dwconv_fwd_kernel(
+    x_ptr,  # input (N, C, H, W), element (n, c, h, w) at n*sxn + c*sxc + h*sxh + w*sxw
+    w_ptr,  # weights transposed to [K*K, C], contiguous, in the accumulation dtype (fp32/fp64);
+    # tap t = kh*K + kw of channel c at t*C + c (flipped for the input gradient by the launcher)
+    b_ptr,  # bias (C,) (read only when HAS_BIAS)
+    y_ptr,  # output (N, C, H, W) channels_last: (n, c, h, w) at ((n*H + h)*W + w)*C + c
+    C, H, W,
+    sxn, sxc, sxh, sxw,  # input strides in elements (any value, 0 included)
+    rows,  # output rows per program (a row segment; the launcher sets it)
+    num_segs,  # row segments per image = cdiv(H, rows)
+    num_wblocks,  # column strips per row = cdiv(W, BLOCK_W)
+    K: tl.constexpr,  # kernel size (odd)
+    HAS_BIAS: tl.constexpr,
+    BLOCK_W: tl.constexpr,  # output columns per program (one row at a time)
+    BLOCK_C: tl.constexpr,  # channels per program (innermost: 16-byte vector loads on NHWC)
+):
+    # Program = (image n, row segment, strip of BLOCK_W columns) on axis 0, flattened with the strip
+    # fastest so programs that run together share their K-1 halo columns/rows in L2; channel block
+    # on axis 1.
+    #
+    # Rolling rows: the program walks the INPUT rows ih of its segment (plus K-1 halo rows) once.
+    # For each row it loads the K column-shifted tiles (kw = 0..K-1; the shifts re-read from L1)
+    # and adds each into the K output rows that input row feeds. accs[s] holds output row
+    # ih - K//2 + s, which takes input row ih through tap kh = K-1-s; after the update accs[0] is
+    # complete, is stored, and the window rotates. Each input element thus comes from HBM/L2 about
+    # once, is loaded K times (not K*K) from L1, and is converted to fp32 K times.
+    P: tl.constexpr = K // 2
+    pid = tl.program_id(0)
+    cb = tl.program_id(1)
+    wb = pid % num_wblocks
+    t = pid // num_wblocks
+    seg = t % num_segs
+    n = t // num_segs
+
+    acc_ty = w_ptr.dtype.element_ty
+    ow = wb * BLOCK_W + tl.arange(0, BLOCK_W)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    out_mask = (ow < W)[:, None] & c_mask[None, :]
+
+    # int64 for the image and row offsets: n*sxn and h*sxh can pass 2^31 on large batches.
+    x_img = x_ptr + tl.cast(n, tl.int64) * sxn
+    x_tile_off = c[None, :] * sxc
+    y_img = y_ptr + tl.cast(n, tl.int64) * H * W * C
+    y_tile_off = ow[:, None] * C + c[None, :]
+
+    oh0 = seg * rows
+    n_rows = tl.minimum(rows, H - oh0)
+
+    zero = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_ty)
+    accs = ()
+    for s in tl.static_range(K):
+        accs = accs + (zero,)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c, mask=c_mask, other=0).to(acc_ty)
+    else:
+        bias = tl.zeros((BLOCK_C,), dtype=acc_ty)
+
+    for i in range(0, n_rows + K - 1):
+        ih = oh0 - P + i
+        if (ih >= 0) & (ih < H):  # padding rows contribute nothing: skip their loads and FMAs
+            x_row = x_img + tl.cast(ih, tl.int64) * sxh
+            # A runtime loop over kw (not static_range): the K weight vectors of column kw are then
+            # loaded inside it. With every tap unrolled, the compiler hoists all K*K weight vectors
+            # out of the row loop (392 registers per thread at K=7) and spills.
+            for kw in range(0, K):
+                iw = ow + (kw - P)
+                m = ((iw >= 0) & (iw < W))[:, None] & c_mask[None, :]
+                xt = tl.load(x_row + iw[:, None] * sxw + x_tile_off, mask=m, other=0).to(acc_ty)
+                updated = ()
+                for s in tl.static_range(K):
+                    wv = tl.load(w_ptr + ((K - 1 - s) * K + kw) * C + c, mask=c_mask, other=0)
+                    updated = updated + (accs[s] + xt * wv[None, :],)
+                accs = updated
+        oh = ih - P
+        if oh >= oh0:  # the first K-1 steps only fill the window
+            out = accs[0] + bias[None, :]
+            tl.store(y_img + tl.cast(oh, tl.int64) * W * C + y_tile_off, out.to(y_ptr.dtype.element_ty), mask=out_mask)
+        accs = accs[1:] + (zero,)
+
+
+@triton.jit
+def _dwconv_bwd_weight_kernel(
+    gy_ptr,  # grad_y (N, C, H, W), element at n*sgn + c*sgc + h*sgh + w*sgw (strides may be 0)
+    x_ptr,  # input x (N, C, H, W), element at n*sxn + c*sxc + h*sxh + w*sxw
+    part_ptr,  # partials [programs along axis 0, K*K + 1, C] in the accumulation dtype, zeroed by
+    # the launcher; program p owns rows p*(K*K+1) .. and only its channel block: no two programs
+    # write the same element (deterministic, no atomics). Row K*K is the bias gradient.
+    C, H, W,
+    sgn, sgc, sgh, sgw,
+    sxn, sxc, sxh, sxw,
+    num_segs,  # row tiles per image = cdiv(H, TILE_ROWS)
+    num_wblocks,  # column strips per row = cdiv(W, BLOCK_W)
+    num_tiles,  # N * num_segs * num_wblocks
+    tiles_per_prog,  # consecutive tiles each program sums (neighbours share halos in L1)
+    K: tl.constexpr,
+    TILE_ROWS: tl.constexpr,  # output rows per tile
+    BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # For each tile of TILE_ROWS x BLOCK_W output pixels x BLOCK_C channels, and each kernel row kh:
+    # K tile-shaped accumulators (one per kw) collect grad_y * shifted x over the tile's rows, are
+    # reduced over pixels, and added into this program's partials row (a read-modify-write of a
+    # program-private, L2-resident vector). Holding all K*K taps at once would need K*K
+    # accumulators (392 registers per thread at K=7); this order needs K, and re-reads the tile's
+    # grad_y and x from L1 once per kh instead of from HBM.
+    P: tl.constexpr = K // 2
+    KK: tl.constexpr = K * K
+    pid = tl.program_id(0)
+    cb = tl.program_id(1)
+    acc_ty = part_ptr.dtype.element_ty
+
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    part_row = part_ptr + tl.cast(pid, tl.int64) * (KK + 1) * C + c
+
+    t_end = tl.minimum((pid + 1) * tiles_per_prog, num_tiles)
+    for t in range(pid * tiles_per_prog, t_end):
+        wb = t % num_wblocks
+        seg = (t // num_wblocks) % num_segs
+        n = t // (num_wblocks * num_segs)
+        ow = wb * BLOCK_W + tl.arange(0, BLOCK_W)
+        ow_mask = ow < W
+        gy_img = gy_ptr + tl.cast(n, tl.int64) * sgn
+        gy_tile_off = ow[:, None] * sgw + c[None, :] * sgc
+        x_img = x_ptr + tl.cast(n, tl.int64) * sxn
+        x_tile_off = c[None, :] * sxc
+        oh0 = seg * TILE_ROWS
+        for kh in range(0, K):
+            # accs[kw] for tap (kh, kw); accs[K] sums grad_y itself (the bias gradient, kept when
+            # kh == K//2, where every valid output row passes exactly once).
+            zero = tl.zeros((BLOCK_W, BLOCK_C), dtype=acc_ty)
+            accs = ()
+            for kw in tl.static_range(K + 1):
+                accs = accs + (zero,)
+            for r in range(0, TILE_ROWS):
+                oh = oh0 + r
+                ih = oh + kh - P
+                if (oh < H) & (ih >= 0) & (ih < H):
+                    g_mask = ow_mask[:, None] & c_mask[None, :]
+                    g = tl.load(gy_img + tl.cast(oh, tl.int64) * sgh + gy_tile_off, mask=g_mask, other=0).to(acc_ty)
+                    x_row = x_img + tl.cast(ih, tl.int64) * sxh
+                    new_accs = ()
+                    for kw in tl.static_range(K):
+                        iw = ow + (kw - P)
+                        m = ((iw >= 0) & (iw < W) & ow_mask)[:, None] & c_mask[None, :]
+                        xt = tl.load(x_row + iw[:, None] * sxw + x_tile_off, mask=m, other=0).to(acc_ty)
+                        new_accs = new_accs + (accs[kw] + g * xt,)
+                    accs = new_accs + (accs[K] + g,)
+            for kw in tl.static_range(K):
+                p = part_row + (kh * K + kw) * C
+                tl.store(p, tl.load(p, mask=c_mask, other=0) + tl.sum(accs[kw], axis=0), mask=c_mask)
+            if kh == P:
+                p = part_row + KK * C
+                tl.store(p, tl.load(p, mask=c_mask, other=0) + tl.sum(accs[K], axis=0), mask=c_mask)
+
+
+@triton.jit
+def _dwconv_bwd_weight_reduce_kernel(
+    part_ptr,  # partials [num_parts, K*K + 1, C] (see _dwconv_bwd_weight_kernel)
+    gw_ptr,  # grad_w (C, 1, K, K) contiguous: tap t of channel c at c*K*K + t
+    gb_ptr,  # grad_b (C,)
+    num_parts, C,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,  # (tap, channel) pairs per program
+):
+    # Sums the partials over programs in index order: a fixed order, so the result is bitwise
+    # reproducible. Each program owns BLOCK consecutive (tap, channel) pairs (coalesced reads).
+    KK: tl.constexpr = K * K
+    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    total = (KK + 1) * C
+    mask = j < total
+    acc = tl.zeros((BLOCK,), dtype=part_ptr.dtype.element_ty)
+    for p in range(0, num_parts):
+        acc += tl.load(part_ptr + tl.cast(p, tl.int64) * total + j, mask=mask, other=0)
+    tap = j // C
+    ch = j % C
+    tl.store(gw_ptr + ch * KK + tap, acc.to(gw_ptr.dtype.element_ty), mask=mask & (tap < KK))
+    tl.store(gb_ptr + ch, acc.to(gb_ptr.dtype.element_ty), mask=mask & (tap == KK))
+
+
+# --------------------------------------------------------------------------------------- launchers
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tile_config(c: int, w: int, k: int, dtype: torch.dtype, wgrad: bool = False) -> tuple[int, int]:
+    """(BLOCK_W, BLOCK_C) for a [pixels, channels] tile; shared by all three passes.
+
+    A program has _NUM_WARPS * 32 = 64 threads and each thread holds ``per_thread`` elements of
+    each of the K rolling accumulators: 8 (two 16-byte bf16 vectors' worth) while K * 8 fits in
+    registers (K <= 15), 4 for larger K (31 * 4 = 124 accumulator registers); half that for fp64,
+    whose values take two registers; the weight-gradient kernel keeps K+1 accumulators next to
+    its loads and takes half. BLOCK_W is at most 16 (and no wider than the image: 8 for ConvNeXt's
+    7x7 stage), BLOCK_C takes the rest, at most 32 and no wider than C. Capped at 32 because a
+    64-wide channel vector in a 64-thread program gets a one-element-per-thread layout for the
+    weight loads and a shared-memory layout conversion on every tap (seen in the sm_90 TTGIR).
+    """
+    per_thread = 8 if k <= 15 else 4
+    if wgrad:
+        per_thread //= 2
+    if dtype == torch.float64:
+        per_thread //= 2
+    elems = per_thread * 32 * _NUM_WARPS
+    block_w = min(16, triton.next_power_of_2(w))
+    block_c = max(1, min(32, elems // block_w, triton.next_power_of_2(c)))
+    return block_w, block_c
+
+
+def _fwd_rows(n: int, h: int, w: int, c: int, block_w: int, block_c: int) -> int:
+    """Output rows per forward program: the whole column (no halo rows re-read) unless that leaves
+    fewer than _FWD_TARGET_PROGRAMS programs; then split H into segments of equal length."""
+    base = n * triton.cdiv(w, block_w) * triton.cdiv(c, block_c)
+    segs = min(h, max(1, triton.cdiv(_FWD_TARGET_PROGRAMS, base)))
+    return triton.cdiv(h, segs)
+
+
+def _channel_vectorizable(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if its channel stride is 1 or 0, else a channels_last copy (see module docstring)."""
+    if t.stride(1) in (0, 1) or t.shape[1] == 1:
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _transposed_taps(weight: torch.Tensor, flip: bool) -> torch.Tensor:
+    """weight (C, 1, K, K) -> [K*K, C] contiguous in the accumulation dtype (flipped if asked)."""
+    c, _, k, _ = weight.shape
+    w = weight.flip(-1, -2) if flip else weight
+    return w.reshape(c, k * k).t().to(_acc_dtype(weight.dtype)).contiguous()
+
+
+def _launch_fwd(x: torch.Tensor, w_taps: torch.Tensor, bias: Optional[torch.Tensor], k: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    y = empty_channels_last(x.shape, x.dtype, x.device)
+    block_w, block_c = _tile_config(c, w, k, x.dtype)
+    rows = _fwd_rows(n, h, w, c, block_w, block_c)
+    num_segs, num_wblocks = triton.cdiv(h, rows), triton.cdiv(w, block_w)
+    grid = (n * num_segs * num_wblocks, triton.cdiv(c, block_c))
+    _dwconv_fwd_kernel[grid](
+        x, w_taps, bias if bias is not None else w_taps, y,
+        c, h, w, *x.stride(), rows, num_segs, num_wblocks,
+        K=k, HAS_BIAS=bias is not None, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=_NUM_WARPS,
+    )
+    return y
+
+
+def dwconv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """y = depthwise_conv2d(x, weight, bias), stride 1, padding K//2.
+
+    Args:
+        x: (N, C, H, W), any strides; fp16, bf16, fp32 or fp64.
+        weight: (C, 1, K, K) contiguous, K odd; bias: (C,) or None.
+
+    Returns:
+        y (N, C, H, W) channels_last, dtype of x.
+    """
+    k = weight.shape[-1]
+    return _launch_fwd(_channel_vectorizable(x), _transposed_taps(weight, flip=False), bias, k)
+
+
+def dwconv_backward(grad_y: torch.Tensor, x: torch.Tensor,
+                    weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of depthwise_conv2d.
+
+    Args:
+        grad_y: (N, C, H, W), any strides (expanded stride-0 included).
+        x: the forward input (N, C, H, W), any strides.
+        weight: (C, 1, K, K) contiguous.
+
+    Returns:
+        grad_x (N, C, H, W) channels_last in x.dtype; grad_w (C, 1, K, K) contiguous and grad_b (C,),
+        both in weight.dtype, deterministic (fixed-order reduction, no atomics).
+    """
+    n, c, h, w = x.shape
+    k = weight.shape[-1]
+    grad_y = _channel_vectorizable(grad_y)
+    x = _channel_vectorizable(x)
+
+    # Input gradient: correlation of grad_y with the flipped kernel, padding K//2.
+    grad_x = _launch_fwd(grad_y, _transposed_taps(weight, flip=True), None, k)
+
+    acc_dtype = _acc_dtype(x.dtype)
+    block_w, block_c = _tile_config(c, w, k, x.dtype, wgrad=True)
+    num_segs, num_wblocks = triton.cdiv(h, _WGRAD_TILE_ROWS), triton.cdiv(w, block_w)
+    num_tiles = n * num_segs * num_wblocks
+    num_cblocks = triton.cdiv(c, block_c)
+    tiles_per_prog = triton.cdiv(num_tiles, max(1, _WGRAD_TARGET_PROGRAMS // num_cblocks))
+    num_parts = triton.cdiv(num_tiles, tiles_per_prog)
+    partials = torch.zeros((num_parts, k * k + 1, c), dtype=acc_dtype, device=x.device)
+    _dwconv_bwd_weight_kernel[(num_parts, num_cblocks)](
+        grad_y, x, partials, c, h, w, *grad_y.stride(), *x.stride(),
+        num_segs, num_wblocks, num_tiles, tiles_per_prog,
+        K=k, TILE_ROWS=_WGRAD_TILE_ROWS, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=_NUM_WARPS,
+    )
+    grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    grad_b = torch.empty((c,), dtype=weight.dtype, device=weight.device)
+    block = 256
+    _dwconv_bwd_weight_reduce_kernel[(triton.cdiv((k * k + 1) * c, block),)](
+        partials, grad_w, grad_b, num_parts, c, K=k, BLOCK=block, num_warps=4,
+    )
+    return grad_x, grad_w, grad_b
+
+
+# --------------------------------------------------------------------------------- AOT check list
+
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+# (C, H = W) of the four ConvNeXt stages (ConvNeXt-T widths; wider models hit the same configs).
+_CONVNEXT_STAGES = ((96, 56), (192, 28), (384, 14), (768, 7))
+
+
+def _signature(kernel, types: dict, constexprs: dict) -> dict:
+    return {name: ("constexpr" if name in constexprs else types.get(name, "i32")) for name in kernel.arg_names}
+
+
+def _divisible_attrs(kernel, values: dict, pointers: tuple) -> dict:
+    """Triton's JIT marks pointers (16-byte aligned from the caching allocator) and ints divisible
+    by 16 with tt.divisibility; the AOT compile gets the same marks so it sees the same code."""
+    attrs = {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in pointers or (isinstance(values.get(name), int) and values[name] % 16 == 0):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def aot_configs() -> list[dict]:
+    """Every kernel at the configurations the launchers pick for ConvNeXt shapes, for an ahead-of-time
+    compile check (sm_90 / sm_80, no spills): the four stages at K=7 in bf16 and fp32, and K=31.
+
+    Each entry: {"kernel", "signature", "constexprs", "attrs", "num_warps", "name"}; pass
+    ``ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)`` to
+    ``triton.compile`` with ``options={"num_warps": num_warps}``. Inputs are channels_last (channel
+    stride 1, which the JIT specializes to a constant like here).
+    """
+    cases = [(c, hw, 7, dt) for c, hw in _CONVNEXT_STAGES for dt in (torch.bfloat16, torch.float32)]
+    cases += [(96, 56, 31, dt) for dt in (torch.bfloat16, torch.float32)]
+    configs = []
+    for c, hw, k, dtype in cases:
+        n = 128
+        t, acc = _TRITON_DTYPE[dtype], _TRITON_DTYPE[_acc_dtype(dtype)]
+        block_w, block_c = _tile_config(c, hw, k, dtype)
+        strides = {"n": hw * hw * c, "h": hw * c, "w": c}
+        tag = f"C{c}_HW{hw}_K{k}_{t}"
+
+        rows = _fwd_rows(n, hw, hw, c, block_w, block_c)
+        for has_bias in (True, False):  # False: the input-gradient launch (bias pointer unused)
+            values = {"C": c, "H": hw, "W": hw, "sxn": strides["n"], "sxh": strides["h"], "sxw": strides["w"],
+                      "rows": rows}
+            constexprs = {"sxc": 1, "K": k, "HAS_BIAS": has_bias, "BLOCK_W": block_w, "BLOCK_C": block_c}
+            kern = _dwconv_fwd_kernel
+            configs.append({
+                "kernel": kern,
+                "signature": _signature(kern, {"x_ptr": f"*{t}", "w_ptr": f"*{acc}", "y_ptr": f"*{t}",
+                                               "b_ptr": f"*{t}" if has_bias else f"*{acc}"}, constexprs),
+                "constexprs": constexprs,
+                "attrs": _divisible_attrs(kern, values, ("x_ptr", "w_ptr", "b_ptr", "y_ptr")),
+                "num_warps": _NUM_WARPS,
+                "name": f"dwconv_fwd_{tag}_{'bias' if has_bias else 'nobias'}",
+            })
+
+        block_w, block_c = _tile_config(c, hw, k, dtype, wgrad=True)
+        values = {"C": c, "H": hw, "W": hw, "sgn": strides["n"], "sgh": strides["h"], "sgw": strides["w"],
+                  "sxn": strides["n"], "sxh": strides["h"], "sxw": strides["w"]}
+        constexprs = {"sgc": 1, "sxc": 1, "K": k, "TILE_ROWS": _WGRAD_TILE_ROWS, "BLOCK_W": block_w,
+                      "BLOCK_C": block_c}
+        kern = _dwconv_bwd_weight_kernel
+        configs.append({
+            "kernel": kern,
+            "signature": _signature(kern, {"gy_ptr": f"*{t}", "x_ptr": f"*{t}", "part_ptr": f"*{acc}"}, constexprs),
+            "constexprs": constexprs,
+            "attrs": _divisible_attrs(kern, values, ("gy_ptr", "x_ptr", "part_ptr")),
+            "num_warps": _NUM_WARPS,
+            "name": f"dwconv_bwd_weight_{tag}",
+        })
+
+        constexprs = {"K": k, "BLOCK": 256}
+        kern = _dwconv_bwd_weight_reduce_kernel
+        configs.append({
+            "kernel": kern,
+            "signature": _signature(kern, {"part_ptr": f"*{acc}", "gw_ptr": f"*{t}", "gb_ptr": f"*{t}"}, constexprs),
+            "constexprs": constexprs,
+            "attrs": _divisible_attrs(kern, {"C": c}, ("part_ptr", "gw_ptr", "gb_ptr")),
+            "num_warps": 4,
+            "name": f"dwconv_bwd_weight_reduce_{tag}",
+        })
+    return configs
