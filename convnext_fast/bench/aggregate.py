@@ -1,0 +1,177 @@
+"""Turning raw result rows into comparisons: speedups, per-target verdicts, Markdown tables.
+
+Pure functions over the ``results.json`` structure (no torch, no timing), so they are unit-tested
+with fabricated data and reused by ``scripts/update_readme_perf.py``.
+
+A result row (one case x provider) has at least: ``op, mode, shape, dtype, k, group, provider,
+status`` ('ok' | 'skipped' | 'failed' | 'budget'), and when ok ``time_ms`` plus the roofline fields
+(``bytes, gbps, tflops, pct_roofline, pct_bandwidth``), ``img_per_s`` and ``peak_mem_mb`` for the
+model, ``parity`` ('ok' | 'failed' | 'n/a').
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Optional, Sequence
+
+__all__ = [
+    "OURS", "TARGETS", "add_speedups", "best_ours", "evaluate_targets", "fmt", "geomean", "row_key",
+    "markdown_table", "targets_markdown",
+]
+
+OURS = ("triton", "cuda", "cpu")
+STAGE_SHAPES = ((96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7))
+
+
+def row_key(row: dict) -> tuple:
+    """What identifies a case across providers."""
+    return (row["op"], row["mode"], tuple(row["shape"]), row["dtype"], int(row.get("k", 7)))
+
+
+def geomean(values: Iterable[float]) -> Optional[float]:
+    vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not vals:
+        return None
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
+def add_speedups(rows: list[dict]) -> list[dict]:
+    """Set ``speedup_vs_eager`` / ``speedup_vs_compile`` on every ok row (in place; returns rows).
+
+    Speedup = baseline time / this row's time, same case key; None where the baseline is missing.
+    """
+    base: dict = {}
+    for r in rows:
+        if r.get("status") == "ok" and r["provider"] in ("torch", "torch_compile"):
+            base[(row_key(r), r["provider"])] = r["time_ms"]
+    for r in rows:
+        if r.get("status") != "ok":
+            r["speedup_vs_eager"] = r["speedup_vs_compile"] = None
+            continue
+        k = row_key(r)
+        te, tc = base.get((k, "torch")), base.get((k, "torch_compile"))
+        r["speedup_vs_eager"] = te / r["time_ms"] if te else None
+        r["speedup_vs_compile"] = tc / r["time_ms"] if tc else None
+    return rows
+
+
+def best_ours(rows: Sequence[dict], key: tuple) -> Optional[dict]:
+    """Our fastest ok row for a case key (over triton / cuda / cpu), or None."""
+    cands = [r for r in rows if r.get("status") == "ok" and r["provider"] in OURS and row_key(r) == key]
+    return min(cands, key=lambda r: r["time_ms"]) if cands else None
+
+
+def _find(rows: Sequence[dict], key: tuple, provider: str) -> Optional[dict]:
+    for r in rows:
+        if r.get("status") == "ok" and r["provider"] == provider and row_key(r) == key:
+            return r
+    return None
+
+
+# (id, description, op, mode, metric, threshold). metric: 'pct_bandwidth' | 'vs_eager' | 'vs_compile'
+# | 'peak_mem_vs_eager' (ours / eager, must be <= threshold).
+TARGETS = (
+    ("dwconv_roofline", "depthwise 7x7 forward, % of measured HBM roofline", "dwconv", "fwd", "pct_bandwidth", 85.0),
+    ("dwconv_ln_vs_eager", "fused dwconv+LN forward vs eager conv + permute + LayerNorm", "dwconv_ln", "fwd",
+     "vs_eager", 1.8),
+    ("block_vs_eager", "ConvNeXt block fwd+bwd vs eager", "block", "fwdbwd", "vs_eager", 1.5),
+    ("block_vs_compile", "ConvNeXt block fwd+bwd vs torch.compile", "block", "fwdbwd", "vs_compile", 1.2),
+    ("model_infer_vs_eager", "convnext_tiny inference (batch 256) vs timm eager", "model", "infer", "vs_eager", 2.0),
+    ("model_infer_vs_compile", "convnext_tiny inference (batch 256) vs timm torch.compile", "model", "infer",
+     "vs_compile", 1.5),
+    ("model_train_vs_eager", "convnext_tiny training step vs timm eager", "model", "train", "vs_eager", 1.3),
+    ("model_train_peak_mem", "convnext_tiny training peak memory vs timm eager (ours / eager)", "model", "train",
+     "peak_mem_vs_eager", 1.0),
+)
+
+
+def _target_rows(rows: Sequence[dict], op: str, mode: str, dtype: str) -> list[tuple]:
+    """Case keys for a target: the four stage shapes (ops, block) or the model, K = 7, standard set."""
+    keys = sorted({row_key(r) for r in rows if r["op"] == op and r["mode"] == mode and r["dtype"] == dtype
+                   and int(r.get("k", 7)) == 7 and r.get("group", "standard") == "standard"},
+                  key=lambda k: (k[2][0], -k[2][2] if len(k[2]) > 2 else 0))
+    if op != "model":
+        keys = [k for k in keys if tuple(k[2][1:]) in STAGE_SHAPES]
+    return keys
+
+
+def evaluate_targets(rows: list[dict], dtype: str = "bfloat16") -> list[dict]:
+    """Each issue-5 target with its measured value and a verdict: 'met' | 'not met' | 'not measured'.
+
+    Ops and the block: the geometric mean over the measured ConvNeXt-T stages (per-stage values in
+    ``detail``). Ours = our fastest backend for each case. A parity failure makes a target 'not met'.
+    """
+    add_speedups(rows)
+    out = []
+    for tid, desc, op, mode, metric, thr in TARGETS:
+        vals, details, parity_bad = [], [], False
+        for key in _target_rows(rows, op, mode, dtype):
+            ours = best_ours(rows, key)
+            if ours is None:
+                continue
+            if ours.get("parity") == "failed":
+                parity_bad = True
+            shape = "x".join(str(s) for s in key[2])
+            if metric == "pct_bandwidth":
+                v = ours.get("pct_bandwidth")
+            elif metric == "vs_eager":
+                v = ours.get("speedup_vs_eager")
+            elif metric == "vs_compile":
+                v = ours.get("speedup_vs_compile")
+            else:
+                eager = _find(rows, key, "torch")
+                v = (ours["peak_mem_mb"] / eager["peak_mem_mb"]
+                     if eager and eager.get("peak_mem_mb") and ours.get("peak_mem_mb") else None)
+            if v is None:
+                continue
+            vals.append(v)
+            details.append(f"{shape}: {fmt(v, metric)} ({ours['provider']})")
+        value = geomean(vals)
+        if value is None:
+            verdict = "not measured"
+        elif parity_bad:
+            verdict = "not met (parity failed)"
+        elif metric == "peak_mem_vs_eager":
+            verdict = "met" if value <= thr else "not met"
+        else:
+            verdict = "met" if value >= thr else "not met"
+        out.append({"id": tid, "target": desc, "metric": metric, "threshold": thr, "value": value,
+                    "verdict": verdict, "detail": "; ".join(details)})
+    return out
+
+
+def fmt(v: Any, metric: str = "") -> str:
+    """Human formatting: '1.83x', '87.2%', '12.3' ; 'n/a' for None."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if metric.startswith("pct"):
+        return f"{v:.1f}%"
+    if metric.startswith("vs") or metric == "x":
+        return f"{v:.2f}x"
+    if metric == "peak_mem_vs_eager":
+        return f"{v:.2f}x"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def _threshold_text(t: dict) -> str:
+    if t["metric"] == "pct_bandwidth":
+        return f">= {t['threshold']:.0f}%"
+    if t["metric"] == "peak_mem_vs_eager":
+        return f"<= {t['threshold']:.2f}x"
+    return f">= {t['threshold']:.2f}x"
+
+
+def targets_markdown(targets: Sequence[dict]) -> str:
+    """The headline table: target | goal | measured | verdict | per-stage detail."""
+    lines = ["| target | goal | measured | verdict | detail |", "|---|---|---|---|---|"]
+    for t in targets:
+        lines.append(f"| {t['target']} | {_threshold_text(t)} | {fmt(t['value'], t['metric'])} | "
+                     f"**{t['verdict']}** | {t['detail'] or '-'} |")
+    return "\n".join(lines)
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)

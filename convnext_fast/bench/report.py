@@ -1,0 +1,589 @@
+"""The benchmark report: ``python -m convnext_fast.bench --out DIR [--quick] [--budget-s S]``.
+
+Order of work (each step recorded in ``results.json``):
+
+1. parity: our providers against a float64 reference on the same random inputs (a provider that
+   fails is marked, never fatal);
+2. the two ceilings: device-to-device copy bandwidth (bytes read + written) and the matmul rate;
+3. the standard set, most important first (dwconv 7x7 fwd, fused dwconv+LN, LN, block, model,
+   kernel-size sweep, other dtypes); a case that would run past ``--budget-s`` is skipped with a note;
+4. ``results.json`` (raw), ``report.md`` (tables), PNG plots.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from . import aggregate, cases as C, roofline
+from .env import bench_device, environment
+from .timing import measure
+
+__all__ = ["main", "measure_ceilings", "render_markdown", "write_plots"]
+
+SCHEMA_VERSION = 1
+
+
+# ------------------------------------------------------------------------------------------------
+# progress
+# ------------------------------------------------------------------------------------------------
+
+class _Progress:
+    """tqdm when installed, else a printed counter (one line per item, flushed for log files)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n = total, 0
+        try:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            self._bar = None
+
+    def step(self, label: str) -> None:
+        self.n += 1
+        if self._bar is not None:
+            self._bar.set_description(label[:60], refresh=False)
+            self._bar.update(1)
+        else:
+            print(f"[{self.n}/{self.total}] {label}", flush=True)
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# ceilings
+# ------------------------------------------------------------------------------------------------
+
+def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
+    """Copy bandwidth (GB/s, read + write) and matmul TFLOP/s per dtype, measured here and now."""
+    out: dict = {"copy_gbps": None, "matmul_tflops": {}, "notes": []}
+    if device.type == "cuda":
+        nbytes = 1 << 30  # 1 GiB each way: far beyond L2
+        src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
+        dst = torch.empty_like(src)
+        t = measure(lambda: dst.copy_(src), device, rep_ms=200)
+        out["copy_gbps"] = 2 * nbytes / (t.median_ms / 1e3) / 1e9
+        del src, dst
+        for dt, n in (("bfloat16", 8192), ("float32", 8192 if not quick else 4096)):
+            a = torch.randn(n, n, device=device, dtype=getattr(torch, dt))
+            b = torch.randn(n, n, device=device, dtype=getattr(torch, dt))
+            t = measure(lambda: torch.mm(a, b), device, rep_ms=200)
+            out["matmul_tflops"][dt] = 2 * n ** 3 / (t.median_ms / 1e3) / 1e12
+        out["notes"].append("copy: 1 GiB uint8 device-to-device, bytes read + written; matmul: 8192^3 torch.mm; "
+                            f"float32 matmul with allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
+    else:
+        nbytes = 256 << 20
+        src = torch.empty(nbytes, dtype=torch.uint8).random_(0, 255)
+        dst = torch.empty_like(src)
+        t = measure(lambda: dst.copy_(src), device, rep_ms=300)
+        out["copy_gbps"] = 2 * nbytes / (t.median_ms / 1e3) / 1e9
+        n = 1024 if quick else 2048
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        t = measure(lambda: torch.mm(a, b), device, rep_ms=300)
+        out["matmul_tflops"]["float32"] = 2 * n ** 3 / (t.median_ms / 1e3) / 1e12
+        out["notes"].append(f"CPU: 256 MiB memcpy (read + write), {n}^3 fp32 torch.mm on "
+                            f"{torch.get_num_threads()} threads")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+def _default_providers(device: torch.device, quick: bool) -> list[str]:
+    if device.type == "cuda":
+        return ["torch", "torch_compile", "triton", "cuda"]
+    # CPU: compiling with gcc on a small machine costs tens of seconds per graph: only outside --quick.
+    return ["torch", "cpu"] if quick else ["torch", "torch_compile", "cpu"]
+
+
+def _estimated_cost_s(case: C.Case, provider: str, device: torch.device, seen: dict) -> float:
+    """A guess at one measurement's wall time (compile included), to skip what cannot fit."""
+    observed = seen.get((case.op, case.mode, provider))
+    if provider == "torch_compile":
+        guess = {"model": 150.0 if case.mode == "train" else 80.0, "block": 20.0}.get(case.op, 8.0)
+        if device.type != "cuda":
+            guess *= 2
+    else:
+        guess = {"model": 15.0 if device.type == "cuda" else 20.0, "block": 2.0}.get(case.op, 1.0)
+    return max(guess if observed is None else observed, 0.5)
+
+
+def _compile_allowed(case: C.Case, device: torch.device, quick: bool, compile_all: bool) -> str:
+    """'' if torch_compile should run this case, else why not (compile time is the budget's largest item)."""
+    if compile_all:
+        return ""
+    if case.group == "sweep":
+        return "sweep compares eager PyTorch with ours (compile only with --compile-all)"
+    if device.type == "cuda":
+        if case.dtype != "bfloat16":
+            return "torch.compile only in bf16 by default (compile time); --compile-all for every dtype"
+        return ""
+    if case.op == "model":
+        return "torch.compile of the whole model on CPU takes minutes (--compile-all to force)"
+    if case.stage not in (1, None):
+        return "on CPU torch.compile runs at stage 1 only (compile time; --compile-all for all)"
+    return ""
+
+
+def _parity_plan(cases: Sequence[C.Case], device: torch.device) -> list[C.Case]:
+    """Parity cases per (op, dtype, k), in the gradient mode, at the timed batch size (the kernels
+    compile and autotune once for both): ops at stage 1 and stage 4 (C = 768 catches channel-tiling
+    bugs; K = 7 only), block at stage 1, the model at batch <= 32."""
+    seen, plan = set(), []
+    for case in cases:
+        grad_mode = {"dwconv": "fwdbwd", "layer_norm": "bwd", "dwconv_ln": "fwdbwd", "block": "fwdbwd",
+                     "model": "infer"}[case.op]
+        shapes: list = [case.shape]
+        if case.op in ("dwconv", "layer_norm", "dwconv_ln") and case.k == 7:
+            shapes = [(case.shape[0],) + C.STAGES[0], (case.shape[0],) + C.STAGES[3]]
+        elif case.op == "block":
+            shapes = [(case.shape[0],) + C.STAGES[0]]
+        elif case.op == "model":
+            # a float64 reference of the whole network at batch 256 costs more than it tells
+            shapes = [(min(case.shape[0], 32 if case.k == 7 else 8),) + tuple(case.shape[1:])]
+        for shape in shapes:
+            key = (case.op, case.dtype, case.k, tuple(shape[1:]))
+            if key in seen:
+                continue
+            seen.add(key)
+            plan.append(C.Case(case.op, grad_mode, tuple(shape), case.dtype, case.k, case.group))
+    return plan
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Parity, ceilings, timings; returns the results.json structure."""
+    t_start = time.perf_counter()
+    device = bench_device()
+    if device.type == "cuda":
+        # timm's training scripts turn this on; PyTorch's best setup is the fair baseline.
+        torch.backends.cudnn.benchmark = True
+    env = environment()
+    providers = args.providers.split(",") if args.providers else _default_providers(device, args.quick)
+    cases = C.standard_cases(device.type, quick=args.quick)
+    if args.only:
+        wanted = set(args.only.split(","))
+        cases = [c for c in cases if c.op in wanted or f"{c.op}:{c.mode}" in wanted or c.group in wanted]
+    if args.max_cases:
+        cases = cases[: args.max_cases]
+    ours = [p for p in providers if p in C.OURS]
+    parity_plan = _parity_plan(cases, device)
+    notes: list = []
+    status = {p: C.provider_unavailable(p, device) for p in providers}
+    for p, why in status.items():
+        if why:
+            notes.append(f"provider {p} not run: {why}")
+    runnable_ours = [p for p in ours if not status[p]]
+
+    total = len(parity_plan) * len(runnable_ours) + 1 + len(cases) * len(providers)
+    bar = _Progress(total)
+    ceil: dict = {"copy_gbps": None, "matmul_tflops": {}, "notes": ["not measured yet"]}
+    parity: list = []
+    rows: list = []
+
+    def elapsed() -> float:
+        return time.perf_counter() - t_start
+
+    def snapshot(done: bool) -> dict:
+        meta = dict(env)
+        meta.update(argv=sys.argv[1:], quick=args.quick, compile_mode=args.compile_mode, budget_s=args.budget_s,
+                    elapsed_s=round(elapsed(), 1), providers=providers, cuda_graphs=args.cuda_graphs,
+                    complete=done)
+        return {"schema": SCHEMA_VERSION, "meta": meta, "ceilings": ceil, "parity": parity, "results": rows,
+                "notes": notes}
+
+    last_save = [0.0]
+
+    def checkpoint(force: bool = False) -> None:
+        # a run killed from outside (the device tool's time limit) still leaves its numbers
+        if getattr(args, "checkpoint", "") and (force or time.perf_counter() - last_save[0] > 10):
+            _write_json(Path(args.checkpoint), snapshot(False))
+            last_save[0] = time.perf_counter()
+
+    # 1. parity ------------------------------------------------------------------------------------
+    # Each (op, dtype, K, provider) is checked once, on the shapes the timing uses (so the kernels'
+    # compilation and autotuning happen once). The headline set (first dtype, K = 7) is checked up
+    # front; sweep kernel sizes and other dtypes just before their first timing, so that the time
+    # budget cuts their parity together with their timings.
+    parity_ok: dict = {}
+    parity_done: set = set()
+    first_dtype = cases[0].dtype if cases else ""
+
+    def run_parity(pc: C.Case, p: str) -> None:
+        key = (pc.op, pc.dtype, pc.k, p)
+        if (key, tuple(pc.shape)) in parity_done:
+            return
+        parity_done.add((key, tuple(pc.shape)))
+        bar.step(f"parity {pc.op} {_shape_text(pc.shape)} {pc.dtype} k{pc.k} {p}")
+        if args.budget_s and elapsed() > args.budget_s:
+            res = {"op": pc.op, "mode": pc.mode, "shape": list(pc.shape), "dtype": pc.dtype, "k": pc.k,
+                   "provider": p, "passed": None, "outputs": {}, "error": "skipped: time budget exceeded"}
+        else:
+            try:
+                res = C.check_parity(pc, p, device, batch=pc.shape[0])
+            except C.Skip as exc:
+                res = {"op": pc.op, "mode": pc.mode, "shape": list(pc.shape), "dtype": pc.dtype, "k": pc.k,
+                       "provider": p, "passed": None, "outputs": {}, "error": f"skipped: {exc}"}
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        parity.append(res)
+        if res.get("passed") is None:
+            parity_ok.setdefault(key, None)
+        else:
+            parity_ok[key] = bool(res["passed"]) and parity_ok.get(key, True) is not False
+        if res.get("passed") is False:
+            bar.note(f"PARITY FAILED: {pc.op} {pc.dtype} k{pc.k} {p}: {res.get('error') or res['outputs']}")
+        checkpoint()
+
+    headline_share = 0.4  # parity up front may use at most this share of the budget
+    for pc in parity_plan:
+        if pc.dtype != first_dtype or pc.k != 7 or pc.group != "standard":
+            continue
+        for p in runnable_ours:
+            if args.budget_s and elapsed() > headline_share * args.budget_s:
+                break
+            run_parity(pc, p)
+
+    # 2. ceilings ----------------------------------------------------------------------------------
+    bar.step("ceilings")
+    try:
+        ceil = measure_ceilings(device, args.quick)
+    except Exception as exc:  # noqa: BLE001
+        ceil = {"copy_gbps": None, "matmul_tflops": {}, "notes": [f"ceiling measurement failed: {exc}"]}
+    ceilings = roofline.Ceilings(ceil["copy_gbps"] or 0.0, dict(ceil["matmul_tflops"]))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    checkpoint(force=True)
+
+    # 3. timings -----------------------------------------------------------------------------------
+    seen_cost: dict = {}
+    for case in cases:
+        checkpoint()
+        for p in runnable_ours:  # parity not yet done for this (op, dtype, K): now, before timing
+            for pc in parity_plan:
+                if (pc.op, pc.dtype, pc.k) == (case.op, case.dtype, case.k):
+                    run_parity(pc, p)
+        for p in providers:
+            bar.step(f"{case.label} {p}")
+            row: dict = {"op": case.op, "mode": case.mode, "shape": list(case.shape), "dtype": case.dtype,
+                         "k": case.k, "group": case.group, "stage": case.stage, "provider": p}
+            rows.append(row)
+            if status[p]:
+                row.update(status="skipped", reason=status[p])
+                continue
+            if p == "torch_compile":
+                why = _compile_allowed(case, device, args.quick, args.compile_all)
+                if why:
+                    row.update(status="skipped", reason=why)
+                    continue
+            est = _estimated_cost_s(case, p, device, seen_cost)
+            if args.budget_s and elapsed() + est > args.budget_s:
+                row.update(status="budget", reason=f"time budget {args.budget_s:.0f}s: "
+                                                   f"{elapsed():.0f}s used, needs ~{est:.0f}s")
+                continue
+            t0 = time.perf_counter()
+            try:
+                prep = C.prepare(case, p, device, compile_mode=args.compile_mode)
+                peak, case_notes = prep.peak_mem_mb, prep.notes
+                t = measure(prep.fn, device, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
+                            min_reps=5 if device.type == "cuda" else 3,
+                            cuda_graph=args.cuda_graphs and case.mode in ("fwd", "infer"),
+                            max_total_s=2.0)
+            except C.Skip as exc:
+                row.update(status="skipped", reason=str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - record, keep going
+                row.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:400])
+                bar.note(f"FAILED {case.label} {p}: {row['reason']}")
+                if args.verbose:
+                    traceback.print_exc()
+                continue
+            finally:
+                seen_cost[(case.op, case.mode, p)] = time.perf_counter() - t0
+                prep = None  # noqa: F841 - free the case's tensors before the next one
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            work = roofline.op_work(case.op, case.shape, case.k, case.dtype, case.mode)
+            row.update(status="ok", time_ms=t.median_ms, time_p20_ms=t.p20_ms, time_p80_ms=t.p80_ms, reps=t.reps,
+                       cuda_graph=t.cuda_graph, setup_s=round(seen_cost[(case.op, case.mode, p)], 2))
+            row.update(roofline.roofline(work, t.median_ms, ceilings if ceilings.copy_gbps else None, case.dtype))
+            if case.op == "model":
+                row["img_per_s"] = case.shape[0] / (t.median_ms / 1e3)
+                row["peak_mem_mb"] = peak
+            if case_notes:
+                row["notes"] = case_notes
+            if p in C.OURS:
+                ok = parity_ok.get((case.op, case.dtype, case.k, p))
+                row["parity"] = "n/a" if ok is None else ("ok" if ok else "failed")
+    bar.close()
+    aggregate.add_speedups(rows)
+    skipped_budget = sum(1 for r in rows if r.get("status") == "budget")
+    if skipped_budget:
+        notes.append(f"{skipped_budget} measurements skipped: time budget of {args.budget_s:.0f}s exceeded")
+    return snapshot(True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Markdown
+# ------------------------------------------------------------------------------------------------
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def render_markdown(data: dict) -> str:
+    """report.md: environment, ceilings, parity, targets, the main table, model, sweep, skips."""
+    m, ceil, rows = data["meta"], data["ceilings"], data["results"]
+    aggregate.add_speedups(rows)
+    out = [f"# convnext_fast benchmark report — {m.get('device_name')} — {m.get('date')}", ""]
+    out.append(f"torch {m.get('torch')}, triton {m.get('triton')}, CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')}, "
+               f"timm {m.get('timm')}, Python {m.get('python')}, convnext_fast {m.get('convnext_fast')} "
+               f"(commit {m.get('git_commit')}). Run took {m.get('elapsed_s')} s"
+               f"{' (--quick)' if m.get('quick') else ''}; torch.compile mode `{m.get('compile_mode')}`.")
+    out.append("")
+    gb = ceil.get("copy_gbps")
+    mm = ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in (ceil.get("matmul_tflops") or {}).items())
+    out.append(f"**Measured ceilings:** copy {gb:.0f} GB/s (read + write); matmul {mm}." if gb else
+               "**Measured ceilings:** not measured.")
+    for n in ceil.get("notes", []):
+        out.append(f"- {n}")
+    out += ["", "Timing: median of CUDA-event-timed calls with an L2 flush between calls (GPU) or host-clock "
+            "medians (CPU), after warm-up and compilation. *Eager* = PyTorch as timm runs ConvNeXt (channels_last, "
+            "depthwise `F.conv2d`, permute, `F.layer_norm`, Linear MLP); *compile* = the same under `torch.compile`. "
+            "% roofline = max(min bytes / copy bandwidth, flops / matmul rate) / time; bytes = inputs read once + "
+            "outputs written once.", ""]
+
+    out += ["## Targets (issue 5)", "", aggregate.targets_markdown(aggregate.evaluate_targets(rows)), ""]
+
+    out += ["## Parity (before timing, against a float64 reference)", ""]
+    body = []
+    for p in data.get("parity", []):
+        worst = max(p["outputs"].values(), key=lambda o: o["rel_err"] / max(o["tol"], 1e-30), default=None)
+        verdict = "skipped" if p.get("passed") is None else ("ok" if p["passed"] else "**FAILED**")
+        body.append([p["op"], p["mode"], _shape_text(p["shape"]), p["dtype"], p["k"], p["provider"],
+                     f"{worst['rel_err']:.2e}" if worst else "-", f"{worst['tol']:.2e}" if worst else "-",
+                     f"{worst['max_abs_err']:.2e}" if worst else "-", verdict,
+                     (p.get("error") or "")[:120]])
+    out.append(aggregate.markdown_table(["op", "mode", "shape", "dtype", "K", "provider", "rel err (worst)",
+                                         "tol", "max abs err", "result", "error"], body) if body else
+               "No parity checks ran (no kernel provider available here).")
+    out.append("")
+
+    def table(sel: list[dict]) -> str:
+        body = []
+        for r in sel:
+            if r.get("status") == "ok":
+                body.append([r["op"], r["mode"], _shape_text(r["shape"]), r["dtype"], r["k"], r["provider"],
+                             f"{r['time_ms']:.3f}", aggregate.fmt(r.get("gbps")), aggregate.fmt(r.get("tflops")),
+                             aggregate.fmt(r.get("pct_roofline"), "pct"),
+                             aggregate.fmt(r.get("speedup_vs_eager"), "x"),
+                             aggregate.fmt(r.get("speedup_vs_compile"), "x"),
+                             {"failed": "PARITY FAILED"}.get(r.get("parity", ""), "")])
+        return aggregate.markdown_table(["op", "mode", "shape", "dtype", "K", "provider", "time ms", "GB/s",
+                                         "TFLOP/s", "% roofline", "x eager", "x compile", "note"], body)
+
+    std = [r for r in rows if r.get("group") == "standard" and r["op"] != "model"]
+    out += ["## Ops and block", "", table(std), ""]
+    model = [r for r in rows if r["op"] == "model" and r.get("group") == "standard" and r.get("status") == "ok"]
+    out += ["## convnext_tiny", ""]
+    out.append(aggregate.markdown_table(
+        ["mode", "batch", "dtype", "provider", "time ms", "img/s", "peak MiB", "x eager", "x compile", "% roofline"],
+        [[r["mode"], r["shape"][0], r["dtype"] + (" (autocast)" if r["dtype"] != "float32" else ""), r["provider"],
+          f"{r['time_ms']:.1f}", f"{r['img_per_s']:.0f}", aggregate.fmt(r.get("peak_mem_mb")),
+          aggregate.fmt(r.get("speedup_vs_eager"), "x"), aggregate.fmt(r.get("speedup_vs_compile"), "x"),
+          aggregate.fmt(r.get("pct_roofline"), "pct")] for r in model]) if model else "Not measured.")
+    out.append("")
+    sweep_keys = {(r["op"], r["mode"], tuple(r["shape"]), r["dtype"]) for r in rows if r.get("group") == "sweep"}
+    sweep = [r for r in rows if (r["op"], r["mode"], tuple(r["shape"]), r["dtype"]) in sweep_keys]
+    sweep.sort(key=lambda r: (r["op"], r["mode"], r["k"], r["provider"]))
+    out += ["## Kernel-size sweep", "", table(sweep) if sweep else "Not measured.", ""]
+
+    not_run = [r for r in rows if r.get("status") != "ok"]
+    if not_run or data.get("notes"):
+        out += ["## Not measured", ""]
+        for n in data.get("notes", []):
+            out.append(f"- {n}")
+        counts = Counter((r["provider"], r["status"], r.get("reason", "")) for r in not_run)
+        for (p, st, why), n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            out.append(f"- {p}: {st} x{n}: {why}")
+        out.append("")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots
+# ------------------------------------------------------------------------------------------------
+
+def write_plots(data: dict, out_dir: Path) -> list[Path]:
+    """speedup.png (per op and stage), sweep.png (kernel size), model.png (img/s). Returns the paths."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001
+        return []
+    rows = aggregate.add_speedups(data["results"])
+    dev = data["meta"].get("device_name", "")
+    written: list = []
+    ok = [r for r in rows if r.get("status") == "ok"]
+
+    # speedup per op and stage (first dtype measured, standard set)
+    std = [r for r in ok if r.get("group") == "standard" and r["op"] != "model"]
+    if std:
+        dtype = std[0]["dtype"]
+        panels = sorted({(r["op"], r["mode"]) for r in std if r["dtype"] == dtype},
+                        key=lambda om: [("dwconv", "fwd"), ("dwconv", "fwdbwd"), ("dwconv_ln", "fwd"),
+                                        ("dwconv_ln", "fwdbwd"), ("layer_norm", "fwd"), ("layer_norm", "bwd"),
+                                        ("block", "fwd"), ("block", "fwdbwd")].index(om)
+                        if om in [("dwconv", "fwd"), ("dwconv", "fwdbwd"), ("dwconv_ln", "fwd"),
+                                  ("dwconv_ln", "fwdbwd"), ("layer_norm", "fwd"), ("layer_norm", "bwd"),
+                                  ("block", "fwd"), ("block", "fwdbwd")] else 99)
+        cols = min(4, len(panels))
+        nrows = math.ceil(len(panels) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+        for ax, (op, mode) in zip(axes.flat, panels):
+            sel = [r for r in std if r["op"] == op and r["mode"] == mode and r["dtype"] == dtype]
+            shapes = sorted({tuple(r["shape"]) for r in sel}, key=lambda s: -s[2])
+            provs = [p for p in ("torch_compile", "triton", "cuda", "cpu") if any(r["provider"] == p for r in sel)]
+            width = 0.8 / max(1, len(provs))
+            for i, p in enumerate(provs):
+                ys = []
+                for s in shapes:
+                    r = next((r for r in sel if r["provider"] == p and tuple(r["shape"]) == s), None)
+                    ys.append(r["speedup_vs_eager"] if r and r.get("speedup_vs_eager") else 0.0)
+                ax.bar([j + i * width for j in range(len(shapes))], ys, width, label=p)
+            ax.axhline(1.0, color="k", lw=0.8)
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
+            ax.set_xticklabels([f"{s[1]}x{s[2]}" for s in shapes], fontsize=8)
+            ax.set_title(f"{op} {mode}", fontsize=9)
+            ax.set_ylabel("speedup over eager")
+            if provs:
+                ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        fig.suptitle(f"convnext_fast vs eager PyTorch, {dtype}, batch {std[0]['shape'][0]} — {dev}", fontsize=10)
+        fig.tight_layout()
+        path = out_dir / "speedup.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    # kernel-size sweep
+    sweep_keys = sorted({(r["op"], r["mode"], tuple(r["shape"]), r["dtype"]) for r in ok if r.get("group") == "sweep"})
+    if sweep_keys:
+        fig, axes = plt.subplots(1, len(sweep_keys), figsize=(4.2 * len(sweep_keys), 3.6), squeeze=False)
+        for ax, (op, mode, shape, dtype) in zip(axes.flat, sweep_keys):
+            sel = [r for r in ok if (r["op"], r["mode"], tuple(r["shape"]), r["dtype"]) == (op, mode, shape, dtype)]
+            for p in sorted({r["provider"] for r in sel}):
+                pts = sorted((r["k"], r["time_ms"]) for r in sel if r["provider"] == p)
+                ax.plot([k for k, _ in pts], [t for _, t in pts], marker="o", label=p)
+            ax.set_yscale("log")
+            ax.set_xlabel("kernel size K")
+            ax.set_ylabel("time (ms)")
+            ax.set_title(f"{op} {mode} {_shape_text(shape)} {dtype}", fontsize=8)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"kernel-size sweep — {dev}", fontsize=10)
+        fig.tight_layout()
+        path = out_dir / "sweep.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    # model img/s
+    model = [r for r in ok if r["op"] == "model" and r.get("group") == "standard"]
+    if model:
+        modes = [m for m in ("infer", "train") if any(r["mode"] == m for r in model)]
+        fig, axes = plt.subplots(1, len(modes), figsize=(4.5 * len(modes), 3.6), squeeze=False)
+        for ax, mode in zip(axes.flat, modes):
+            sel = [r for r in model if r["mode"] == mode]
+            ax.bar([r["provider"] for r in sel], [r["img_per_s"] for r in sel],
+                   color=["tab:gray" if r["provider"].startswith("torch") else "tab:blue" for r in sel])
+            ax.set_ylabel("images / s")
+            ax.set_title(f"convnext_tiny {mode}, batch {sel[0]['shape'][0]}, {sel[0]['dtype']}", fontsize=9)
+        fig.suptitle(dev, fontsize=10)
+        fig.tight_layout()
+        path = out_dir / "model.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m convnext_fast.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="folder for results.json, report.md and the PNG plots")
+    ap.add_argument("--from-json", default="",
+                    help="do not measure: re-render report.md and the plots from an existing results.json")
+    ap.add_argument("--quick", action="store_true", help="reduced set: fewer stages/dtypes/kernel sizes")
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="wall-time budget for the whole run; cases that would exceed it are skipped (0: none)")
+    ap.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune",
+                                                                   "max-autotune-no-cudagraphs"],
+                    help="torch.compile mode for the torch_compile provider (max-autotune is slow to compile)")
+    ap.add_argument("--compile-all", action="store_true",
+                    help="run torch_compile for every dtype, stage and the sweep (slow)")
+    ap.add_argument("--providers", default="", help="comma list (default: every provider for this device)")
+    ap.add_argument("--only", default="", help="comma list of ops, op:mode or 'sweep' to run")
+    ap.add_argument("--max-cases", type=int, default=0, help="run only the first N cases (debugging)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="time forward/inference calls as CUDA graph replays")
+    ap.add_argument("--warmup-ms", type=float, default=25.0)
+    ap.add_argument("--rep-ms", type=float, default=100.0)
+    ap.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failed cases")
+    return ap.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    args.checkpoint = ""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+    else:
+        args.checkpoint = str(out / "results.json")
+        data = run(args)
+        _write_json(out / "results.json", data)
+    (out / "report.md").write_text(render_markdown(data))
+    plots = write_plots(data, out)
+    ok = sum(1 for r in data["results"] if r.get("status") == "ok")
+    failed = [p for p in data["parity"] if p.get("passed") is False]
+    print(f"wrote {out / 'results.json'}, {out / 'report.md'}" + "".join(f", {p}" for p in plots))
+    print(f"{ok} measurements, {len(failed)} parity failures, {data['meta']['elapsed_s']} s")
+    print()
+    print(aggregate.targets_markdown(aggregate.evaluate_targets(data["results"])))
+    # Exit 0 even when some providers failed: the report says so; a crash above exits non-zero.
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,402 @@
+"""Fused depthwise KxK convolution + channels-first LayerNorm in Triton (the first half of a ConvNeXt block).
+
+In ConvNeXt (Liu et al., "A ConvNet for the 2020s", CVPR 2022) every block starts with a 7x7
+depthwise convolution followed by a LayerNorm over channels. Eager PyTorch writes the conv output to
+HBM, reads it back (permute + LayerNorm) and, for training, keeps it alive until the backward pass.
+Here:
+
+* forward: one kernel computes the conv output of a tile of pixels x all channels in fp32 registers,
+  normalizes it and writes only y (plus per-pixel mean/rstd): the conv output never reaches HBM;
+* backward: one kernel *recomputes* the conv output from x (K*K loads per element, served from L1/L2,
+  instead of storing an activation the size of x for the whole forward-backward interval), applies
+  the LayerNorm backward to get the gradient of the conv output, and the depthwise-conv backward of
+  ``kernels/depthwise_conv.py`` takes it from there.
+
+Tiling. A program handles ``BLOCK_W`` consecutive pixels of one image row (n, h) and ``BLOCK_C``
+channels; neighbouring programs take neighbouring column blocks of the same row, so the K input rows
+they share stay in L1/L2. Rows keep (n, h) scalar: no per-element integer division, and any input
+strides (contiguous NCHW, channels_last, sliced) are handled by the same code. The kernel-row loop
+(kh) is a runtime loop and the kernel-column loop (kw) is unrolled, so a 7x7 kernel is 7 loop
+iterations of 7 independent loads, and K = 31 does not blow up the code.
+
+Channel chunks. When C exceeds one register tile (C > 1024, ConvNeXt-V2-H's 1408 / 2816), the forward
+pass loops over channel chunks, merging chunk mean / sum of squared deviations with Chan's parallel
+formula, then loops again to normalize. The second loop *recomputes* the conv chunk rather than
+writing the unnormalized conv output into y and re-reading it: that keeps the conv output in fp32
+(no rounding to bf16/fp16 before normalization, no fp16 overflow of an unnormalized value), needs no
+barrier between a store by one thread and a load by another, and costs only cached reads (those
+layers have 7x7 or 14x14 spatial maps, so x is L2-resident). The backward pass does the same.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from convnext_fast.layout import empty_channels_last, stats_dtype, stats_shape
+
+from .depthwise_conv import dwconv_backward
+from .layer_norm import (_TRITON_DTYPE, CONVNEXT_CHANNELS, MAX_BLOCK_C, MAX_BLOCK_C_FP64, _chan_combine,
+                         _mean_div, divisibility_attrs, num_partials, reduce_partials)
+
+__all__ = ["dwconv_ln_forward", "dwconv_ln_backward", "aot_configs"]
+
+# Elements of the fp32 conv accumulator tile (BLOCK_W * BLOCK_C) for 16-bit input, 4 warps. The
+# forward keeps one accumulator plus the in-flight tap loads: 4096 for narrow layers (C <= 256:
+# many pixels per program, so neighbouring taps hit L1), 1024 for wide ones; the backward also holds
+# the incoming gradient and zhat: 2048, 1024 from C > 512. Measured on an H100 at ConvNeXt-T shapes
+# (bf16, batch 128) against 512..4096 and 8 warps: fastest or within ~10%, and the wide tiles are
+# the largest that compiled without spills for both sm_90 and sm_80.
+TILE_FWD = 4096
+TILE_FWD_WIDE = 1024
+TILE_BWD = 2048
+TILE_BWD_WIDE = 1024
+NUM_WARPS = 4
+
+
+@triton.jit
+def _conv_tile(
+    x_ptr,  # input (N, C, H, W), strides s_c, s_h, s_w; x_base is the offset of image n
+    wt_ptr,  # (K*K, C) depthwise weight, transposed so the C values of a tap are contiguous
+    db_ptr,  # (C,) depthwise bias (unused when not HAS_BIAS)
+    x_base, h, w, cols, c_mask, H, W, C, s_c, s_h, s_w,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, acc_t: tl.constexpr,
+):
+    """Depthwise conv output (padding K//2, stride 1) at pixels (h, w[:]) x channels cols, in acc_t."""
+    PAD: tl.constexpr = K // 2
+    acc = tl.zeros([BLOCK_W, BLOCK_C], dtype=acc_t)
+    # One [BLOCK_W, BLOCK_C] pointer tile at the centre tap of row 0; every tap is a scalar offset
+    # from it, so the per-tap address work is one scalar multiply-add, not a tile of int64 math.
+    ptrs = x_ptr + (x_base + w.to(tl.int64)[:, None] * s_w + cols.to(tl.int64)[None, :] * s_c)
+    for kh in range(K):
+        ih = h + kh - PAD
+        row_ok = (ih >= 0) & (ih < H)
+        row_ptrs = ptrs + ih.to(tl.int64) * s_h
+        for kw in tl.static_range(K):
+            iw = w + (kw - PAD)
+            m = (row_ok & (iw >= 0) & (iw < W))[:, None] & c_mask[None, :]
+            xv = tl.load(row_ptrs + (kw - PAD) * s_w, mask=m, other=0.0)
+            wv = tl.load(wt_ptr + ((kh * K + kw) * C + cols), mask=c_mask, other=0.0)
+            acc += xv.to(acc_t) * wv.to(acc_t)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(db_ptr + cols, mask=c_mask, other=0.0).to(acc_t)[None, :]
+    return acc
+
+
+@triton.jit
+def _dwconv_ln_fwd_kernel(
+    x_ptr,  # input (N, C, H, W), any strides (s_n, s_c, s_h, s_w)
+    wt_ptr,  # (K*K, C) depthwise weight, tap-major (transposed by the launcher)
+    db_ptr,  # (C,) depthwise bias, or any pointer when not HAS_BIAS
+    lw_ptr,  # (C,) LayerNorm weight
+    lb_ptr,  # (C,) LayerNorm bias
+    y_ptr,  # output (N, C, H, W) channels_last: element (p, c) at p*C + c, p = (n*H + h)*W + w
+    mean_ptr,  # (N*H*W,) per-pixel mean of the conv output; its dtype (fp32/fp64) is the compute dtype
+    rstd_ptr,  # (N*H*W,) per-pixel 1 / sqrt(var + eps)
+    H, W, C, NUM_WB,  # NUM_WB: column blocks per image row
+    s_n, s_c, s_h, s_w,
+    eps,
+    inv_C,  # 1 / C (fp32), see _mean_div
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, SINGLE_TILE: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    acc_t: tl.constexpr = mean_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    row = pid // NUM_WB  # n*H + h; column blocks of one row are neighbouring programs
+    n = row // H
+    h = row - n * H
+    w = (pid - row * NUM_WB) * BLOCK_W + tl.arange(0, BLOCK_W)
+    w_mask = w < W
+    x_base = n.to(tl.int64) * s_n
+    p = row.to(tl.int64) * W + w
+    cols0 = tl.arange(0, BLOCK_C)
+    if SINGLE_TILE:
+        c_mask = cols0 < C
+        mask = w_mask[:, None] & c_mask[None, :]
+        z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols0, c_mask, H, W, C, s_c, s_h, s_w,
+                       K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+        # Masked lanes of z are exactly 0 (masked loads, masked bias), so the plain sum is the row sum.
+        mean = _mean_div(tl.sum(z, axis=1), C, inv_C)
+        zc = tl.where(mask, z - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(_mean_div(tl.sum(zc * zc, axis=1), C, inv_C) + eps)
+        lw = tl.load(lw_ptr + cols0, mask=c_mask, other=0.0).to(acc_t)
+        lb = tl.load(lb_ptr + cols0, mask=c_mask, other=0.0).to(acc_t)
+        y = zc * rstd[:, None] * lw[None, :] + lb[None, :]
+        tl.store(y_ptr + (p[:, None] * C + cols0[None, :]), y.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        mean = tl.zeros([BLOCK_W], dtype=acc_t)
+        m2 = tl.zeros([BLOCK_W], dtype=acc_t)
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + cols0
+            c_mask = cols < C
+            mask = w_mask[:, None] & c_mask[None, :]
+            z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask, H, W, C, s_c, s_h, s_w,
+                           K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+            n_b = tl.cast(tl.minimum(C - c0, BLOCK_C), acc_t)
+            mean_b = tl.sum(z, axis=1) / n_b
+            d = tl.where(mask, z - mean_b[:, None], 0.0)
+            mean, m2 = _chan_combine(mean, m2, tl.cast(c0, acc_t), mean_b, tl.sum(d * d, axis=1), n_b)
+        rstd = 1.0 / tl.sqrt(_mean_div(m2, C, inv_C) + eps)
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + cols0
+            c_mask = cols < C
+            mask = w_mask[:, None] & c_mask[None, :]
+            z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask, H, W, C, s_c, s_h, s_w,
+                           K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+            lw = tl.load(lw_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
+            lb = tl.load(lb_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
+            y = (z - mean[:, None]) * rstd[:, None] * lw[None, :] + lb[None, :]
+            tl.store(y_ptr + (p[:, None] * C + cols[None, :]), y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + p, mean, mask=w_mask)
+    tl.store(rstd_ptr + p, rstd, mask=w_mask)
+
+
+@triton.jit
+def _dwconv_ln_bwd_kernel(
+    gy_ptr,  # incoming gradient of y (N, C, H, W), any strides incl. expanded stride 0 (sg_*)
+    x_ptr,  # forward input (N, C, H, W), any strides (sx_*): the conv output is recomputed from it
+    wt_ptr,  # (K*K, C) depthwise weight, tap-major
+    db_ptr,  # (C,) depthwise bias, or any pointer when not HAS_BIAS
+    lw_ptr,  # (C,) LayerNorm weight
+    mean_ptr,  # (N*H*W,) saved mean (compute dtype)
+    rstd_ptr,  # (N*H*W,) saved rstd
+    gz_ptr,  # output: gradient of the conv output, (N, C, H, W) channels_last, x dtype
+    part_ptr,  # (G, 3*C) partial sums (compute dtype); row pid, owned by this program alone, holds
+               # [LayerNorm-weight grad, LayerNorm-bias grad, conv-bias grad] (C each) of its pixels
+    H, W, C, NUM_WB, NUM_ROWS,  # NUM_ROWS = N*H
+    sx_n, sx_c, sx_h, sx_w,
+    sg_n, sg_c, sg_h, sg_w,
+    G, TILES_PER_PROG,  # program pid handles the tiles pid, pid + G, ... (a tile = BLOCK_W pixels of a row)
+    inv_C,  # 1 / C (fp32), see _mean_div
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, SINGLE_TILE: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """LayerNorm backward on the recomputed conv output z: gz = rstd * (lw*gy - zhat*mean_c(zhat*lw*gy)
+    - mean_c(lw*gy)), and per-program partial sums of gy*zhat, gy and gz. The conv-bias gradient
+    (the sum of gz) is taken here from the fp32 gz, before gz is rounded to the x dtype."""
+    acc_t: tl.constexpr = mean_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    cols0 = tl.arange(0, BLOCK_C)
+    part_row = pid.to(tl.int64) * (3 * C)
+    if SINGLE_TILE:
+        c_mask0 = cols0 < C
+        lw0 = tl.load(lw_ptr + cols0, mask=c_mask0, other=0.0).to(acc_t)
+        acc_w = tl.zeros([BLOCK_C], dtype=acc_t)
+        acc_b = tl.zeros([BLOCK_C], dtype=acc_t)
+        acc_db = tl.zeros([BLOCK_C], dtype=acc_t)
+    for i in range(TILES_PER_PROG):
+        t = pid + i * G
+        row = t // NUM_WB
+        n = row // H
+        h = row - n * H
+        w = (t - row * NUM_WB) * BLOCK_W + tl.arange(0, BLOCK_W)
+        w_mask = (w < W) & (row < NUM_ROWS)
+        x_base = n.to(tl.int64) * sx_n
+        g_row = n.to(tl.int64) * sg_n + h.to(tl.int64) * sg_h + w.to(tl.int64) * sg_w
+        p = row.to(tl.int64) * W + w
+        mean = tl.load(mean_ptr + p, mask=w_mask, other=0.0)
+        rstd = tl.load(rstd_ptr + p, mask=w_mask, other=0.0)
+        if SINGLE_TILE:
+            mask = w_mask[:, None] & c_mask0[None, :]
+            z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols0, c_mask0 & (row < NUM_ROWS), H, W, C,
+                           sx_c, sx_h, sx_w, K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+            gy = tl.load(gy_ptr + (g_row[:, None] + cols0.to(tl.int64)[None, :] * sg_c), mask=mask,
+                         other=0.0).to(acc_t)
+            zhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+            wdy = gy * lw0[None, :]
+            c1 = _mean_div(tl.sum(zhat * wdy, axis=1), C, inv_C)
+            c2 = _mean_div(tl.sum(wdy, axis=1), C, inv_C)
+            gz = (wdy - zhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+            tl.store(gz_ptr + (p[:, None] * C + cols0[None, :]), gz.to(gz_ptr.dtype.element_ty), mask=mask)
+            acc_w += tl.sum(gy * zhat, axis=0)
+            acc_b += tl.sum(gy, axis=0)
+            acc_db += tl.sum(tl.where(mask, gz, 0.0), axis=0)
+        else:
+            c1 = tl.zeros([BLOCK_W], dtype=acc_t)
+            c2 = tl.zeros([BLOCK_W], dtype=acc_t)
+            for c0 in range(0, C, BLOCK_C):
+                cols = c0 + cols0
+                c_mask = cols < C
+                mask = w_mask[:, None] & c_mask[None, :]
+                z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask & (row < NUM_ROWS), H, W, C,
+                               sx_c, sx_h, sx_w, K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+                gy = tl.load(gy_ptr + (g_row[:, None] + cols.to(tl.int64)[None, :] * sg_c), mask=mask,
+                             other=0.0).to(acc_t)
+                lw = tl.load(lw_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
+                zhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+                wdy = gy * lw[None, :]
+                c1 += tl.sum(zhat * wdy, axis=1)
+                c2 += tl.sum(wdy, axis=1)
+            c1 = _mean_div(c1, C, inv_C)
+            c2 = _mean_div(c2, C, inv_C)
+            for c0 in range(0, C, BLOCK_C):
+                cols = c0 + cols0
+                c_mask = cols < C
+                mask = w_mask[:, None] & c_mask[None, :]
+                z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask & (row < NUM_ROWS), H, W, C,
+                               sx_c, sx_h, sx_w, K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+                gy = tl.load(gy_ptr + (g_row[:, None] + cols.to(tl.int64)[None, :] * sg_c), mask=mask,
+                             other=0.0).to(acc_t)
+                lw = tl.load(lw_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
+                zhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+                wdy = gy * lw[None, :]
+                gz = (wdy - zhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+                tl.store(gz_ptr + (p[:, None] * C + cols[None, :]), gz.to(gz_ptr.dtype.element_ty), mask=mask)
+                # Read-modify-write of this program's own partial row (no other program touches it).
+                pw = tl.load(part_ptr + part_row + cols, mask=c_mask, other=0.0)
+                pb = tl.load(part_ptr + part_row + C + cols, mask=c_mask, other=0.0)
+                pdb = tl.load(part_ptr + part_row + 2 * C + cols, mask=c_mask, other=0.0)
+                tl.store(part_ptr + part_row + cols, pw + tl.sum(gy * zhat, axis=0), mask=c_mask)
+                tl.store(part_ptr + part_row + C + cols, pb + tl.sum(gy, axis=0), mask=c_mask)
+                tl.store(part_ptr + part_row + 2 * C + cols, pdb + tl.sum(tl.where(mask, gz, 0.0), axis=0),
+                         mask=c_mask)
+            # Another thread may re-read a partial element in the next tile: order writes before reads.
+            tl.debug_barrier()
+    if SINGLE_TILE:
+        tl.store(part_ptr + part_row + cols0, acc_w, mask=c_mask0)
+        tl.store(part_ptr + part_row + C + cols0, acc_b, mask=c_mask0)
+        tl.store(part_ptr + part_row + 2 * C + cols0, acc_db, mask=c_mask0)
+
+
+# --------------------------------------------------------------------------------- host side
+
+
+# Channel-chunked configurations (C > the largest register tile), (BLOCK_W, BLOCK_C, num_warps) by
+# (pass, element size). Picked from a sweep of AOT compiles for sm_90 and sm_80 (with and without
+# the JIT's divisibility marks): ptxas spilled a word or two at several neighbouring shapes
+# even at 72-96 registers, these were clean in all four builds.
+CHUNKED_BLOCKS = {
+    ("fwd", 2): (1, 1024, 4), ("fwd", 4): (2, 512, 4), ("fwd", 8): (1, 512, 4),
+    ("bwd", 2): (2, 1024, 8), ("bwd", 4): (2, 512, 4), ("bwd", 8): (1, 512, 4),
+}
+
+
+def fused_blocks(c: int, w: int, dtype: torch.dtype, tile: int) -> tuple[int, int, bool, int]:
+    """(BLOCK_W, BLOCK_C, SINGLE_TILE, num_warps) for C channels, row width W, ``dtype``; a fixed table."""
+    size = torch.empty((), dtype=dtype).element_size()
+    max_c = MAX_BLOCK_C_FP64 if dtype == torch.float64 else MAX_BLOCK_C
+    if c > max_c:
+        block_w, block_c, num_warps = CHUNKED_BLOCKS[("fwd" if tile == TILE_FWD else "bwd", size)]
+        return min(block_w, triton.next_power_of_2(w)), block_c, False, num_warps
+    block_c = triton.next_power_of_2(c)
+    if tile == TILE_FWD and block_c > 256:
+        tile = TILE_FWD_WIDE
+    elif tile == TILE_BWD and block_c > 512:
+        tile = TILE_BWD_WIDE
+    # The K in-flight tap loads per kernel row scale with the element size: halve the tile for
+    # 32-bit input, quarter it for 64-bit, to stay spill-free (but not below 1024 elements).
+    tile = max(1024, tile // {2: 1, 4: 2, 8: 4}[size])
+    block_w = max(1, min(tile // block_c, triton.next_power_of_2(w)))
+    return block_w, block_c, True, NUM_WARPS
+
+
+def _tap_major(dw_weight: torch.Tensor) -> torch.Tensor:
+    """(C, 1, K, K) -> (K*K, C) contiguous: the C weights of one tap become one coalesced load."""
+    c, k = dw_weight.shape[0], dw_weight.shape[-1]
+    return dw_weight.reshape(c, k * k).t().contiguous()
+
+
+def dwconv_ln_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
+                      ln_weight: torch.Tensor, ln_bias: torch.Tensor,
+                      eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LayerNorm over C of depthwise_conv(x) in one kernel. Returns (y channels_last, mean, rstd),
+    mean/rstd (N, H, W) contiguous in ``layout.stats_dtype(x.dtype)``, statistics of the conv output."""
+    n, c, h, w = x.shape
+    k = dw_weight.shape[-1]
+    y = empty_channels_last(x.shape, x.dtype, x.device)
+    mean = torch.empty(stats_shape(x.shape), dtype=stats_dtype(x.dtype), device=x.device)
+    rstd = torch.empty_like(mean)
+    block_w, block_c, single, num_warps = fused_blocks(c, w, x.dtype, TILE_FWD)
+    num_wb = triton.cdiv(w, block_w)
+    s_n, s_c, s_h, s_w = x.stride()
+    _dwconv_ln_fwd_kernel[(n * h * num_wb,)](
+        x, _tap_major(dw_weight), dw_bias if dw_bias is not None else ln_bias, ln_weight, ln_bias, y, mean, rstd,
+        h, w, c, num_wb, s_n, s_c, s_h, s_w, float(eps), 1.0 / c,
+        K=k, HAS_BIAS=dw_bias is not None, SINGLE_TILE=single, BLOCK_W=block_w, BLOCK_C=block_c,
+        num_warps=num_warps)
+    return y, mean, rstd
+
+
+def dwconv_ln_backward(grad_y: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor,
+                       dw_bias: Optional[torch.Tensor], ln_weight: torch.Tensor, mean: torch.Tensor,
+                       rstd: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Gradients of dwconv_ln_forward: (grad_x, grad_dw_weight, grad_dw_bias, grad_ln_weight, grad_ln_bias).
+
+    Recomputes the conv output from x, applies the LayerNorm backward in the same kernel to get the
+    gradient of the conv output (x dtype, channels_last), then runs the depthwise-conv backward.
+    grad_dw_bias is always computed; parameter gradients are deterministic.
+    """
+    n, c, h, w = x.shape
+    k = dw_weight.shape[-1]
+    gz = empty_channels_last(x.shape, x.dtype, x.device)
+    acc = stats_dtype(x.dtype)
+    block_w, block_c, single, num_warps = fused_blocks(c, w, x.dtype, TILE_BWD)
+    num_wb = triton.cdiv(w, block_w)
+    num_tiles = n * h * num_wb
+    g = num_partials(num_tiles)
+    # The chunked path read-modify-writes its partial row, so it starts from zeros.
+    part = (torch.empty if single else torch.zeros)((g, 3 * c), dtype=acc, device=x.device)
+    sx_n, sx_c, sx_h, sx_w = x.stride()
+    sg_n, sg_c, sg_h, sg_w = grad_y.stride()
+    _dwconv_ln_bwd_kernel[(g,)](
+        grad_y, x, _tap_major(dw_weight), dw_bias if dw_bias is not None else ln_weight, ln_weight,
+        mean.contiguous(), rstd.contiguous(), gz, part, h, w, c, num_wb, n * h,
+        sx_n, sx_c, sx_h, sx_w, sg_n, sg_c, sg_h, sg_w, g, triton.cdiv(num_tiles, g), 1.0 / c,
+        K=k, HAS_BIAS=dw_bias is not None, SINGLE_TILE=single, BLOCK_W=block_w, BLOCK_C=block_c,
+        num_warps=num_warps)
+    g_ln_w, g_ln_b, g_dw_b = reduce_partials(part, 3, ln_weight.dtype)
+    # The conv backward's own bias gradient sums the rounded gz; the one above sums the fp32 gz.
+    gx, g_dw_w, _ = dwconv_backward(gz, x, dw_weight)
+    return gx, g_dw_w, g_dw_b, g_ln_w, g_ln_b
+
+
+# --------------------------------------------------------------------------------- AOT configs
+
+# (C, W) of ConvNeXt stages at 224x224 input: 56, 28, 14, 7; C from ConvNeXt-T up to V2-H (chunked).
+CONVNEXT_STAGES = tuple(zip(CONVNEXT_CHANNELS, (56, 28, 14, 7, 14, 7)))
+
+
+def aot_configs() -> list[dict]:
+    """The fused kernels at the configurations the launchers pick for ConvNeXt shapes (channels_last
+    x, K = 7 with bias; bf16 and fp32), for an ahead-of-time compile check (registers, spills).
+
+    Each entry: ``kernel``, ``signature`` (argument name -> Triton type, constexprs as "constexpr"),
+    ``constexprs``, ``attrs`` (the divisibility marks Triton's JIT sets at these shapes), ``num_warps``,
+    ``name``. The channel stride of channels_last x and grad_y is 1,
+    which Triton specializes as a constant at run time, as here.
+    """
+    configs = []
+    for dtype in (torch.bfloat16, torch.float32):
+        t = _TRITON_DTYPE[dtype]
+        a = _TRITON_DTYPE[stats_dtype(dtype)]
+        for c, w in CONVNEXT_STAGES:
+            for k in (7,):
+                block_w, block_c, single, nw = fused_blocks(c, w, dtype, TILE_FWD)
+                const = {"s_c": 1, "K": k, "HAS_BIAS": True, "SINGLE_TILE": single, "BLOCK_W": block_w,
+                         "BLOCK_C": block_c}
+                sig = {"x_ptr": f"*{t}", "wt_ptr": f"*{t}", "db_ptr": f"*{t}", "lw_ptr": f"*{t}", "lb_ptr": f"*{t}",
+                       "y_ptr": f"*{t}", "mean_ptr": f"*{a}", "rstd_ptr": f"*{a}", "H": "i32", "W": "i32", "C": "i32",
+                       "NUM_WB": "i32", "s_n": "i32", "s_c": "constexpr", "s_h": "i32", "s_w": "i32", "eps": "fp32",
+                   "inv_C": "fp32"}
+                sig.update({key: "constexpr" for key in const})
+                # C and the pixel strides (multiples of C) are multiples of 16; W (56, 28, 14, 7) is not.
+                configs.append({"kernel": _dwconv_ln_fwd_kernel, "signature": sig, "constexprs": const,
+                                "attrs": divisibility_attrs(_dwconv_ln_fwd_kernel, sig, ("C", "s_n", "s_h", "s_w")),
+                                "num_warps": nw, "name": f"dwconv_ln_fwd_{t}_C{c}_W{w}_K{k}"})
+                block_w, block_c, single, nw = fused_blocks(c, w, dtype, TILE_BWD)
+                const = {"sx_c": 1, "sg_c": 1, "K": k, "HAS_BIAS": True, "SINGLE_TILE": single, "BLOCK_W": block_w,
+                         "BLOCK_C": block_c}
+                sig = {"gy_ptr": f"*{t}", "x_ptr": f"*{t}", "wt_ptr": f"*{t}", "db_ptr": f"*{t}", "lw_ptr": f"*{t}",
+                       "mean_ptr": f"*{a}", "rstd_ptr": f"*{a}", "gz_ptr": f"*{t}", "part_ptr": f"*{a}",
+                       "H": "i32", "W": "i32", "C": "i32", "NUM_WB": "i32", "NUM_ROWS": "i32",
+                       "sx_n": "i32", "sx_c": "constexpr", "sx_h": "i32", "sx_w": "i32", "sg_n": "i32",
+                       "sg_c": "constexpr", "sg_h": "i32", "sg_w": "i32", "G": "i32", "TILES_PER_PROG": "i32",
+                   "inv_C": "fp32"}
+                sig.update({key: "constexpr" for key in const})
+                configs.append({"kernel": _dwconv_ln_bwd_kernel, "signature": sig, "constexprs": const,
+                                "attrs": divisibility_attrs(_dwconv_ln_bwd_kernel, sig, (
+                                    "C", "sx_n", "sx_h", "sx_w", "sg_n", "sg_h", "sg_w")),
+                                "num_warps": nw, "name": f"dwconv_ln_bwd_{t}_C{c}_W{w}_K{k}"})
+    return configs

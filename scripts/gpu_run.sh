@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# The whole GPU job in one command: install + build, environment info, the test suite on CUDA, the
+# benchmark report. Writes everything to OUTDIR; made for the lent GPU machine (no network, one
+# command of at most 10 minutes, a bare machine every time; see shared/ENVIRONMENT.md).
+#
+#   scripts/gpu_run.sh OUTDIR
+#
+# OUTDIR ends up with at most 8 plain files, 1 level deep (the device tool's transfer limits):
+#   log.txt       build, info, tests and bench output, then a summary of each step's exit code
+#   junit.xml     the test suite's per-test results
+#   results.json  raw benchmark results (device, versions, date inside)
+#   report.md     the benchmark tables
+#   speedup.png, sweep.png, model.png   plots
+#   bench_pytest.json  only with the optional `pybench` step
+# Copy them to benchmarks/results/<device-slug>/<date>/ (the summary prints the exact folder).
+#
+# Environment knobs (all optional):
+#   STEPS            steps to run, in order (default "build info tests bench"; also "pybench")
+#   TOTAL_S          wall-time budget for the whole script (default 570: the tool stops at 600)
+#   BUILD_TIMEOUT_S  cap on the build step (default 240)
+#   TESTS_TIMEOUT_S  cap on the test step (default 200)
+#   PYTEST_ARGS      test-suite options (default "-q -x")
+#   BENCH_ARGS       extra options for python -m convnext_fast.bench (e.g. "--quick", "--compile-all")
+#   MAX_JOBS         parallel compile jobs for the extension (default 16)
+#   PYTHON           interpreter (default: python, else python3)
+#
+# A failing step never stops the later ones: each step's exit code is recorded, and the script
+# exits non-zero when any step failed.
+set -u -o pipefail
+
+OUT_ARG="${1:?usage: scripts/gpu_run.sh OUTDIR}"
+mkdir -p "$OUT_ARG"
+OUT="$(cd "$OUT_ARG" && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO" || exit 2
+
+export PYTHONUNBUFFERED=1
+export MAX_JOBS="${MAX_JOBS:-16}"
+# Benchmarks and tests run on the GPU; never through the Triton interpreter.
+unset TRITON_INTERPRET
+STEPS="${STEPS:-build info tests bench}"
+TOTAL_S="${TOTAL_S:-570}"
+BUILD_TIMEOUT_S="${BUILD_TIMEOUT_S:-240}"
+TESTS_TIMEOUT_S="${TESTS_TIMEOUT_S:-200}"
+PYTEST_ARGS="${PYTEST_ARGS:--q -x}"
+BENCH_ARGS="${BENCH_ARGS:-}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
+LOG="$OUT/log.txt"
+START=$(date +%s)
+SUMMARY=""
+FAILED=0
+
+elapsed() { echo $(( $(date +%s) - START )); }
+remaining() { echo $(( TOTAL_S - $(elapsed) )); }
+section() { printf '\n===== %s (t=%ss) =====\n' "$1" "$(elapsed)" >>"$LOG"; }
+
+# record STEP RC SECONDS: one line in the summary, printed at once so the tool's output tail shows progress
+record() {
+    local line
+    line=$(printf '%-8s rc=%-3s %4ss' "$1" "$2" "$3")
+    [ "$2" = "0" ] || FAILED=1
+    [ "$2" = "124" ] && line="$line (timed out)"
+    SUMMARY="$SUMMARY$line"$'\n'
+    echo "$line"
+}
+
+run_step() {  # run_step NAME CMD... : output to the log, timing and exit code recorded
+    local name="$1"; shift
+    local t0 rc
+    t0=$(date +%s)
+    section "$name: $*"
+    "$@" >>"$LOG" 2>&1
+    rc=$?
+    record "$name" "$rc" $(( $(date +%s) - t0 ))
+    return 0
+}
+
+: >"$LOG"
+{
+    echo "gpu_run.sh at $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+    echo "repo $REPO  commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo n/a)"
+    echo "steps: $STEPS  total budget ${TOTAL_S}s  python $PY"
+} >>"$LOG"
+
+step_build() {
+    # --no-build-isolation: build against the installed torch (no network here, and the extension
+    # must match this torch). If the full build fails, install without the CUDA part so that the
+    # Triton and reference paths can still be tested and timed; the failure stays recorded.
+    local rc
+    timeout "$BUILD_TIMEOUT_S" "$PY" -m pip install --no-deps --no-build-isolation -v -e .
+    rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "!!! full build failed (rc=$rc); retrying with CONVNEXT_FAST_BUILD_CUDA=0"
+        CONVNEXT_FAST_BUILD_CUDA=0 timeout 120 "$PY" -m pip install --no-deps --no-build-isolation -e . \
+            || echo "!!! install without CUDA failed too"
+    fi
+    return $rc
+}
+
+step_info() {
+    nvidia-smi || echo "nvidia-smi not available"
+    if ! "$PY" -m convnext_fast info; then
+        echo "(python -m convnext_fast info failed; minimal info follows)"
+        "$PY" - <<'EOF'
+import json, torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available() and torch.cuda.get_device_name())
+from convnext_fast.bench.env import environment
+print(json.dumps(environment(), indent=1))
+EOF
+        return 1
+    fi
+}
+
+step_tests() {
+    # No pytest-timeout plugin assumed: coreutils timeout bounds the step; 124 means it ran out.
+    # shellcheck disable=SC2086
+    timeout "$TESTS_TIMEOUT_S" "$PY" -m pytest tests/ $PYTEST_ARGS -p no:cacheprovider --junitxml="$OUT/junit.xml"
+    local rc=$?
+    [ $rc -eq 5 ] && { echo "pytest collected no tests"; return 0; }
+    return $rc
+}
+
+step_bench() {
+    # The report's own budget skips cases that would not fit (most important ones run first);
+    # coreutils timeout is the backstop. results.json is checkpointed while it runs.
+    local budget rc extra=""
+    # margin: Python/torch start-up and writing the report count against the step, not the budget
+    budget=$(( $(remaining) - 50 ))
+    if [ "$budget" -lt 150 ]; then
+        extra="--quick"
+        echo "only ${budget}s left: running the --quick set"
+    fi
+    [ "$budget" -lt 60 ] && budget=60
+    # shellcheck disable=SC2086
+    timeout $(( budget + 40 )) "$PY" -m convnext_fast.bench --out "$OUT" --budget-s "$budget" $extra $BENCH_ARGS
+    rc=$?
+    if [ $rc -ne 0 ] && [ -f "$OUT/results.json" ]; then
+        echo "bench exited with $rc: rendering report.md and plots from the checkpointed results.json"
+        timeout 60 "$PY" -m convnext_fast.bench --out "$OUT" --from-json "$OUT/results.json"
+    fi
+    return $rc
+}
+
+step_pybench() {
+    local budget
+    budget=$(( $(remaining) - 15 ))
+    [ "$budget" -lt 30 ] && { echo "no time left for pybench"; return 1; }
+    timeout "$budget" "$PY" -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider \
+        --benchmark-json="$OUT/bench_pytest.json"
+}
+
+for step in $STEPS; do
+    case "$step" in
+        build)   run_step build step_build ;;
+        info)    run_step info step_info ;;
+        tests)   run_step tests step_tests ;;
+        bench)   run_step bench step_bench ;;
+        pybench) run_step pybench step_pybench ;;
+        *)       record "$step" "unknown-step" 0 ;;
+    esac
+done
+
+{
+    section "summary"
+    printf '%s' "$SUMMARY"
+    echo "total ${TOTAL_S}s budget, used $(elapsed)s"
+} >>"$LOG"
+
+echo "----- summary (also at the end of $LOG) -----"
+printf '%s' "$SUMMARY"
+echo "used $(elapsed)s of ${TOTAL_S}s"
+if [ -f "$OUT/results.json" ]; then
+    "$PY" - "$OUT/results.json" <<'EOF' || true
+import json, sys
+from convnext_fast.bench import aggregate
+from convnext_fast.bench.env import device_slug
+d = json.load(open(sys.argv[1]))
+m = d["meta"]
+print(f"copy results to benchmarks/results/{device_slug(m['device_name'])}/{m['date'][:10]}/")
+print(aggregate.targets_markdown(aggregate.evaluate_targets(d["results"])))
+EOF
+fi
+grep -E "passed|failed|error" "$LOG" | grep -E "^(=+ )?[0-9]+ (passed|failed)|^FAILED|^ERROR" | tail -15 || true
+ls -la "$OUT"
+exit $FAILED

@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""Write benchmarks/results/PERF.md (the README's performance section) from the latest results.
+
+    python scripts/update_readme_perf.py [--results-root benchmarks/results] [--out PATH] [--results FILE]
+
+Picks the newest benchmarks/results/<device>/<date>/results.json (GPU results first), and writes the
+device, date, versions, and each issue-5 target as met / not met / not measured. Logic and tests:
+convnext_fast/bench/perf.py, tests/test_bench_report.py.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from convnext_fast.bench.perf import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""Pure logic of the benchmark report: roofline arithmetic, speedups, target verdicts, PERF.md.
+
+Every number here is FABRICATED test data (written into a temporary folder), never a measurement;
+no timing is asserted.
+"""
+import json
+
+import pytest
+
+from convnext_fast.bench import aggregate, perf, roofline
+from convnext_fast.bench.cases import STAGES, Case, standard_cases
+from convnext_fast.bench.env import device_slug
+from convnext_fast.bench.report import render_markdown
+
+
+def test_dwconv_bytes_and_flops_by_hand():
+    # (2, 4, 8, 8) bf16, K=3: x and y 512 elements each, w 4*9, b 4 -> (1024 + 40) * 2 bytes
+    w = roofline.dwconv_work((2, 4, 8, 8), 3, "bfloat16", "fwd")
+    assert w.bytes == (2 * 512 + 4 * 9 + 4) * 2
+    assert w.flops == 2 * 512 * 9
+    # backward adds gy and x read, gx written, w read, gw + gb written
+    wb = roofline.dwconv_work((2, 4, 8, 8), 3, "float32", "fwdbwd")
+    assert wb.bytes == (2 * 512 + 40) * 4 + (3 * 512 + 2 * 40) * 4
+    assert wb.flops == 3 * 2 * 512 * 9
+
+
+def test_layer_norm_and_fused_bytes():
+    assert roofline.layer_norm_work((1, 8, 2, 2), "float16", "fwd").bytes == (2 * 32 + 16) * 2
+    # the fused op never counts its intermediate: same activation bytes as the conv alone
+    fused = roofline.dwconv_ln_work((1, 8, 2, 2), 7, "float16", "fwd")
+    assert fused.bytes == (2 * 32 + 8 * 49 + 3 * 8) * 2
+
+
+def test_convnext_tiny_flops_match_published_gmacs():
+    # timm/fvcore: convnext_tiny is 4.47 GMACs at 224 -> about 8.9 GFLOP
+    assert 8.7e9 < roofline.convnext_flops_per_image() < 9.1e9
+
+
+def test_roofline_percentages():
+    ceil = roofline.Ceilings(copy_gbps=1000.0, matmul_tflops={"bfloat16": 100.0})
+    work = roofline.Work(bytes=10**9, flops=10**9)  # 1 ms of memory, 0.01 ms of math
+    r = roofline.roofline(work, 2.0, ceil, "bfloat16")
+    assert r["gbps"] == pytest.approx(500.0)
+    assert r["floor_ms"] == pytest.approx(1.0)
+    assert r["pct_roofline"] == pytest.approx(50.0)
+    assert r["bound"] == "memory"
+    compute = roofline.roofline(roofline.Work(bytes=1, flops=10**12), 20.0, ceil, "float16")
+    assert compute["bound"] == "compute"  # fp16 falls back to the bf16 rate: 10 ms floor
+    assert compute["pct_roofline"] == pytest.approx(50.0)
+    assert roofline.roofline(work, 2.0, None, "bfloat16")["pct_roofline"] is None
+
+
+def _row(op, mode, shape, provider, t, **kw):
+    r = {"op": op, "mode": mode, "shape": list(shape), "dtype": "bfloat16", "k": 7, "group": "standard",
+         "provider": provider, "status": "ok", "time_ms": t}
+    r.update(kw)
+    return r
+
+
+def _fake_rows():
+    """Fabricated timings: ours 2x eager on every op, block 1.6x eager and 1.1x compile."""
+    rows = []
+    for c, h, w in STAGES:
+        s = (128, c, h, w)
+        rows += [_row("dwconv", "fwd", s, "torch", 1.0), _row("dwconv", "fwd", s, "triton", 0.5, pct_bandwidth=90.0),
+                 _row("dwconv", "fwd", s, "cuda", 0.6, pct_bandwidth=80.0),
+                 _row("dwconv_ln", "fwd", s, "torch", 2.0), _row("dwconv_ln", "fwd", s, "triton", 1.0),
+                 _row("block", "fwdbwd", s, "torch", 1.6), _row("block", "fwdbwd", s, "torch_compile", 1.1),
+                 _row("block", "fwdbwd", s, "triton", 1.0)]
+    m = (256, 3, 224, 224)
+    rows += [_row("model", "infer", m, "torch", 40.0, img_per_s=6400.0),
+             _row("model", "train", m, "torch", 100.0, img_per_s=2560.0, peak_mem_mb=16000.0),
+             _row("model", "train", m, "triton", 70.0, img_per_s=3657.0, peak_mem_mb=15000.0),
+             {"op": "model", "mode": "infer", "shape": list(m), "dtype": "bfloat16", "k": 7, "group": "standard",
+              "provider": "triton", "status": "budget", "reason": "time budget"}]
+    return rows
+
+
+def test_speedups_and_best_ours():
+    rows = aggregate.add_speedups(_fake_rows())
+    key = ("dwconv", "fwd", (128, 96, 56, 56), "bfloat16", 7)
+    best = aggregate.best_ours(rows, key)
+    assert best["provider"] == "triton" and best["speedup_vs_eager"] == pytest.approx(2.0)
+    assert best["speedup_vs_compile"] is None  # no compile baseline for this case
+
+
+def test_target_verdicts():
+    t = {x["id"]: x for x in aggregate.evaluate_targets(_fake_rows())}
+    assert t["dwconv_roofline"]["verdict"] == "met" and t["dwconv_roofline"]["value"] == pytest.approx(90.0)
+    assert t["dwconv_ln_vs_eager"]["verdict"] == "met"
+    assert t["block_vs_eager"]["verdict"] == "met"
+    assert t["block_vs_compile"]["verdict"] == "not met"  # 1.1x < 1.2x
+    assert t["model_infer_vs_eager"]["verdict"] == "not measured"  # ours was cut by the budget
+    assert t["model_infer_vs_compile"]["verdict"] == "not measured"
+    assert t["model_train_vs_eager"]["verdict"] == "met"  # 100 / 70 = 1.43x
+    assert t["model_train_peak_mem"]["verdict"] == "met"  # 15000 / 16000 <= 1
+
+
+def test_parity_failure_fails_the_target():
+    rows = _fake_rows()
+    for r in rows:
+        if r["op"] == "dwconv_ln" and r["provider"] == "triton":
+            r["parity"] = "failed"
+    t = {x["id"]: x for x in aggregate.evaluate_targets(rows)}
+    assert t["dwconv_ln_vs_eager"]["verdict"].startswith("not met")
+
+
+def _fake_results(device_type, date, rows):
+    return {"schema": 1, "meta": {"device_type": device_type, "device_name": f"FAKE {device_type} device",
+                                  "date": date, "torch": "0.0-fake", "triton": "0.0-fake", "cuda": "n/a",
+                                  "complete": True},
+            "ceilings": {"copy_gbps": 1000.0, "matmul_tflops": {"bfloat16": 100.0}, "notes": []},
+            "parity": [], "results": rows, "notes": []}
+
+
+def test_latest_results_prefers_gpu_then_newest(tmp_path):
+    files = {("gpu-a", "2026-01-01"): ("cuda", "2026-01-01T00:00:00Z"),
+             ("gpu-a", "2026-02-01"): ("cuda", "2026-02-01T00:00:00Z"),
+             ("cpu-b", "2026-03-01"): ("cpu", "2026-03-01T00:00:00Z")}
+    for (dev, day), (dt, date) in files.items():
+        p = tmp_path / dev / day
+        p.mkdir(parents=True)
+        (p / "results.json").write_text(json.dumps(_fake_results(dt, date, [])))
+    assert perf.latest_results(tmp_path).parent.name == "2026-02-01"
+    assert perf.latest_results(tmp_path, None).parent.name == "2026-03-01"
+    assert perf.latest_results(tmp_path / "missing") is None
+
+
+def test_perf_md_from_fabricated_results(tmp_path):
+    d = tmp_path / "fake-gpu" / "2026-01-01"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps(_fake_results("cuda", "2026-01-01T00:00:00Z", _fake_rows())))
+    out = tmp_path / "PERF.md"
+    assert perf.main(["--results-root", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "FAKE cuda device" in text and "2026-01-01" in text
+    assert "**met**" in text and "**not met**" in text and "**not measured**" in text
+    assert "5 of 8 met" in text
+
+
+def test_perf_md_placeholder_without_results(tmp_path):
+    out = tmp_path / "PERF.md"
+    perf.main(["--results-root", str(tmp_path), "--out", str(out)])
+    assert "not measured" in out.read_text()
+
+
+def test_report_markdown_renders_fabricated_results():
+    md = render_markdown(_fake_results("cuda", "2026-01-01T00:00:00Z", _fake_rows()))
+    assert "## Targets" in md and "| dwconv | fwd | 128x96x56x56 | bfloat16 | 7 | triton |" in md
+    assert "2.00x" in md  # speedup over eager of the fabricated triton dwconv
+
+
+def test_standard_cases_most_important_first():
+    gpu = standard_cases("cuda")
+    assert gpu[0] == Case("dwconv", "fwd", (128, 96, 56, 56), "bfloat16", 7)
+    order = [c.op for c in gpu]
+    assert order.index("dwconv_ln") < order.index("layer_norm") < order.index("block") < order.index("model")
+    first_sweep = next(i for i, c in enumerate(gpu) if c.group == "sweep")
+    assert all(c.dtype == "bfloat16" for c in gpu[:first_sweep])  # other dtypes come last
+    assert {c.k for c in gpu if c.group == "sweep"} == {3, 5, 9, 11, 13, 31}
+    cpu = standard_cases("cpu", quick=True)
+    assert all(c.dtype == "float32" and c.shape[0] <= 8 for c in cpu)
+
+
+def test_device_slug():
+    assert device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert device_slug("///") == "unknown-device"
