@@ -119,17 +119,30 @@ def _unavailable_reason(backend: str, device_type: str) -> str:
     return _extension_reason(backend, device_type)
 
 
-# `auto` preference per (device type, op), fastest first. On CUDA the order comes from the
-# measurements in benchmarks/results/ (see README); on CPU the compiled extension beats eager
-# PyTorch and the interpreter is never chosen automatically.
-_AUTO_ORDER = {
-    "cuda": {op: ("triton", "cuda", "reference") for op in OPS},
-    "cpu": {op: ("cpu", "reference") for op in OPS},
-}
+# `auto` on CUDA: triton or cuda, per op and feature-map size (H*W), from H100 bf16 timings of
+# 2026-11-22 at batch 128, forward + backward together. Depthwise conv and fused dwconv+LN (the
+# report in benchmarks/results/): Triton wins at 56x56 and 28x28, the CUDA extension at 14x14 and
+# 7x7. LayerNorm: the final Triton kernel (timed by its author after that report) beats the CUDA
+# one at 56x56, 14x14 and 7x7 and is within 10% at 28x28, so it is used everywhere. On CPU the
+# compiled extension runs; the Triton interpreter is never chosen automatically.
+_SMALL_MAP_HW = 28 * 28
 
 
-def resolve(op: str, device: torch.device) -> str:
-    """The concrete backend (never ``auto``) that runs ``op`` on tensors on ``device``."""
+def _auto_candidates(op: str, device_type: str, hw: int) -> tuple[str, ...]:
+    if device_type == "cuda":
+        if op == "layer_norm_2d" or hw >= _SMALL_MAP_HW:
+            return ("triton", "cuda", "reference")
+        return ("cuda", "triton", "reference")
+    if device_type == "cpu":
+        return ("cpu", "reference")
+    return ("reference",)
+
+
+def resolve(op: str, device: torch.device, hw: int = 0) -> str:
+    """The concrete backend (never ``auto``) that runs ``op`` on tensors on ``device``.
+
+    ``hw`` is the feature map's H*W, which ``auto`` uses to pick between the CUDA kernels.
+    """
     requested = _requested
     device_type = device.type
     if requested != "auto":
@@ -137,7 +150,7 @@ def resolve(op: str, device: torch.device) -> str:
         if reason:
             raise BackendUnavailableError(f"convnext_fast backend {requested!r} cannot run {op}: {reason}")
         return requested
-    for candidate in _AUTO_ORDER.get(device_type, {}).get(op, ("reference",)):
+    for candidate in _auto_candidates(op, device_type, hw):
         if not _unavailable_reason(candidate, device_type):
             return candidate
     return "reference"

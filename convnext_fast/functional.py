@@ -82,7 +82,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
     _check_x(op, x)
     _check_same(op, x, weight=weight, bias=bias)
     _check_dw(op, x, weight, bias)
-    backend = resolve(op, x.device)
+    backend = resolve(op, x.device, x.shape[2] * x.shape[3])
     if backend == "reference":
         return reference.depthwise_conv2d(x, weight, bias)
     return ops.dwconv_fwd(x, weight, bias, backend)
@@ -106,7 +106,7 @@ def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) ->
     _check_x(op, x)
     _check_same(op, x, weight=weight, bias=bias)
     _check_ln(op, x, weight, bias, eps)
-    backend = resolve(op, x.device)
+    backend = resolve(op, x.device, x.shape[2] * x.shape[3])
     if backend == "reference":
         return reference.layer_norm_2d(x, weight, bias, eps)
     return ops.ln_fwd(x, weight, bias, float(eps), backend)[0]
@@ -133,7 +133,7 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], l
     _check_same(op, x, dw_weight=dw_weight, dw_bias=dw_bias, ln_weight=ln_weight, ln_bias=ln_bias)
     _check_dw(op, x, dw_weight, dw_bias, prefix="dw_")
     _check_ln(op, x, ln_weight, ln_bias, eps, prefix="ln_")
-    backend = resolve(op, x.device)
+    backend = resolve(op, x.device, x.shape[2] * x.shape[3])
     if backend == "reference":
         return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
     return ops.dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps), backend)[0]
