@@ -26,6 +26,9 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <new>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -70,15 +73,64 @@ CF_AI auto hsum(VT v) -> decltype(v[0] + v[0]) {
 // Buffers: a padded input row holds pixel iw at index iw + K/2 (stride Cp); out/g rows hold pixel w
 // at index w. rows[kh] is the padded input row at ih = h + kh - K/2, or null when outside the image.
 
-// out[w][c] = bias[c] + sum_{kh,kw} rows[kh][w + kw][c] * wt[kh][kw][c] for w < round_up(W, kWB).
-// kWB output pixels x V channels of accumulators live in registers across all K*K taps. The channel
-// chunk is the outer loop: sweeping one chunk along the row keeps the K x (kWB + K - 1) input cache
-// lines of neighbouring pixel blocks in L1 (the other order re-fetched them from L2: 4x slower).
-template <class A, int V>
-CF_AI void conv_row_impl(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
-                         int64_t K) {
+// Conv input rows are stored channel-blocked: a padded row holds channel c of padded pixel p at
+// (c / kCAlign) * Lp * kCAlign + p * kCAlign + c % kCAlign (Lp padded pixels per row). Sweeping one
+// V-channel chunk along a row then reads consecutive 64-byte lines (the pixel-major layout read one
+// line every Cp * 4 bytes: for C = 384 / 768 these strides alias onto 8 / 4 of the 64 L1 sets, so
+// the K x (WB + K - 1) lines of a pixel block did not fit in L1 and every load went to L2).
+//
+// out[w][c] = bias[c] + sum_{kh,kw} rows[kh][w + kw][c] * wt[kh][kw][c] for w < round_up(W, WB);
+// wt is channel-blocked too (see prep_weight): the K*K taps of a kCAlign-channel block contiguous,
+// so every weight load of a block is a constant offset from one pointer.
+// out is pixel-major (stride Cp). Every output value accumulates bias, then the taps in (kh, kw)
+// order with one FMA each, whatever the kernel variant below: all variants give identical bits.
+
+// Fixed K and WB: WB output pixels x V channels of accumulators and the K weights of one kernel
+// row stay in registers; each input vector of the row is loaded once per pixel block and feeds up
+// to K FMAs (sliding window), so the loop is FMA-bound instead of load-bound.
+template <class A, int V, int KK, int WB>
+CF_AI void conv_row_fixed(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
+                          int64_t Lp) {
   typedef typename Vec<A, V>::type vec;
   for (int64_t c0 = 0; c0 < Cp; c0 += V) {
+    const int64_t boff = (c0 / kCAlign) * Lp * kCAlign + c0 % kCAlign;
+    const A* wc = wt + (c0 / kCAlign) * KK * KK * kCAlign + c0 % kCAlign;
+    vec b0 = {};
+    if (bias) b0 = ld<vec>(bias + c0);
+    for (int64_t w0 = 0; w0 < W; w0 += WB) {
+      vec acc[WB];
+#pragma GCC unroll 32
+      for (int j = 0; j < WB; ++j) acc[j] = b0;
+      for (int kh = 0; kh < KK; ++kh) {
+        const A* r = rows[kh];
+        if (!r) continue;
+        const A* rp = r + boff + w0 * kCAlign;
+        vec wv[KK];
+#pragma GCC unroll 32
+        for (int kw = 0; kw < KK; ++kw) wv[kw] = ld<vec>(wc + (kh * KK + kw) * kCAlign);
+#pragma GCC unroll 64
+        for (int i = 0; i < WB + KK - 1; ++i) {
+          const vec xv = ld<vec>(rp + i * kCAlign);
+#pragma GCC unroll 32
+          for (int kw = 0; kw < KK; ++kw) {
+            const int j = i - kw;
+            if (j >= 0 && j < WB) acc[j] += xv * wv[kw];
+          }
+        }
+      }
+#pragma GCC unroll 32
+      for (int j = 0; j < WB; ++j) st(out + (w0 + j) * Cp + c0, acc[j]);
+    }
+  }
+}
+
+// Any K: kWB output pixels x V channels of accumulators across all K*K taps, weights reloaded.
+template <class A, int V>
+CF_AI void conv_row_any(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
+                        int64_t K, int64_t Lp) {
+  typedef typename Vec<A, V>::type vec;
+  for (int64_t c0 = 0; c0 < Cp; c0 += V) {
+    const int64_t boff = (c0 / kCAlign) * Lp * kCAlign + c0 % kCAlign;
     for (int64_t w0 = 0; w0 < W; w0 += kWB) {
       vec acc[kWB];
       vec b0 = {};
@@ -87,16 +139,39 @@ CF_AI void conv_row_impl(const A* const* rows, const A* wt, const A* bias, A* ou
       for (int64_t kh = 0; kh < K; ++kh) {
         const A* r = rows[kh];
         if (!r) continue;
-        const A* rp = r + w0 * Cp + c0;
-        const A* wp = wt + kh * K * Cp + c0;
+        const A* rp = r + boff + w0 * kCAlign;
+        const A* wp = wt + (c0 / kCAlign) * K * K * kCAlign + c0 % kCAlign + kh * K * kCAlign;
         for (int64_t kw = 0; kw < K; ++kw) {
-          const vec wv = ld<vec>(wp + kw * Cp);
-          const A* xp = rp + kw * Cp;
-          for (int j = 0; j < kWB; ++j) acc[j] += ld<vec>(xp + j * Cp) * wv;
+          const vec wv = ld<vec>(wp + kw * kCAlign);
+          const A* xp = rp + kw * kCAlign;
+          for (int j = 0; j < kWB; ++j) acc[j] += ld<vec>(xp + j * kCAlign) * wv;
         }
       }
       for (int j = 0; j < kWB; ++j) st(out + (w0 + j) * Cp + c0, acc[j]);
     }
+  }
+}
+
+// Picks the variant: register blocks sized to the vector register file (32 for V = 16 / AVX-512,
+// 16 otherwise) and, for K = 7, to W (W = 7, 14, 28 use 7-pixel blocks: no wasted columns).
+template <class A, int V>
+CF_AI void conv_row_impl(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
+                         int64_t K, int64_t Lp) {
+  if (K == 7) {
+    if (V == 16) {
+      if (W % 8 != 0 && W % 7 == 0)
+        conv_row_fixed<A, V, 7, 7>(rows, wt, bias, out, W, Cp, Lp);
+      else
+        conv_row_fixed<A, V, 7, 8>(rows, wt, bias, out, W, Cp, Lp);
+    } else {
+      conv_row_fixed<A, V, 7, 4>(rows, wt, bias, out, W, Cp, Lp);
+    }
+  } else if (K == 3) {
+    conv_row_fixed<A, V, 3, 8>(rows, wt, bias, out, W, Cp, Lp);
+  } else if (K == 5) {
+    conv_row_fixed<A, V, 5, 8>(rows, wt, bias, out, W, Cp, Lp);
+  } else {
+    conv_row_any<A, V>(rows, wt, bias, out, W, Cp, K, Lp);
   }
 }
 
@@ -133,27 +208,66 @@ CF_AI void wgrad_row_impl(const A* g, const A* const* rows, A* part, A* partb, i
 // LayerNorm over the C channels of each of W pixels of z, in place: z <- (z - mean) * rstd * g + b.
 // Two passes over the cache-resident pixel (mean, then centred variance): no E[x^2] - mean^2.
 // mask[c] = 1 for c < C, 0 in the padding (whose z is 0 but whose z - mean is not).
+// P pixels at a time: their sums are P independent dependency chains (one pixel's chain of Cp / V
+// dependent adds is latency-bound); each pixel's own summation order is unchanged.
+template <class A, int V, int P>
+CF_AI void ln_fwd_pixels(A* z, const A* g, const A* b, const A* mask, int64_t C, int64_t Cp, double eps, A* mean,
+                         A* rstd, A* dst, int64_t ds) {
+  typedef typename Vec<A, V>::type vec;
+  vec s[P], q[P];
+  A m[P], rs[P];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) s[p] = vec{};
+  for (int64_t c0 = 0; c0 < Cp; c0 += V) {
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) s[p] += ld<vec>(z + p * Cp + c0);
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+    m[p] = hsum<vec, V>(s[p]) / static_cast<A>(C);
+    q[p] = vec{};
+  }
+  for (int64_t c0 = 0; c0 < Cp; c0 += V) {
+    const vec mk = ld<vec>(mask + c0);
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const vec d = (ld<vec>(z + p * Cp + c0) - m[p]) * mk;
+      q[p] += d * d;
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+    const A var = hsum<vec, V>(q[p]) / static_cast<A>(C);
+    rs[p] = static_cast<A>(1) / std::sqrt(var + static_cast<A>(eps));
+    mean[p] = m[p];
+    rstd[p] = rs[p];
+  }
+  for (int64_t c0 = 0; c0 < Cp; c0 += V) {
+    const vec gv = ld<vec>(g + c0), bv = ld<vec>(b + c0);
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) st(dst + p * ds + c0, (ld<vec>(z + p * Cp + c0) - m[p]) * rs[p] * gv + bv);
+  }
+}
+
+// The result goes to dst (pixel stride ds; dst = z, ds = Cp: in place).
 template <class A, int V>
 CF_AI void ln_fwd_row_impl(A* z, const A* g, const A* b, const A* mask, int64_t W, int64_t C, int64_t Cp,
-                           double eps, A* mean, A* rstd) {
-  typedef typename Vec<A, V>::type vec;
-  for (int64_t w = 0; w < W; ++w) {
-    A* zp = z + w * Cp;
-    vec s = {};
-    for (int64_t c0 = 0; c0 < Cp; c0 += V) s += ld<vec>(zp + c0);
-    const A m = hsum<vec, V>(s) / static_cast<A>(C);
-    vec q = {};
-    for (int64_t c0 = 0; c0 < Cp; c0 += V) {
-      const vec d = (ld<vec>(zp + c0) - m) * ld<vec>(mask + c0);
-      q += d * d;
-    }
-    const A var = hsum<vec, V>(q) / static_cast<A>(C);
-    const A rs = static_cast<A>(1) / std::sqrt(var + static_cast<A>(eps));
-    for (int64_t c0 = 0; c0 < Cp; c0 += V)
-      st(zp + c0, (ld<vec>(zp + c0) - m) * rs * ld<vec>(g + c0) + ld<vec>(b + c0));
-    mean[w] = m;
-    rstd[w] = rs;
+                           double eps, A* mean, A* rstd, A* dst, int64_t ds) {
+  int64_t w = 0;
+#define CF_LN_PIX(P) \
+  ln_fwd_pixels<A, V, P>(z + w * Cp, g, b, mask, C, Cp, eps, mean + w, rstd + w, dst + w * ds, ds)
+  for (; w + 8 <= W; w += 8) CF_LN_PIX(8);
+  switch (W - w) {
+    case 7: CF_LN_PIX(7); break;
+    case 6: CF_LN_PIX(6); break;
+    case 5: CF_LN_PIX(5); break;
+    case 4: CF_LN_PIX(4); break;
+    case 3: CF_LN_PIX(3); break;
+    case 2: CF_LN_PIX(2); break;
+    case 1: CF_LN_PIX(1); break;
+    default: break;
   }
+#undef CF_LN_PIX
 }
 
 // LayerNorm backward for W pixels: xhat = (z - mean) * rstd, gxhat = gy * g,
@@ -192,35 +306,56 @@ CF_AI void ln_bwd_row_impl(const A* z, const A* gy, const A* g, const A* mask, c
   }
 }
 
+// Input row (W pixels x C channels, NHWC) -> channel-blocked padded row (see conv_row_fixed): real
+// pixels and channels only; the zero padding around them is left as it is.
+template <class A, int V>
+CF_AI void load_blocked_impl(const A* src, int64_t W, int64_t C, A* dst, int64_t Lp, int64_t p) {
+  typedef typename Vec<A, V>::type vec;
+  const int64_t Cf = C / kCAlign * kCAlign;
+  for (int64_t w = 0; w < W; ++w) {
+    const A* sp = src + w * C;
+    A* dp = dst + (p + w) * kCAlign;
+    for (int64_t cb = 0; cb < Cf; cb += kCAlign) {
+#pragma GCC unroll 16
+      for (int64_t l = 0; l < kCAlign; l += V) st(dp + cb * Lp + l, ld<vec>(sp + cb + l));
+    }
+    for (int64_t c = Cf; c < C; ++c) dp[Cf * Lp + c - Cf] = sp[c];
+  }
+}
+
 template <class A>
 struct RowOps {
-  void (*conv_row)(const A* const*, const A*, const A*, A*, int64_t, int64_t, int64_t);
+  void (*conv_row)(const A* const*, const A*, const A*, A*, int64_t, int64_t, int64_t, int64_t);
   void (*wgrad_row)(const A*, const A* const*, A*, A*, int64_t, int64_t, int64_t);
-  void (*ln_fwd_row)(A*, const A*, const A*, const A*, int64_t, int64_t, int64_t, double, A*, A*);
+  void (*ln_fwd_row)(A*, const A*, const A*, const A*, int64_t, int64_t, int64_t, double, A*, A*, A*, int64_t);
   void (*ln_bwd_row)(const A*, const A*, const A*, const A*, const A*, const A*, int64_t, int64_t, int64_t, A*,
                      A*, A*);
+  void (*load_blocked)(const A*, int64_t, int64_t, A*, int64_t, int64_t);
   const char* name;
 };
 
 #define CF_DEFINE_ROW_OPS(NAME, ATTR, A, V)                                                              \
   ATTR void conv_row_##NAME(const A* const* r, const A* wt, const A* b, A* o, int64_t W, int64_t Cp,       \
-                            int64_t K) {                                                                 \
-    conv_row_impl<A, V>(r, wt, b, o, W, Cp, K);                                                          \
+                            int64_t K, int64_t Lp) {                                                     \
+    conv_row_impl<A, V>(r, wt, b, o, W, Cp, K, Lp);                                                      \
   }                                                                                                      \
   ATTR void wgrad_row_##NAME(const A* g, const A* const* r, A* p, A* pb, int64_t W, int64_t Cp,            \
                              int64_t K) {                                                                \
     wgrad_row_impl<A, V>(g, r, p, pb, W, Cp, K);                                                         \
   }                                                                                                      \
   ATTR void ln_fwd_row_##NAME(A* z, const A* g, const A* b, const A* m, int64_t W, int64_t C, int64_t Cp, \
-                              double eps, A* mean, A* rstd) {                                            \
-    ln_fwd_row_impl<A, V>(z, g, b, m, W, C, Cp, eps, mean, rstd);                                        \
+                              double eps, A* mean, A* rstd, A* dst, int64_t ds) {                        \
+    ln_fwd_row_impl<A, V>(z, g, b, m, W, C, Cp, eps, mean, rstd, dst, ds);                               \
   }                                                                                                      \
   ATTR void ln_bwd_row_##NAME(const A* z, const A* gy, const A* g, const A* mk, const A* mean,            \
                               const A* rstd, int64_t W, int64_t C, int64_t Cp, A* gz, A* pw, A* pb) {    \
     ln_bwd_row_impl<A, V>(z, gy, g, mk, mean, rstd, W, C, Cp, gz, pw, pb);                               \
   }                                                                                                      \
-  const RowOps<A> row_ops_##NAME = {conv_row_##NAME, wgrad_row_##NAME, ln_fwd_row_##NAME,                \
-                                    ln_bwd_row_##NAME, #NAME};
+  ATTR void load_blocked_##NAME(const A* s, int64_t W, int64_t C, A* d, int64_t Lp, int64_t p) {         \
+    load_blocked_impl<A, V>(s, W, C, d, Lp, p);                                                          \
+  }                                                                                                      \
+  const RowOps<A> row_ops_##NAME = {conv_row_##NAME,    wgrad_row_##NAME,    ln_fwd_row_##NAME,          \
+                                    ln_bwd_row_##NAME,  load_blocked_##NAME, #NAME};
 
 CF_DEFINE_ROW_OPS(generic, , float, 4)
 CF_DEFINE_ROW_OPS(f64, , double, 2)
@@ -256,6 +391,98 @@ const RowOps<double>& row_ops<double>() {
   return row_ops_f64;
 }
 
+// ---------------------------------------------------------------------------------- memory, threads
+
+// 64-byte aligned storage: with Cp a multiple of 16 floats every vector load of the row buffers and
+// prepared weights is then aligned (a 16-byte aligned std::vector split every zmm load in two).
+template <class A>
+struct AlignedAlloc {
+  using value_type = A;
+  AlignedAlloc() = default;
+  template <class B>
+  AlignedAlloc(const AlignedAlloc<B>&) {}
+  A* allocate(size_t n) {
+    void* p = std::aligned_alloc(64, static_cast<size_t>(round_up(static_cast<int64_t>(n * sizeof(A)), 64)));
+    if (!p) throw std::bad_alloc();
+    return static_cast<A*>(p);
+  }
+  void deallocate(A* p, size_t) { std::free(p); }
+  template <class B>
+  bool operator==(const AlignedAlloc<B>&) const { return true; }
+  template <class B>
+  bool operator!=(const AlignedAlloc<B>&) const { return false; }
+};
+template <class A>
+using avec = std::vector<A, AlignedAlloc<A>>;
+
+// Per-thread scratch that outlives the call (no allocation, page faults or zero-fill per call).
+// Each slot is used by one driver at a time and never across nested parallel regions.
+template <class A, int Slot>
+A* scratch(size_t n) {
+  thread_local avec<A> buf;
+  if (buf.size() < n) {
+    buf.clear();
+    buf.shrink_to_fit();
+    buf.resize(n);
+  }
+  return buf.data();
+}
+
+}  // namespace
+}  // namespace convnext_fast_cpu
+
+#ifndef _OPENMP
+// The extension may be compiled without -fopenmp: at::parallel_for with torch's OpenMP backend is
+// a header template (#pragma omp parallel), which then silently runs on one thread. Torch's own
+// OpenMP runtime is loaded in the process; its entry points are used directly when present.
+extern "C" {
+void GOMP_parallel(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags) __attribute__((weak));
+int omp_get_thread_num() __attribute__((weak));
+int omp_get_num_threads() __attribute__((weak));
+int omp_in_parallel() __attribute__((weak));
+}
+#endif
+
+namespace convnext_fast_cpu {
+namespace {
+
+// f(begin, end) over [0, n) split into one contiguous range per thread (torch's intra-op thread
+// count). The split does not affect results: every kernel's reductions are shape-only.
+template <class F>
+void par_for(int64_t n, const F& f) {
+  if (n <= 0) return;
+#ifdef _OPENMP
+  at::parallel_for(0, n, 1, f);
+#else
+  if (n == 1 || at::get_num_threads() <= 1 || !GOMP_parallel || !omp_get_thread_num || !omp_get_num_threads ||
+      (omp_in_parallel && omp_in_parallel())) {
+    f(int64_t(0), n);
+    return;
+  }
+  struct Ctx {
+    const F* f;
+    int64_t n;
+    std::atomic_flag err;
+    std::exception_ptr eptr;
+  } ctx{&f, n, {}, nullptr};
+  ctx.err.clear();
+  GOMP_parallel(
+      [](void* p) {
+        Ctx& c = *static_cast<Ctx*>(p);
+        const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+        const int64_t chunk = (c.n + nt - 1) / nt, b = t * chunk;
+        if (b >= c.n) return;
+        try {
+          (*c.f)(b, std::min(c.n, b + chunk));
+        } catch (...) {
+          if (!c.err.test_and_set()) c.eptr = std::current_exception();
+        }
+      },
+      &ctx, 0, 0);
+  if (ctx.eptr) std::rethrow_exception(ctx.eptr);
+#endif
+}
+
 // ---------------------------------------------------------------------------------- conversions
 
 template <class T>
@@ -288,23 +515,29 @@ void store_row(const A* src, int64_t W, int64_t C, int64_t Cp, T* dst) {
   }
 }
 
-// Depthwise weight (C, 1, K, K) -> wt[kh][kw][c] (Cp padded with zeros); flipped (wt[kh][kw] =
-// w[K-1-kh][K-1-kw]) for the input gradient, which is the conv of gy with the flipped kernel.
+// Depthwise weight (C, 1, K, K) -> channel-blocked taps: tap t = kh * K + kw of channel c at
+// (c / kCAlign) * K*K * kCAlign + t * kCAlign + c % kCAlign (channels C..Cp-1 zero); flipped
+// (tap t takes w's tap K*K-1-t, i.e. kh -> K-1-kh and kw -> K-1-kw) for the input gradient, which
+// is the conv of gy with the flipped kernel.
 template <class T, class A>
-std::vector<A> prep_weight(const T* w, int64_t C, int64_t Cp, int64_t K, bool flip) {
-  std::vector<A> wt(K * K * Cp, A(0));
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t kh = 0; kh < K; ++kh)
-      for (int64_t kw = 0; kw < K; ++kw) {
-        const int64_t sh = flip ? K - 1 - kh : kh, sw = flip ? K - 1 - kw : kw;
-        wt[(kh * K + kw) * Cp + c] = static_cast<A>(w[(c * K + sh) * K + sw]);
-      }
+avec<A> prep_weight(const T* w, int64_t C, int64_t Cp, int64_t K, bool flip) {
+  const int64_t KK = K * K;
+  avec<A> wt(KK * Cp, A(0));
+  for (int64_t c0 = 0; c0 < C; c0 += kCAlign) {
+    const int64_t c1 = std::min(C, c0 + kCAlign);
+    A* blk = wt.data() + c0 * KK;
+    for (int64_t c = c0; c < c1; ++c) {
+      const T* src = w + c * KK;
+      A* d = blk + (c - c0);
+      for (int64_t t = 0; t < KK; ++t) d[(flip ? KK - 1 - t : t) * kCAlign] = static_cast<A>(src[t]);
+    }
+  }
   return wt;
 }
 
 template <class T, class A>
-std::vector<A> prep_vec(const T* v, int64_t C, int64_t Cp, A fill_absent = A(0)) {
-  std::vector<A> out(Cp, A(0));
+avec<A> prep_vec(const T* v, int64_t C, int64_t Cp, A fill_absent = A(0)) {
+  avec<A> out(Cp, A(0));
   for (int64_t c = 0; c < C; ++c) out[c] = v ? static_cast<A>(v[c]) : fill_absent;
   return out;
 }
@@ -345,6 +578,91 @@ struct RowRing {
   }
 };
 
+// The same ring for the conv kernels, channel-blocked (see conv_row_fixed): slot kh holds padded
+// pixels 0..Lp-1 (Lp = round_up(W, kWB) + K - 1, every register block variant reads below it),
+// each kCAlign-channel block of a row contiguous. Loading a row writes only its W x C real values:
+// the zero padding around them is written once, when the buffer is set up for this geometry (see
+// conv_scratch), and never overwritten.
+template <class S, class A>
+struct BlockRing {
+  const S* src;
+  int64_t H, W, C, Cp, K, Lp;
+  A* buf;            // K * Lp * Cp elements, 64-byte aligned
+  int64_t* held;     // K
+  const A** ptrs;    // K
+
+  static int64_t padded_len(int64_t W_, int64_t K_) { return round_up(W_, kWB) + K_ - 1; }
+  static size_t elems(int64_t W_, int64_t Cp_, int64_t K_) {
+    return static_cast<size_t>(K_ * padded_len(W_, K_) * Cp_);
+  }
+
+  BlockRing(const S* src_, int64_t H_, int64_t W_, int64_t C_, int64_t Cp_, int64_t K_, A* buf_, int64_t* held_,
+            const A** ptrs_)
+      : src(src_), H(H_), W(W_), C(C_), Cp(Cp_), K(K_), Lp(padded_len(W_, K_)), buf(buf_), held(held_),
+        ptrs(ptrs_) {
+    for (int64_t k = 0; k < K; ++k) held[k] = -1;
+  }
+
+  void load(const S* s, A* dst) const {
+    const int64_t p = K / 2;
+    if constexpr (std::is_same<S, A>::value) {
+      row_ops<A>().load_blocked(s, W, C, dst, Lp, p);
+    } else {
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c)
+          dst[(c / kCAlign) * Lp * kCAlign + (p + w) * kCAlign + c % kCAlign] = static_cast<A>(s[w * C + c]);
+    }
+  }
+
+  // Pointers to the K padded rows output row (n, h) needs (null outside the image).
+  const A* const* rows_for(int64_t n, int64_t h) {
+    const int64_t p = K / 2;
+    for (int64_t kh = 0; kh < K; ++kh) {
+      const int64_t ih = h + kh - p;
+      if (ih < 0 || ih >= H) {
+        ptrs[kh] = nullptr;
+        continue;
+      }
+      const int64_t slot = ih % K, id = n * H + ih;
+      A* dst = buf + slot * Lp * Cp;
+      if (held[slot] != id) {
+        load(src + id * W * C, dst);
+        held[slot] = id;
+      }
+      ptrs[kh] = dst;
+    }
+    return ptrs;
+  }
+};
+
+// Per-thread buffers of a BlockRing plus one conv output row (round_up(W, kWB) x Cp). They persist
+// across calls; the ring is zeroed only when its geometry (or storage) differs from this thread's
+// previous call, since rows only ever overwrite the real pixels x channels of their geometry.
+template <class A>
+struct ConvBuffers {
+  A* ring;
+  A* out;
+  int64_t* held;
+  const A** ptrs;
+};
+template <class A>
+ConvBuffers<A> conv_scratch(int64_t W, int64_t C, int64_t Cp, int64_t K) {
+  struct Key {
+    const void* base;
+    int64_t W, C, K;
+  };
+  thread_local Key last{nullptr, -1, -1, -1};
+  const size_t nring = BlockRing<A, A>::elems(W, Cp, K), nout = static_cast<size_t>(round_up(W, kWB) * Cp);
+  A* base = scratch<A, 0>(nring + nout);
+  if (last.base != base || last.W != W || last.C != C || last.K != K) {
+    std::memset(base, 0, sizeof(A) * nring);
+    last = Key{base, W, C, K};
+  }
+  int64_t* held = scratch<int64_t, 1>(static_cast<size_t>(K));
+  const A** ptrs = const_cast<const A**>(scratch<A*, 2>(static_cast<size_t>(K)));
+  return {base, base + nring, held, ptrs};
+}
+
 // Fixed, shape-only split of the N*H rows into blocks for deterministic partial sums.
 struct Blocks {
   int64_t count, rows_per;
@@ -359,7 +677,7 @@ Blocks make_blocks(int64_t rows, int64_t partial_elems) {
 // out[i] = sum_b part[b * stride + i] in block order (deterministic), for i < n.
 template <class A>
 void reduce_partials(const A* part, int64_t nblk, int64_t stride, int64_t n, A* out) {
-  at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {
+  par_for(n, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       A s = 0;
       for (int64_t k = 0; k < nblk; ++k) s += part[k * stride + i];
@@ -375,12 +693,12 @@ void reduce_partials(const A* part, int64_t nblk, int64_t stride, int64_t n, A* 
 template <class S, class A, class Epi>
 void conv_rows(const S* src, const A* wt, const A* bias, const Shape& s, int64_t Cp, Epi epi) {
   const RowOps<A>& ops = row_ops<A>();
-  at::parallel_for(0, s.N * s.H, 1, [&](int64_t b, int64_t e) {
-    RowRing<S, A> ring(src, s.H, s.W, s.C, Cp, s.K);
-    std::vector<A> out(static_cast<size_t>(round_up(s.W, kWB) * Cp), A(0));
+  par_for(s.N * s.H, [&](int64_t b, int64_t e) {
+    const ConvBuffers<A> sb = conv_scratch<A>(s.W, s.C, Cp, s.K);
+    BlockRing<S, A> ring(src, s.H, s.W, s.C, Cp, s.K, sb.ring, sb.held, sb.ptrs);
     for (int64_t r = b; r < e; ++r) {
-      ops.conv_row(ring.rows_for(r / s.H, r % s.H), wt, bias, out.data(), s.W, Cp, s.K);
-      epi(r, out.data());
+      ops.conv_row(ring.rows_for(r / s.H, r % s.H), wt, bias, sb.out, s.W, Cp, s.K, ring.Lp);
+      epi(r, sb.out);
     }
   });
 }
@@ -394,7 +712,7 @@ void dwconv_wgrad(const S* gy, const T* x, const Shape& s, int64_t Cp, T* gw, T*
   const int64_t stride = K * Kp * Cp + Cp;  // per block: taps, then the bias partial
   const Blocks blk = make_blocks(s.N * s.H, stride);
   std::vector<A> part(static_cast<size_t>(blk.count * stride), A(0));
-  at::parallel_for(0, blk.count, 1, [&](int64_t b, int64_t e) {
+  par_for(blk.count, [&](int64_t b, int64_t e) {
     RowRing<T, A> ring(x, s.H, s.W, s.C, Cp, K);
     std::vector<A> g(static_cast<size_t>(s.W * Cp), A(0));
     for (int64_t bi = b; bi < e; ++bi) {
@@ -418,7 +736,7 @@ void dwconv_wgrad(const S* gy, const T* x, const Shape& s, int64_t Cp, T* gw, T*
 // Input gradient of the depthwise conv: the conv of gy (element type S) with the flipped kernel.
 template <class T, class S, class A>
 void dwconv_igrad(const S* gy, const T* w, const Shape& s, int64_t Cp, T* gx) {
-  const std::vector<A> wt = prep_weight<T, A>(w, s.C, Cp, s.K, /*flip=*/true);
+  const avec<A> wt = prep_weight<T, A>(w, s.C, Cp, s.K, /*flip=*/true);
   conv_rows<S, A>(gy, wt.data(), nullptr, s, Cp,
                   [&](int64_t r, const A* out) { store_row(out, s.W, s.C, Cp, gx + r * s.W * s.C); });
 }
@@ -427,8 +745,8 @@ template <class T>
 void dwconv_forward_t(const T* x, const T* w, const T* b, T* y, const Shape& s) {
   using A = acc_t<T>;
   const int64_t Cp = round_up(s.C, kCAlign);
-  const std::vector<A> wt = prep_weight<T, A>(w, s.C, Cp, s.K, false);
-  const std::vector<A> bias = prep_vec<T, A>(b, s.C, Cp);
+  const avec<A> wt = prep_weight<T, A>(w, s.C, Cp, s.K, false);
+  const avec<A> bias = prep_vec<T, A>(b, s.C, Cp);
   conv_rows<T, A>(x, wt.data(), b ? bias.data() : nullptr, s, Cp,
                   [&](int64_t r, const A* out) { store_row(out, s.W, s.C, Cp, y + r * s.W * s.C); });
 }
@@ -446,15 +764,20 @@ void dwconv_ln_forward_t(const T* x, const T* dw_w, const T* dw_b, const T* ln_w
                          acc_t<T>* mean, acc_t<T>* rstd, const Shape& s) {
   using A = acc_t<T>;
   const int64_t Cp = round_up(s.C, kCAlign);
-  const std::vector<A> wt = prep_weight<T, A>(dw_w, s.C, Cp, s.K, false);
-  const std::vector<A> bias = prep_vec<T, A>(dw_b, s.C, Cp);
-  const std::vector<A> g = prep_vec<T, A>(ln_w, s.C, Cp), bb = prep_vec<T, A>(ln_b, s.C, Cp);
-  const std::vector<A> mask = prep_vec<T, A>(nullptr, s.C, Cp, A(1));
+  const avec<A> wt = prep_weight<T, A>(dw_w, s.C, Cp, s.K, false);
+  const avec<A> bias = prep_vec<T, A>(dw_b, s.C, Cp);
+  const avec<A> g = prep_vec<T, A>(ln_w, s.C, Cp), bb = prep_vec<T, A>(ln_b, s.C, Cp);
+  const avec<A> mask = prep_vec<T, A>(nullptr, s.C, Cp, A(1));
   const RowOps<A>& ops = row_ops<A>();
+  // Without channel padding (C % 16 == 0) and in the accumulation type, normalize straight into y.
+  const bool direct = std::is_same<T, A>::value && Cp == s.C;
   conv_rows<T, A>(x, wt.data(), dw_b ? bias.data() : nullptr, s, Cp, [&](int64_t r, const A* out) {
     A* z = const_cast<A*>(out);  // the row buffer is ours to normalize in place
-    ops.ln_fwd_row(z, g.data(), bb.data(), mask.data(), s.W, s.C, Cp, eps, mean + r * s.W, rstd + r * s.W);
-    store_row(z, s.W, s.C, Cp, y + r * s.W * s.C);
+    T* yr = y + r * s.W * s.C;
+    A* dst = direct ? reinterpret_cast<A*>(yr) : z;
+    ops.ln_fwd_row(z, g.data(), bb.data(), mask.data(), s.W, s.C, Cp, eps, mean + r * s.W, rstd + r * s.W, dst,
+                   direct ? s.C : Cp);
+    if (!direct) store_row(z, s.W, s.C, Cp, yr);
   });
 }
 
@@ -463,16 +786,19 @@ void layer_norm_forward_t(const T* x, const T* w, const T* b, double eps, T* y, 
                           const Shape& s) {
   using A = acc_t<T>;
   const int64_t Cp = round_up(s.C, kCAlign);
-  const std::vector<A> g = prep_vec<T, A>(w, s.C, Cp), bb = prep_vec<T, A>(b, s.C, Cp);
-  const std::vector<A> mask = prep_vec<T, A>(nullptr, s.C, Cp, A(1));
+  const avec<A> g = prep_vec<T, A>(w, s.C, Cp), bb = prep_vec<T, A>(b, s.C, Cp);
+  const avec<A> mask = prep_vec<T, A>(nullptr, s.C, Cp, A(1));
   const RowOps<A>& ops = row_ops<A>();
-  at::parallel_for(0, s.N * s.H, 1, [&](int64_t b0, int64_t e) {
+  const bool direct = std::is_same<T, A>::value && Cp == s.C;
+  par_for(s.N * s.H, [&](int64_t b0, int64_t e) {
     std::vector<A> z(static_cast<size_t>(s.W * Cp), A(0));
     for (int64_t r = b0; r < e; ++r) {
       load_row(x + r * s.W * s.C, s.W, s.C, z.data(), Cp);
+      T* yr = y + r * s.W * s.C;
+      A* dst = direct ? reinterpret_cast<A*>(yr) : z.data();
       ops.ln_fwd_row(z.data(), g.data(), bb.data(), mask.data(), s.W, s.C, Cp, eps, mean + r * s.W,
-                     rstd + r * s.W);
-      store_row(z.data(), s.W, s.C, Cp, y + r * s.W * s.C);
+                     rstd + r * s.W, dst, direct ? s.C : Cp);
+      if (!direct) store_row(z.data(), s.W, s.C, Cp, yr);
     }
   });
 }
@@ -483,12 +809,12 @@ template <class T, class A, class ZRow, class Sink>
 void ln_backward_rows(const T* gy, const T* w, const A* mean, const A* rstd, const Shape& s, int64_t Cp,
                       T* gw_out, T* gb_out, ZRow z_row, Sink sink) {
   const RowOps<A>& ops = row_ops<A>();
-  const std::vector<A> g = prep_vec<T, A>(w, s.C, Cp);
-  const std::vector<A> mask = prep_vec<T, A>(nullptr, s.C, Cp, A(1));
+  const avec<A> g = prep_vec<T, A>(w, s.C, Cp);
+  const avec<A> mask = prep_vec<T, A>(nullptr, s.C, Cp, A(1));
   const int64_t stride = 2 * Cp;
   const Blocks blk = make_blocks(s.N * s.H, stride);
   std::vector<A> part(static_cast<size_t>(blk.count * stride), A(0));
-  at::parallel_for(0, blk.count, 1, [&](int64_t b, int64_t e) {
+  par_for(blk.count, [&](int64_t b, int64_t e) {
     std::vector<A> gyb(static_cast<size_t>(s.W * Cp), A(0)), gz(gyb.size(), A(0));
     auto zstate = z_row.make_state();
     for (int64_t bi = b; bi < e; ++bi) {
@@ -532,16 +858,16 @@ struct ConvRows {
   Shape s;
   int64_t Cp;
   struct State {
-    RowRing<T, A> ring;
-    std::vector<A> out;
+    BlockRing<T, A> ring;
+    A* out;
   };
   State make_state() const {
-    return State{RowRing<T, A>(x, s.H, s.W, s.C, Cp, s.K),
-                 std::vector<A>(static_cast<size_t>(round_up(s.W, kWB) * Cp), A(0))};
+    const ConvBuffers<A> sb = conv_scratch<A>(s.W, s.C, Cp, s.K);
+    return State{BlockRing<T, A>(x, s.H, s.W, s.C, Cp, s.K, sb.ring, sb.held, sb.ptrs), sb.out};
   }
   const A* operator()(State& st, int64_t r) const {
-    row_ops<A>().conv_row(st.ring.rows_for(r / s.H, r % s.H), wt, bias, st.out.data(), s.W, Cp, s.K);
-    return st.out.data();
+    row_ops<A>().conv_row(st.ring.rows_for(r / s.H, r % s.H), wt, bias, st.out, s.W, Cp, s.K, st.ring.Lp);
+    return st.out;
   }
 };
 
@@ -560,8 +886,8 @@ void dwconv_ln_backward_t(const T* gy, const T* x, const T* dw_w, const T* dw_b,
                           T* g_ln_b, const Shape& s) {
   using A = acc_t<T>;
   const int64_t Cp = round_up(s.C, kCAlign);
-  const std::vector<A> wt = prep_weight<T, A>(dw_w, s.C, Cp, s.K, false);
-  const std::vector<A> bias = prep_vec<T, A>(dw_b, s.C, Cp);
+  const avec<A> wt = prep_weight<T, A>(dw_w, s.C, Cp, s.K, false);
+  const avec<A> bias = prep_vec<T, A>(dw_b, s.C, Cp);
   // Gradient with respect to the conv output, kept in the accumulation type (not rounded to T).
   std::vector<A> gz(static_cast<size_t>(s.N * s.H * s.W * s.C));
   ln_backward_rows<T, A>(gy, ln_w, mean, rstd, s, Cp, g_ln_w, g_ln_b,

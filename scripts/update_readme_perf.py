@@ -3,6 +3,8 @@
 
     python scripts/update_readme_perf.py [--results-root benchmarks/results] [--out PATH] [--results FILE]
 
+and replaces the README's performance section (between its PERF markers) with the same text.
+
 Picks the newest benchmarks/results/<device>/<date>/results.json (GPU results first), and writes the
 device, date, versions, and each issue-5 target as met / not met / not measured. Logic and tests:
 convnext_fast/bench/perf.py, tests/test_bench_report.py.
@@ -15,4 +17,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from convnext_fast.bench.perf import main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["--readme", "README.md", *sys.argv[1:]]))

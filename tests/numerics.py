@@ -1,6 +1,8 @@
 """Tolerance rules shared by the parity tests (flash-attention's rule for low precision)."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -30,3 +32,16 @@ def assert_matches_reference(ours: torch.Tensor, ref64: torch.Tensor, torch_lowp
     ours_err, torch_err = max_abs_err(ours, ref64), max_abs_err(torch_lowp, ref64)
     assert ours_err <= 2 * torch_err + small_atol, (
         f"{name} ({ours.dtype}): max error {ours_err:.3e} > 2 x PyTorch's {torch_err:.3e} + {small_atol:.1e}")
+
+
+def lowp_atol(backend: str, dtype: torch.dtype) -> float | None:
+    """Extra absolute tolerance (relative to max |ref|) for low-precision results.
+
+    Triton's CPU interpreter converts fp32 to bf16 by truncation, not round-to-nearest (checked:
+    about half of random values differ from torch's conversion), so every bf16 output carries up
+    to one ulp of error instead of half an ulp, while PyTorch's reference rounds correctly: allow
+    one extra bf16 half-ulp (2**-8 of the magnitude) there. GPUs round to nearest: default rule.
+    """
+    if backend == "triton" and dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        return 2.0 ** -8
+    return None

@@ -165,3 +165,13 @@ def test_standard_cases_most_important_first():
 def test_device_slug():
     assert device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert device_slug("///") == "unknown-device"
+
+
+def test_readme_splice_replaces_only_the_marked_section():
+    doc = f"# title\n\nintro\n\n## Performance\n\n{perf.PERF_BEGIN}\nold numbers\n{perf.PERF_END}\n\n## Next\n"
+    out = perf.splice_between_markers(doc, "## Performance\n\nnew numbers\n")
+    assert "old numbers" not in out and "new numbers" in out
+    assert out.startswith("# title\n\nintro\n\n## Performance\n") and out.endswith(f"{perf.PERF_END}\n\n## Next\n")
+    assert out.count("## Performance") == 1
+    with pytest.raises(ValueError, match="no PERF:BEGIN"):
+        perf.splice_between_markers("# no markers\n", "x")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import convnext_fast
 from conftest import ON_GPU
 from convnext_fast import reference
-from numerics import assert_matches_reference
+from numerics import assert_matches_reference, lowp_atol
 
 
 def _make_x(shape, dtype, device, layout):
@@ -135,10 +135,9 @@ def test_low_precision_against_torch(kernel_backend, device, dtype):
         grad_y = torch.randn(shape, device=device).to(dtype)
         ours = _ours(x, w, b, grad_y)
         assert all(t.dtype == dtype for t in ours)
-        # Triton's interpreter casts fp32 -> bf16 by truncation (the GPU rounds to nearest, and
-        # ignores fp_downcast_rounding="rtne"), which adds up to half an ulp of the largest value.
-        atol = 2.0 ** -8 if (dtype == torch.bfloat16 and not ON_GPU and kernel_backend == "triton") else None
-        _check_all(ours, _reference64(x, w, b, grad_y), _torch_lowp(x, w, b, grad_y), atol=atol)
+        # lowp_atol: the interpreter rounds fp32 -> bf16 by truncation (see tests/numerics.py).
+        _check_all(ours, _reference64(x, w, b, grad_y), _torch_lowp(x, w, b, grad_y),
+                   atol=lowp_atol(kernel_backend, dtype))
 
 
 def test_weight_grad_deterministic(kernel_backend, device):

@@ -20,7 +20,7 @@ import time
 import traceback
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
