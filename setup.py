@@ -155,6 +155,10 @@ def _extension_setup():
     # No -std flag: torch's BuildExtension adds the standard its headers need (C++17 or C++20).
     # No -march: the CPU kernels pick AVX2 / AVX-512 at run time, so the binary stays portable.
     cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"]
+    # at::parallel_for is a header template over `#pragma omp parallel` when torch uses OpenMP:
+    # without -fopenmp it silently runs on one thread. Linking libgomp.so.1 reuses the copy torch
+    # has already loaded (same soname), so there is one OpenMP runtime in the process.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
     nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas=-warn-spills"]
     for a in archs:
         nvcc_flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
@@ -165,6 +169,7 @@ def _extension_setup():
     library_dirs, libraries, link_args = [], [], []
     if build_cpu:
         sources.append(os.path.join("csrc", "cpu_kernels.cpp"))
+        cxx_flags += openmp
     if build_cuda:
         sources.append(os.path.join("csrc", "cuda_kernels.cu"))
         include_dirs.append(_cuda_include_dir(cpp_extension.CUDA_HOME, nvcc))
@@ -186,7 +191,7 @@ def _extension_setup():
         library_dirs=library_dirs,
         libraries=libraries,
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-        extra_link_args=link_args,
+        extra_link_args=link_args + (openmp if build_cpu else []),
     )
     forced = want_cpu == "1" or want_cuda == "1"
 

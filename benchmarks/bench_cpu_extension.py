@@ -7,18 +7,24 @@ Compares, in fp32 at ConvNeXt-T stage shapes (batch 8), on channels_last input:
 * ``convnext_fast.extension.dwconv_ln_forward`` (one pass: each output row is convolved into a
   cache-resident buffer and normalized there before it is written).
 
-Checks that both give the same result, times each (median over repeats, after warm-up), and prints
-the geometric-mean speedup (target: >= 1.5x). Run: ``python benchmarks/bench_cpu_extension.py``.
+Checks that both give the same result, then times them interleaved (eager, ours, eager, ours, ...
+after warm-up, so that a change in the machine's load hits both alike) and reports the median and
+the minimum of each, per stage and thread count, with the speedup eager / ours of the medians and
+its geometric mean over the stages (target: >= 1.5x).
 
-Threads: both sides are timed at one thread and at the default thread count, and speedups are
-given at equal thread counts. On a shared 2-core machine a multi-threaded region waits for its
-slowest thread, so timings there swing with the machine's load (check ``uptime``); the one-thread
-figures are the steadier comparison.
+Run: ``python benchmarks/bench_cpu_extension.py [--threads 1 2] [--json out.json]``.
+
+Threads: speedups compare both sides at the same thread count (``torch.set_num_threads``; the
+extension's kernels use torch's intra-op threads). On a shared 2-core machine a multi-threaded
+region waits for its slowest thread, so timings swing with the machine's load (check ``uptime``);
+the minimum is the least disturbed figure, the median the typical one.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -41,43 +47,54 @@ def fused(x, dw_w, dw_b, ln_w, ln_b, eps):
     return extension.dwconv_ln_forward(x, dw_w, dw_b, ln_w, ln_b, eps)[0]
 
 
-def median_seconds(fn, args, warmup: int, repeats: int) -> float:
+def interleaved_seconds(fns, args, warmup: int, repeats: int) -> list[list[float]]:
+    """Per-call wall times of each of fns, called in turn (round-robin) repeats times."""
     for _ in range(warmup):
-        fn(*args)
-    times = []
+        for fn in fns:
+            fn(*args)
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn(*args)
+            times[i].append(time.perf_counter() - t0)
+    return times
+
+
+def geomean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--kernel", type=int, default=7)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="thread counts to time (default: 1 and torch's default count)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args()
 
     reason = extension.unavailable_reason("cpu")
     if reason:
         raise SystemExit(f"the cpu backend is not available: {reason}")
     info = extension.build_info()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"extension ISA {info.get('cpu_isa')}, fp32, batch {args.batch}, {args.kernel}x{args.kernel}")
-    threads = torch.get_num_threads()
-    counts = sorted({1, threads})
-    head = " ".join(f"{f'eager@{t}t':>10} {f'fused@{t}t':>10} {'speedup':>8}" for t in counts)
-    print(f"{'stage':>12} {head} {'max |diff|':>11}")
-    speedups = {t: [] for t in counts}
+    default_threads = torch.get_num_threads()
+    counts = sorted(set(args.threads or [1, default_threads]))
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+          f"extension ISA {info.get('cpu_isa')}, fp32, batch {args.batch}, {args.kernel}x{args.kernel}, "
+          f"{args.repeats} interleaved repeats" + (f", load average {load[0]:.2f}" if load else ""))
+
+    results = []
     torch.manual_seed(0)
     for c, s in STAGES:
         x = torch.randn(args.batch, c, s, s).contiguous(memory_format=torch.channels_last)
         dw_w = torch.randn(c, 1, args.kernel, args.kernel) * 0.1
         dw_b, ln_w, ln_b = torch.randn(c), 1 + 0.1 * torch.randn(c), 0.1 * torch.randn(c)
         params = (x, dw_w, dw_b, ln_w, ln_b, 1e-6)
-        row = []
         with torch.inference_mode():
             ref, ours = eager(*params), fused(*params)
             diff = (ref - ours).abs().max().item()
@@ -86,16 +103,47 @@ def main() -> None:
             for t in counts:
                 torch.set_num_threads(t)
                 try:
-                    t_eager = median_seconds(eager, params, args.warmup, args.repeats)
-                    t_fused = median_seconds(fused, params, args.warmup, args.repeats)
+                    t_eager, t_fused = interleaved_seconds([eager, fused], params, args.warmup, args.repeats)
                 finally:
-                    torch.set_num_threads(threads)
-                speedups[t].append(t_eager / t_fused)
-                row.append(f"{t_eager * 1e3:10.3f} {t_fused * 1e3:10.3f} {t_eager / t_fused:7.2f}x")
-        print(f"{f'{c}x{s}x{s}':>12} {' '.join(row)} {diff:11.2e}")
+                    torch.set_num_threads(default_threads)
+                med_e, med_f = statistics.median(t_eager), statistics.median(t_fused)
+                results.append({
+                    "stage": f"{c}x{s}x{s}", "channels": c, "size": s, "threads": t,
+                    "eager_median_ms": med_e * 1e3, "eager_min_ms": min(t_eager) * 1e3,
+                    "fused_median_ms": med_f * 1e3, "fused_min_ms": min(t_fused) * 1e3,
+                    "speedup_median": med_e / med_f, "speedup_min": min(t_eager) / min(t_fused),
+                    "max_abs_diff": diff,
+                })
+
+    print()
+    print(f"{'stage':>10} {'threads':>7} {'eager med':>10} {'eager min':>10} {'fused med':>10} {'fused min':>10} "
+          f"{'speedup':>8} {'(of min)':>8} {'max|diff|':>10}")
+    for r in results:
+        print(f"{r['stage']:>10} {r['threads']:>7} {r['eager_median_ms']:>8.3f}ms {r['eager_min_ms']:>8.3f}ms "
+              f"{r['fused_median_ms']:>8.3f}ms {r['fused_min_ms']:>8.3f}ms {r['speedup_median']:>7.2f}x "
+              f"{r['speedup_min']:>7.2f}x {r['max_abs_diff']:>10.2e}")
+    summary = {}
+    print()
     for t in counts:
-        geo = math.exp(sum(math.log(v) for v in speedups[t]) / len(speedups[t]))
-        print(f"geometric-mean speedup of the fused forward over eager at {t} thread(s): {geo:.2f}x (target >= 1.5x)")
+        rs = [r for r in results if r["threads"] == t]
+        g_med, g_min = geomean(r["speedup_median"] for r in rs), geomean(r["speedup_min"] for r in rs)
+        summary[str(t)] = {"geomean_speedup_median": g_med, "geomean_speedup_min": g_min}
+        print(f"geometric-mean speedup of the fused forward over eager at {t} thread(s): {g_med:.2f}x "
+              f"(of the minima: {g_min:.2f}x; target >= 1.5x)")
+
+    if args.json:
+        out = {
+            "benchmark": "fused depthwise conv + LayerNorm forward vs eager PyTorch, CPU, fp32, channels_last",
+            "torch": torch.__version__, "cpu_isa": info.get("cpu_isa"), "cxx_flags": info.get("cxx_flags"),
+            "machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "load_average": list(load) if load else None, "batch": args.batch, "kernel": args.kernel,
+            "warmup": args.warmup, "repeats": args.repeats, "threads": counts,
+            "results": results, "geomean": summary, "target_speedup": 1.5,
+        }
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

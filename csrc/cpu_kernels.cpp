@@ -6,15 +6,26 @@
 // L1/L2: an input row (one (n, h) line of W pixels x C channels, NHWC) is converted once into a
 // zero-padded scratch row of Lp pixels x Cp channels (Cp = C rounded up to 16, K//2 zero pixels on
 // the left, zeros on the right), so the inner loops have no bounds checks and no channel tails. A
-// ring of K such rows per thread holds the input rows an output row needs; moving down one output
-// row converts exactly one new input row, so every input element is read from memory once per pass.
+// per-thread ring of such rows holds the input rows the current output rows need; moving down
+// converts each input row once, so every input element is read from memory once per pass.
 //
-// The row kernels (conv_row, wgrad_row, ln_fwd_row, ln_bwd_row) use GCC vector extensions and are
-// compiled three times: AVX-512 (V = 16 floats), AVX2+FMA (V = 8) and baseline x86-64 / any other
-// architecture (V = 4), chosen at run time from the CPU (no -march flag: the binary stays portable).
+// The conv kernels work on bands of up to 8 output rows of one image (parallel tasks are bands)
+// with channel-blocked ring rows (16 channels of a row contiguous), K = 3/5/7 compiled with the
+// kernel row's weights and a block of output pixels x channel chunks in registers, each input
+// vector loaded once per pixel block (sliding window). Scratch buffers are per thread and reused
+// across calls (no allocation or zero-fill per call), 64-byte aligned.
 //
-// The fused dwconv + LayerNorm forward computes the conv of one output row into a cache-resident
-// buffer and normalizes it there before the single write of y: the conv output never goes to memory.
+// The row kernels (conv_row, wgrad_row, ln_fwd_row, ln_bwd_row, load_blocked) use GCC vector
+// extensions and are compiled three times: AVX-512 (V = 16 floats), AVX2+FMA (V = 8) and baseline
+// x86-64 / any other architecture (V = 4), chosen at run time from the CPU (no -march flag: the
+// binary stays portable).
+//
+// The fused dwconv + LayerNorm forward computes the conv of a band into a cache-resident buffer
+// and normalizes it there before the single write of y: the conv output never goes to memory.
+//
+// Threads: par_for splits work over torch's intra-op threads with at::parallel_for. With torch's
+// OpenMP backend that is a header template over `#pragma omp parallel`, so setup.py compiles this
+// file with -fopenmp (without it, it would silently run on one thread).
 //
 // Determinism: weight/bias gradients are reductions over N*H*W. Rows are split into blocks that
 // depend only on the shape (never on the thread count); each block writes its own partial sums and
@@ -26,8 +37,6 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <atomic>
-#include <exception>
 #include <new>
 #include <cmath>
 #include <cstdlib>
@@ -69,6 +78,50 @@ CF_AI auto hsum(VT v) -> decltype(v[0] + v[0]) {
   return s;
 }
 
+// Horizontal sum as a tree (halves added pairwise: log2(V) dependent adds instead of V).
+template <class A, int V>
+CF_AI A hsum_tree(typename Vec<A, V>::type v) {
+  if constexpr (V == 2) {
+    return v[0] + v[1];
+  } else {
+    typedef typename Vec<A, V / 2>::type half;
+    half lo, hi;
+    std::memcpy(&lo, &v, sizeof(half));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(half), sizeof(half));
+    return hsum_tree<A, V / 2>(lo + hi);
+  }
+}
+
+// Memory the caller touches right after a conv row: the next input row it converts (read) and
+// the output row it writes (write). conv_row spreads prefetches for them over its channel chunks,
+// so these transfers overlap the arithmetic instead of stalling the row load / LayerNorm store.
+struct Prefetch {
+  const char* rd;
+  int64_t rd_bytes;
+  const char* wr;
+  int64_t wr_bytes;
+};
+
+// Part k of n of the prefetches, spread over the row's work (a burst of many outstanding
+// prefetches stalls on the line fill buffers). No divisions: part k covers lines
+// [k * per, (k + 1) * per) with per = ceil(lines / n).
+struct PrefetchSplit {
+  int64_t per_rd, per_wr;
+};
+CF_AI PrefetchSplit prefetch_split(const Prefetch* pf, int64_t n) {
+  if (!pf) return {0, 0};
+  const int64_t lr = (pf->rd_bytes + 63) / 64, lw = (pf->wr_bytes + 63) / 64;
+  return {(lr + n - 1) / n, (lw + n - 1) / n};
+}
+CF_AI void prefetch_part(const Prefetch* pf, const PrefetchSplit& sp, int64_t k) {
+  const char* e = pf->rd + pf->rd_bytes;
+  for (const char *p = pf->rd + k * sp.per_rd * 64, *q = p + sp.per_rd * 64; p < q && p < e; p += 64)
+    __builtin_prefetch(p, 0, 3);
+  e = pf->wr + pf->wr_bytes;
+  for (const char *p = pf->wr + k * sp.per_wr * 64, *q = p + sp.per_wr * 64; p < q && p < e; p += 64)
+    __builtin_prefetch(p, 1, 3);
+}
+
 // ---------------------------------------------------------------------------------- row kernels
 // Buffers: a padded input row holds pixel iw at index iw + K/2 (stride Cp); out/g rows hold pixel w
 // at index w. rows[kh] is the padded input row at ih = h + kh - K/2, or null when outside the image.
@@ -85,51 +138,98 @@ CF_AI auto hsum(VT v) -> decltype(v[0] + v[0]) {
 // out is pixel-major (stride Cp). Every output value accumulates bias, then the taps in (kh, kw)
 // order with one FMA each, whatever the kernel variant below: all variants give identical bits.
 
-// Fixed K and WB: WB output pixels x V channels of accumulators and the K weights of one kernel
-// row stay in registers; each input vector of the row is loaded once per pixel block and feeds up
-// to K FMAs (sliding window), so the loop is FMA-bound instead of load-bound.
-template <class A, int V, int KK, int WB>
-CF_AI void conv_row_fixed(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
-                          int64_t Lp) {
+// Fixed K and WB: WB output pixels x NC chunks of V channels of accumulators and the K weights of
+// one kernel row per chunk stay in registers; each input vector of the row is loaded once per
+// pixel block and feeds up to K FMAs (sliding window), so the loop is FMA-bound instead of
+// load-bound. Each accumulator is a chain of K*K dependent FMAs (4-cycle latency): NC * WB >= 14
+// independent chains keep both FMA ports busy where WB alone (7 or 8) left them half idle.
+// Processes channels [c0, c0 + NC * V); pk counts prefetch slots (one per kernel row).
+template <class A, int V, int KK, int WB, int NC>
+CF_AI void conv_chunks(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp, int64_t Lp,
+                       int64_t c0, const Prefetch* pf, const PrefetchSplit& pfs, int64_t& pk, int64_t R,
+                       int64_t ors) {
   typedef typename Vec<A, V>::type vec;
-  for (int64_t c0 = 0; c0 < Cp; c0 += V) {
-    const int64_t boff = (c0 / kCAlign) * Lp * kCAlign + c0 % kCAlign;
-    const A* wc = wt + (c0 / kCAlign) * KK * KK * kCAlign + c0 % kCAlign;
-    vec b0 = {};
-    if (bias) b0 = ld<vec>(bias + c0);
-    for (int64_t w0 = 0; w0 < W; w0 += WB) {
-      vec acc[WB];
+  int64_t boff[NC];
+  const A* wc[NC];
+  vec b0[NC];
+#pragma GCC unroll 4
+  for (int n = 0; n < NC; ++n) {
+    const int64_t c = c0 + n * V;
+    boff[n] = (c / kCAlign) * Lp * kCAlign + c % kCAlign;
+    wc[n] = wt + (c / kCAlign) * KK * KK * kCAlign + c % kCAlign;
+    b0[n] = vec{};
+    if (bias) b0[n] = ld<vec>(bias + c);
+  }
+  for (int64_t w0 = 0; w0 < W; w0 += WB)
+  for (int64_t rr = 0; rr < R; ++rr) {
+    vec acc[NC][WB];
+#pragma GCC unroll 4
+    for (int n = 0; n < NC; ++n) {
 #pragma GCC unroll 32
-      for (int j = 0; j < WB; ++j) acc[j] = b0;
-      for (int kh = 0; kh < KK; ++kh) {
-        const A* r = rows[kh];
-        if (!r) continue;
-        const A* rp = r + boff + w0 * kCAlign;
-        vec wv[KK];
+      for (int j = 0; j < WB; ++j) acc[n][j] = b0[n];
+    }
+    for (int kh = 0; kh < KK; ++kh) {
+      if (pf) prefetch_part(pf, pfs, pk);
+      ++pk;
+      const A* r = rows[rr + kh];
+      if (!r) continue;
+      vec wv[NC][KK];
+      const A* xp[NC];
+#pragma GCC unroll 4
+      for (int n = 0; n < NC; ++n) {
+        const A* wp = wc[n] + kh * KK * kCAlign;
+        xp[n] = r + boff[n] + w0 * kCAlign;
+        // Opaque base pointers: every load below is then base + constant (GCC otherwise hoists
+        // the per-pixel offsets out of the kh loop into registers and spills them).
+        asm("" : "+r"(wp), "+r"(xp[n]));
 #pragma GCC unroll 32
-        for (int kw = 0; kw < KK; ++kw) wv[kw] = ld<vec>(wc + (kh * KK + kw) * kCAlign);
+        for (int kw = 0; kw < KK; ++kw) wv[n][kw] = ld<vec>(wp + kw * kCAlign);
+      }
 #pragma GCC unroll 64
-        for (int i = 0; i < WB + KK - 1; ++i) {
-          const vec xv = ld<vec>(rp + i * kCAlign);
+      for (int i = 0; i < WB + KK - 1; ++i) {
+#pragma GCC unroll 4
+        for (int n = 0; n < NC; ++n) {
+          const vec xv = ld<vec>(xp[n] + i * kCAlign);
 #pragma GCC unroll 32
           for (int kw = 0; kw < KK; ++kw) {
             const int j = i - kw;
-            if (j >= 0 && j < WB) acc[j] += xv * wv[kw];
+            if (j >= 0 && j < WB) acc[n][j] += xv * wv[n][kw];
           }
         }
       }
+    }
+#pragma GCC unroll 4
+    for (int n = 0; n < NC; ++n) {
 #pragma GCC unroll 32
-      for (int j = 0; j < WB; ++j) st(out + (w0 + j) * Cp + c0, acc[j]);
+      for (int j = 0; j < WB; ++j) st(out + rr * ors + (w0 + j) * Cp + c0 + n * V, acc[n][j]);
     }
   }
 }
 
+// A band of R output rows: output row rr uses rows[rr .. rr + K - 1] and goes to out + rr * ors.
+// For each channel group and pixel block, all R output rows are computed before moving on, so the
+// (R + K - 1) rows x (WB + K - 1) pixels slice they read stays in L1: each input line comes from
+// L2 about (WB + K - 1) / WB times per band instead of K times (once per output row; the ring of a
+// 768-channel row is 300 KB and lives in L2).
+template <class A, int V, int KK, int WB, int NC>
+CF_AI void conv_row_fixed(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
+                          int64_t Lp, const Prefetch* pf, int64_t R, int64_t ors) {
+  const int64_t nch = Cp / V, groups = nch / NC + nch % NC, nwb = (W + WB - 1) / WB;
+  const PrefetchSplit pfs = prefetch_split(pf, groups * nwb * KK * R);
+  int64_t pk = 0, c0 = 0;
+  for (; c0 + NC * V <= Cp; c0 += NC * V)
+    conv_chunks<A, V, KK, WB, NC>(rows, wt, bias, out, W, Cp, Lp, c0, pf, pfs, pk, R, ors);
+  for (; c0 < Cp; c0 += V) conv_chunks<A, V, KK, WB, 1>(rows, wt, bias, out, W, Cp, Lp, c0, pf, pfs, pk, R, ors);
+}
+
 // Any K: kWB output pixels x V channels of accumulators across all K*K taps, weights reloaded.
 template <class A, int V>
-CF_AI void conv_row_any(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
-                        int64_t K, int64_t Lp) {
+CF_AI void conv_row_any1(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
+                         int64_t K, int64_t Lp, const Prefetch* pf) {
   typedef typename Vec<A, V>::type vec;
+  const PrefetchSplit pfs = prefetch_split(pf, Cp / V);
   for (int64_t c0 = 0; c0 < Cp; c0 += V) {
+    if (pf) prefetch_part(pf, pfs, c0 / V);
     const int64_t boff = (c0 / kCAlign) * Lp * kCAlign + c0 % kCAlign;
     for (int64_t w0 = 0; w0 < W; w0 += kWB) {
       vec acc[kWB];
@@ -152,26 +252,33 @@ CF_AI void conv_row_any(const A* const* rows, const A* wt, const A* bias, A* out
   }
 }
 
+template <class A, int V>
+CF_AI void conv_row_any(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
+                        int64_t K, int64_t Lp, const Prefetch* pf, int64_t R, int64_t ors) {
+  for (int64_t rr = 0; rr < R; ++rr)
+    conv_row_any1<A, V>(rows + rr, wt, bias, out + rr * ors, W, Cp, K, Lp, rr == 0 ? pf : nullptr);
+}
+
 // Picks the variant: register blocks sized to the vector register file (32 for V = 16 / AVX-512,
 // 16 otherwise) and, for K = 7, to W (W = 7, 14, 28 use 7-pixel blocks: no wasted columns).
 template <class A, int V>
 CF_AI void conv_row_impl(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
-                         int64_t K, int64_t Lp) {
+                         int64_t K, int64_t Lp, const Prefetch* pf, int64_t R, int64_t ors) {
   if (K == 7) {
     if (V == 16) {
-      if (W % 8 != 0 && W % 7 == 0)
-        conv_row_fixed<A, V, 7, 7>(rows, wt, bias, out, W, Cp, Lp);
+      if (W % 7 == 0)
+        conv_row_fixed<A, V, 7, 7, 2>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
       else
-        conv_row_fixed<A, V, 7, 8>(rows, wt, bias, out, W, Cp, Lp);
+        conv_row_fixed<A, V, 7, 8, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
     } else {
-      conv_row_fixed<A, V, 7, 4>(rows, wt, bias, out, W, Cp, Lp);
+      conv_row_fixed<A, V, 7, 4, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
     }
   } else if (K == 3) {
-    conv_row_fixed<A, V, 3, 8>(rows, wt, bias, out, W, Cp, Lp);
+    conv_row_fixed<A, V, 3, 8, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
   } else if (K == 5) {
-    conv_row_fixed<A, V, 5, 8>(rows, wt, bias, out, W, Cp, Lp);
+    conv_row_fixed<A, V, 5, 8, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
   } else {
-    conv_row_any<A, V>(rows, wt, bias, out, W, Cp, K, Lp);
+    conv_row_any<A, V>(rows, wt, bias, out, W, Cp, K, Lp, pf, R, ors);
   }
 }
 
@@ -224,7 +331,7 @@ CF_AI void ln_fwd_pixels(A* z, const A* g, const A* b, const A* mask, int64_t C,
   }
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) {
-    m[p] = hsum<vec, V>(s[p]) / static_cast<A>(C);
+    m[p] = hsum_tree<A, V>(s[p]) / static_cast<A>(C);
     q[p] = vec{};
   }
   for (int64_t c0 = 0; c0 < Cp; c0 += V) {
@@ -237,7 +344,7 @@ CF_AI void ln_fwd_pixels(A* z, const A* g, const A* b, const A* mask, int64_t C,
   }
 #pragma GCC unroll 8
   for (int p = 0; p < P; ++p) {
-    const A var = hsum<vec, V>(q[p]) / static_cast<A>(C);
+    const A var = hsum_tree<A, V>(q[p]) / static_cast<A>(C);
     rs[p] = static_cast<A>(1) / std::sqrt(var + static_cast<A>(eps));
     mean[p] = m[p];
     rstd[p] = rs[p];
@@ -325,7 +432,8 @@ CF_AI void load_blocked_impl(const A* src, int64_t W, int64_t C, A* dst, int64_t
 
 template <class A>
 struct RowOps {
-  void (*conv_row)(const A* const*, const A*, const A*, A*, int64_t, int64_t, int64_t, int64_t);
+  void (*conv_row)(const A* const*, const A*, const A*, A*, int64_t, int64_t, int64_t, int64_t, const Prefetch*,
+                   int64_t, int64_t);
   void (*wgrad_row)(const A*, const A* const*, A*, A*, int64_t, int64_t, int64_t);
   void (*ln_fwd_row)(A*, const A*, const A*, const A*, int64_t, int64_t, int64_t, double, A*, A*, A*, int64_t);
   void (*ln_bwd_row)(const A*, const A*, const A*, const A*, const A*, const A*, int64_t, int64_t, int64_t, A*,
@@ -336,8 +444,8 @@ struct RowOps {
 
 #define CF_DEFINE_ROW_OPS(NAME, ATTR, A, V)                                                              \
   ATTR void conv_row_##NAME(const A* const* r, const A* wt, const A* b, A* o, int64_t W, int64_t Cp,       \
-                            int64_t K, int64_t Lp) {                                                     \
-    conv_row_impl<A, V>(r, wt, b, o, W, Cp, K, Lp);                                                      \
+                            int64_t K, int64_t Lp, const Prefetch* pf, int64_t R, int64_t ors) {         \
+    conv_row_impl<A, V>(r, wt, b, o, W, Cp, K, Lp, pf, R, ors);                                          \
   }                                                                                                      \
   ATTR void wgrad_row_##NAME(const A* g, const A* const* r, A* p, A* pb, int64_t W, int64_t Cp,            \
                              int64_t K) {                                                                \
@@ -428,59 +536,12 @@ A* scratch(size_t n) {
   return buf.data();
 }
 
-}  // namespace
-}  // namespace convnext_fast_cpu
-
-#ifndef _OPENMP
-// The extension may be compiled without -fopenmp: at::parallel_for with torch's OpenMP backend is
-// a header template (#pragma omp parallel), which then silently runs on one thread. Torch's own
-// OpenMP runtime is loaded in the process; its entry points are used directly when present.
-extern "C" {
-void GOMP_parallel(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags) __attribute__((weak));
-int omp_get_thread_num() __attribute__((weak));
-int omp_get_num_threads() __attribute__((weak));
-int omp_in_parallel() __attribute__((weak));
-}
-#endif
-
-namespace convnext_fast_cpu {
-namespace {
-
 // f(begin, end) over [0, n) split into one contiguous range per thread (torch's intra-op thread
 // count). The split does not affect results: every kernel's reductions are shape-only.
 template <class F>
 void par_for(int64_t n, const F& f) {
   if (n <= 0) return;
-#ifdef _OPENMP
   at::parallel_for(0, n, 1, f);
-#else
-  if (n == 1 || at::get_num_threads() <= 1 || !GOMP_parallel || !omp_get_thread_num || !omp_get_num_threads ||
-      (omp_in_parallel && omp_in_parallel())) {
-    f(int64_t(0), n);
-    return;
-  }
-  struct Ctx {
-    const F* f;
-    int64_t n;
-    std::atomic_flag err;
-    std::exception_ptr eptr;
-  } ctx{&f, n, {}, nullptr};
-  ctx.err.clear();
-  GOMP_parallel(
-      [](void* p) {
-        Ctx& c = *static_cast<Ctx*>(p);
-        const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const int64_t chunk = (c.n + nt - 1) / nt, b = t * chunk;
-        if (b >= c.n) return;
-        try {
-          (*c.f)(b, std::min(c.n, b + chunk));
-        } catch (...) {
-          if (!c.err.test_and_set()) c.eptr = std::current_exception();
-        }
-      },
-      &ctx, 0, 0);
-  if (ctx.eptr) std::rethrow_exception(ctx.eptr);
-#endif
 }
 
 // ---------------------------------------------------------------------------------- conversions
@@ -520,18 +581,24 @@ void store_row(const A* src, int64_t W, int64_t C, int64_t Cp, T* dst) {
 // (tap t takes w's tap K*K-1-t, i.e. kh -> K-1-kh and kw -> K-1-kw) for the input gradient, which
 // is the conv of gy with the flipped kernel.
 template <class T, class A>
-avec<A> prep_weight(const T* w, int64_t C, int64_t Cp, int64_t K, bool flip) {
+void prep_weight_into(const T* w, int64_t C, int64_t Cp, int64_t K, bool flip, A* wt) {
   const int64_t KK = K * K;
-  avec<A> wt(KK * Cp, A(0));
-  for (int64_t c0 = 0; c0 < C; c0 += kCAlign) {
+  for (int64_t c0 = 0; c0 < Cp; c0 += kCAlign) {
     const int64_t c1 = std::min(C, c0 + kCAlign);
-    A* blk = wt.data() + c0 * KK;
+    A* blk = wt + c0 * KK;
+    if (c1 - c0 < kCAlign) std::memset(blk, 0, sizeof(A) * KK * kCAlign);  // channels >= C: zero
     for (int64_t c = c0; c < c1; ++c) {
       const T* src = w + c * KK;
       A* d = blk + (c - c0);
       for (int64_t t = 0; t < KK; ++t) d[(flip ? KK - 1 - t : t) * kCAlign] = static_cast<A>(src[t]);
     }
   }
+}
+
+template <class T, class A>
+avec<A> prep_weight(const T* w, int64_t C, int64_t Cp, int64_t K, bool flip) {
+  avec<A> wt(K * K * Cp);
+  prep_weight_into<T, A>(w, C, Cp, K, flip, wt.data());
   return wt;
 }
 
@@ -586,21 +653,21 @@ struct RowRing {
 template <class S, class A>
 struct BlockRing {
   const S* src;
-  int64_t H, W, C, Cp, K, Lp;
-  A* buf;            // K * Lp * Cp elements, 64-byte aligned
-  int64_t* held;     // K
-  const A** ptrs;    // K
+  int64_t H, W, C, Cp, K, Lp, NS;  // NS slots: K + (band rows - 1)
+  A* buf;            // NS * Lp * Cp elements, 64-byte aligned
+  int64_t* held;     // NS
+  const A** ptrs;    // NS
 
   static int64_t padded_len(int64_t W_, int64_t K_) { return round_up(W_, kWB) + K_ - 1; }
-  static size_t elems(int64_t W_, int64_t Cp_, int64_t K_) {
-    return static_cast<size_t>(K_ * padded_len(W_, K_) * Cp_);
+  static size_t elems(int64_t W_, int64_t Cp_, int64_t K_, int64_t NS_) {
+    return static_cast<size_t>(NS_ * padded_len(W_, K_) * Cp_);
   }
 
-  BlockRing(const S* src_, int64_t H_, int64_t W_, int64_t C_, int64_t Cp_, int64_t K_, A* buf_, int64_t* held_,
-            const A** ptrs_)
-      : src(src_), H(H_), W(W_), C(C_), Cp(Cp_), K(K_), Lp(padded_len(W_, K_)), buf(buf_), held(held_),
+  BlockRing(const S* src_, int64_t H_, int64_t W_, int64_t C_, int64_t Cp_, int64_t K_, int64_t NS_, A* buf_,
+            int64_t* held_, const A** ptrs_)
+      : src(src_), H(H_), W(W_), C(C_), Cp(Cp_), K(K_), Lp(padded_len(W_, K_)), NS(NS_), buf(buf_), held(held_),
         ptrs(ptrs_) {
-    for (int64_t k = 0; k < K; ++k) held[k] = -1;
+    for (int64_t k = 0; k < NS; ++k) held[k] = -1;
   }
 
   void load(const S* s, A* dst) const {
@@ -614,25 +681,27 @@ struct BlockRing {
     }
   }
 
-  // Pointers to the K padded rows output row (n, h) needs (null outside the image).
-  const A* const* rows_for(int64_t n, int64_t h) {
+  // Pointers to the R + K - 1 padded rows output rows (n, h0 .. h0 + R - 1) need (null outside the
+  // image; R + K - 1 <= NS).
+  const A* const* rows_for_band(int64_t n, int64_t h0, int64_t R) {
     const int64_t p = K / 2;
-    for (int64_t kh = 0; kh < K; ++kh) {
-      const int64_t ih = h + kh - p;
+    for (int64_t k = 0; k < R + K - 1; ++k) {
+      const int64_t ih = h0 + k - p;
       if (ih < 0 || ih >= H) {
-        ptrs[kh] = nullptr;
+        ptrs[k] = nullptr;
         continue;
       }
-      const int64_t slot = ih % K, id = n * H + ih;
+      const int64_t slot = ih % NS, id = n * H + ih;
       A* dst = buf + slot * Lp * Cp;
       if (held[slot] != id) {
         load(src + id * W * C, dst);
         held[slot] = id;
       }
-      ptrs[kh] = dst;
+      ptrs[k] = dst;
     }
     return ptrs;
   }
+  const A* const* rows_for(int64_t n, int64_t h) { return rows_for_band(n, h, 1); }
 };
 
 // Per-thread buffers of a BlockRing plus one conv output row (round_up(W, kWB) x Cp). They persist
@@ -646,21 +715,30 @@ struct ConvBuffers {
   const A** ptrs;
 };
 template <class A>
-ConvBuffers<A> conv_scratch(int64_t W, int64_t C, int64_t Cp, int64_t K) {
+ConvBuffers<A> conv_scratch(int64_t W, int64_t C, int64_t Cp, int64_t K, int64_t R = 1) {
   struct Key {
     const void* base;
-    int64_t W, C, K;
+    int64_t W, C, K, NS;
   };
-  thread_local Key last{nullptr, -1, -1, -1};
-  const size_t nring = BlockRing<A, A>::elems(W, Cp, K), nout = static_cast<size_t>(round_up(W, kWB) * Cp);
+  thread_local Key last{nullptr, -1, -1, -1, -1};
+  const int64_t NS = K + R - 1;
+  const size_t nring = BlockRing<A, A>::elems(W, Cp, K, NS), nout = static_cast<size_t>(R * round_up(W, kWB) * Cp);
   A* base = scratch<A, 0>(nring + nout);
-  if (last.base != base || last.W != W || last.C != C || last.K != K) {
+  if (last.base != base || last.W != W || last.C != C || last.K != K || last.NS != NS) {
     std::memset(base, 0, sizeof(A) * nring);
-    last = Key{base, W, C, K};
+    last = Key{base, W, C, K, NS};
   }
-  int64_t* held = scratch<int64_t, 1>(static_cast<size_t>(K));
-  const A** ptrs = const_cast<const A**>(scratch<A*, 2>(static_cast<size_t>(K)));
+  int64_t* held = scratch<int64_t, 1>(static_cast<size_t>(NS));
+  const A** ptrs = const_cast<const A**>(scratch<A*, 2>(static_cast<size_t>(NS)));
   return {base, base + nring, held, ptrs};
+}
+
+// Output rows per band of conv_rows: at most 8 (the L1 slice of conv_row_fixed, 14 rows x 14
+// pixels x 2 x 64 bytes = 25 KB; the out rows, R x W x Cp floats, stay in L2), bands of one image
+// split evenly (56 -> 7 x 8, 28 -> 4 x 7, 14 -> 2 x 7, 7 -> 1 x 7).
+inline int64_t band_rows(int64_t H) {
+  const int64_t nb = (H + 7) / 8;
+  return (H + nb - 1) / nb;
 }
 
 // Fixed, shape-only split of the N*H rows into blocks for deterministic partial sums.
@@ -690,15 +768,30 @@ void reduce_partials(const A* part, int64_t nblk, int64_t stride, int64_t n, A* 
 
 // For every output row r = n*H + h: out = conv of src rows (padded ring) with wt (+ bias), then
 // epi(r, out) consumes the row buffer (W pixels x Cp channels).
+// out_base/out_row_bytes: where epi writes row r (out_base + r * out_row_bytes), for prefetching.
+// out_base/out_row_bytes: where epi writes row r (out_base + r * out_row_bytes), for prefetching.
+// Work is split into bands of R output rows of one image (see band_rows); epi(r, row) is called
+// for every output row r = n*H + h of the band, in order, after the whole band is convolved.
 template <class S, class A, class Epi>
-void conv_rows(const S* src, const A* wt, const A* bias, const Shape& s, int64_t Cp, Epi epi) {
+void conv_rows(const S* src, const A* wt, const A* bias, const Shape& s, int64_t Cp, const void* out_base,
+               int64_t out_row_bytes, Epi epi) {
   const RowOps<A>& ops = row_ops<A>();
-  par_for(s.N * s.H, [&](int64_t b, int64_t e) {
-    const ConvBuffers<A> sb = conv_scratch<A>(s.W, s.C, Cp, s.K);
-    BlockRing<S, A> ring(src, s.H, s.W, s.C, Cp, s.K, sb.ring, sb.held, sb.ptrs);
-    for (int64_t r = b; r < e; ++r) {
-      ops.conv_row(ring.rows_for(r / s.H, r % s.H), wt, bias, sb.out, s.W, Cp, s.K, ring.Lp);
-      epi(r, sb.out);
+  const int64_t rows = s.N * s.H, in_row = s.W * s.C;
+  const int64_t R = band_rows(s.H), nb = (s.H + R - 1) / R;
+  const int64_t ors = round_up(s.W, kWB) * Cp;
+  par_for(s.N * nb, [&](int64_t b, int64_t e) {
+    const ConvBuffers<A> sb = conv_scratch<A>(s.W, s.C, Cp, s.K, R);
+    BlockRing<S, A> ring(src, s.H, s.W, s.C, Cp, s.K, s.K + R - 1, sb.ring, sb.held, sb.ptrs);
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t n = t / nb, h0 = (t % nb) * R, Rb = std::min(R, s.H - h0), r0 = n * s.H + h0;
+      // The next band needs input rows from r0 + Rb + K/2 on (within an image; across the boundary
+      // the next image's first rows, close enough).
+      const int64_t nxt = std::min(r0 + Rb + s.K / 2, rows - 1), nrd = std::min(Rb, rows - nxt);
+      const Prefetch pf{reinterpret_cast<const char*>(src + nxt * in_row), nrd * in_row * int64_t(sizeof(S)),
+                        static_cast<const char*>(out_base) + r0 * out_row_bytes, Rb * out_row_bytes};
+      const A* const* rp = ring.rows_for_band(n, h0, Rb);
+      ops.conv_row(rp, wt, bias, sb.out, s.W, Cp, s.K, ring.Lp, &pf, Rb, ors);
+      for (int64_t rr = 0; rr < Rb; ++rr) epi(r0 + rr, sb.out + rr * ors);
     }
   });
 }
@@ -737,7 +830,7 @@ void dwconv_wgrad(const S* gy, const T* x, const Shape& s, int64_t Cp, T* gw, T*
 template <class T, class S, class A>
 void dwconv_igrad(const S* gy, const T* w, const Shape& s, int64_t Cp, T* gx) {
   const avec<A> wt = prep_weight<T, A>(w, s.C, Cp, s.K, /*flip=*/true);
-  conv_rows<S, A>(gy, wt.data(), nullptr, s, Cp,
+  conv_rows<S, A>(gy, wt.data(), nullptr, s, Cp, gx, s.W * s.C * int64_t(sizeof(T)),
                   [&](int64_t r, const A* out) { store_row(out, s.W, s.C, Cp, gx + r * s.W * s.C); });
 }
 
@@ -747,7 +840,7 @@ void dwconv_forward_t(const T* x, const T* w, const T* b, T* y, const Shape& s) 
   const int64_t Cp = round_up(s.C, kCAlign);
   const avec<A> wt = prep_weight<T, A>(w, s.C, Cp, s.K, false);
   const avec<A> bias = prep_vec<T, A>(b, s.C, Cp);
-  conv_rows<T, A>(x, wt.data(), b ? bias.data() : nullptr, s, Cp,
+  conv_rows<T, A>(x, wt.data(), b ? bias.data() : nullptr, s, Cp, y, s.W * s.C * int64_t(sizeof(T)),
                   [&](int64_t r, const A* out) { store_row(out, s.W, s.C, Cp, y + r * s.W * s.C); });
 }
 
@@ -771,7 +864,8 @@ void dwconv_ln_forward_t(const T* x, const T* dw_w, const T* dw_b, const T* ln_w
   const RowOps<A>& ops = row_ops<A>();
   // Without channel padding (C % 16 == 0) and in the accumulation type, normalize straight into y.
   const bool direct = std::is_same<T, A>::value && Cp == s.C;
-  conv_rows<T, A>(x, wt.data(), dw_b ? bias.data() : nullptr, s, Cp, [&](int64_t r, const A* out) {
+  conv_rows<T, A>(x, wt.data(), dw_b ? bias.data() : nullptr, s, Cp, y, s.W * s.C * int64_t(sizeof(T)),
+                  [&](int64_t r, const A* out) {
     A* z = const_cast<A*>(out);  // the row buffer is ours to normalize in place
     T* yr = y + r * s.W * s.C;
     A* dst = direct ? reinterpret_cast<A*>(yr) : z;
@@ -863,10 +957,11 @@ struct ConvRows {
   };
   State make_state() const {
     const ConvBuffers<A> sb = conv_scratch<A>(s.W, s.C, Cp, s.K);
-    return State{BlockRing<T, A>(x, s.H, s.W, s.C, Cp, s.K, sb.ring, sb.held, sb.ptrs), sb.out};
+    return State{BlockRing<T, A>(x, s.H, s.W, s.C, Cp, s.K, s.K, sb.ring, sb.held, sb.ptrs), sb.out};
   }
   const A* operator()(State& st, int64_t r) const {
-    row_ops<A>().conv_row(st.ring.rows_for(r / s.H, r % s.H), wt, bias, st.out, s.W, Cp, s.K, st.ring.Lp);
+    row_ops<A>().conv_row(st.ring.rows_for(r / s.H, r % s.H), wt, bias, st.out, s.W, Cp, s.K, st.ring.Lp,
+                          nullptr, 1, 0);
     return st.out;
   }
 };

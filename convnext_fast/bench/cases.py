@@ -498,10 +498,7 @@ def check_parity(case: Case, provider: str, device: torch.device, *, batch: int 
             names = ["y"] + [f"grad_{i}" for i in range(len(args))] if grads else ["y"]
         else:
             ref_mod, ours_mod = _modules(small, provider, device, seed=seed)
-            if case.op == "block":
-                x = torch.randn(small.shape, device=device, dtype=torch.float64)
-            else:
-                x = torch.randn(small.shape, device=device, dtype=torch.float64)
+            x = torch.randn(small.shape, device=device, dtype=torch.float64)
             x = x.contiguous(memory_format=torch.channels_last)
             ref_mod.eval()
             ours_mod.eval()
