@@ -19,6 +19,10 @@ strides (contiguous NCHW, channels_last, sliced) are handled by the same code. T
 (kh) is a runtime loop and the kernel-column loop (kw) is unrolled, so a 7x7 kernel is 7 loop
 iterations of 7 independent loads, and K = 31 does not blow up the code.
 
+Forward fast path. For K <= 7, C <= 1024 and fp16/bf16/fp32, ``_dwconv_ln_fwd_px_kernel`` replaces
+the tile kernel's forward: each thread owns PW consecutive output pixels x 4 channels, so per input
+row a loaded input column and a weight vector serve PW outputs (see ``fused_px_config``).
+
 Channel chunks. When C exceeds one register tile (C > 1024, ConvNeXt-V2-H's 1408 / 2816), the forward
 pass loops over channel chunks, merging chunk mean / sum of squared deviations with Chan's parallel
 formula, then loops again to normalize. The second loop *recomputes* the conv chunk rather than
@@ -37,7 +41,7 @@ import triton.language as tl
 
 from convnext_fast.layout import empty_channels_last, stats_dtype, stats_shape
 
-from .depthwise_conv import dwconv_backward
+from .depthwise_conv import _blocked_taps, dwconv_backward
 from .layer_norm import (_TRITON_DTYPE, CONVNEXT_CHANNELS, MAX_BLOCK_C, MAX_BLOCK_C_FP64, _chan_combine,
                          _mean_div, divisibility_attrs, num_partials, reduce_partials)
 
@@ -151,6 +155,95 @@ def _dwconv_ln_fwd_kernel(
             tl.store(y_ptr + (p[:, None] * C + cols[None, :]), y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + p, mean, mask=w_mask)
     tl.store(rstd_ptr + p, rstd, mask=w_mask)
+
+
+@triton.jit
+def _dwconv_ln_fwd_px_kernel(
+    x_ptr,  # input (N, C, H, W), element (n, c, h, w) at n*s_n + c*s_c + h*s_h + w*s_w; the offset of
+    # one element within its image, w*s_w + c*s_c, must fit in int32 (the launcher checks)
+    w_ptr,  # (K*K, BLOCK_C) depthwise weight in the compute dtype, tap-major, zero-padded past C:
+    # tap t = kh*K + kw of channel c at t*BLOCK_C + c (depthwise_conv._blocked_taps with BLOCK_C)
+    db_ptr,  # (C,) depthwise bias, or any pointer when not HAS_BIAS
+    lw_ptr,  # (C,) LayerNorm weight
+    lb_ptr,  # (C,) LayerNorm bias
+    y_ptr,  # output (N, C, H, W) channels_last: element (p, c) at p*C + c, p = (n*H + h)*W + w
+    mean_ptr,  # (N*H*W,) per-pixel mean of the conv output; its dtype (fp32) is the compute dtype
+    rstd_ptr,  # (N*H*W,) per-pixel 1 / sqrt(var + eps)
+    H, W, C, NUM_WB,  # NUM_WB: strips (BLOCK_G * PW columns) per image row
+    s_n, s_c, s_h, s_w,
+    eps,
+    inv_C,  # 1 / C (fp32), see _mean_div
+    K: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PW: tl.constexpr,  # consecutive output columns per thread (statically unrolled)
+    BLOCK_G: tl.constexpr,  # groups of PW columns per program
+    BLOCK_C: tl.constexpr,  # next_power_of_2(C): all channels of a pixel in one program
+):
+    """Single-tile forward with per-thread column reuse (the idea of depthwise_conv's
+    _dwconv_fwd_px_kernel). A program computes one strip of BLOCK_G * PW output pixels of one image
+    row (n, h) x all C channels; tensors are [BLOCK_G, BLOCK_C] and thread (g, c-slice) owns output
+    columns g*PW .. g*PW + PW - 1 (a tuple of PW accumulators) of its ~4 channels. Per input row kh
+    (a runtime loop) a thread loads the PW + K - 1 input columns its group needs once, converts each
+    once, and loads each of the K weight vectors of the row once, for PW outputs; all K*PW*K
+    multiply-adds of the row are unrolled. Unlike the px kernel the K input rows are not rolled
+    (K rolling rows x all C would need K*PW*4 accumulators per thread: spills at C = 768), so an
+    input column is converted K times per output row instead of once, but the accumulators (PW per
+    channel) and the input columns (PW + K - 1) fit in about 100 registers at every C <= 1024."""
+    acc_t: tl.constexpr = mean_ptr.dtype.element_ty
+    P: tl.constexpr = K // 2
+    pid = tl.program_id(0)
+    row = pid // NUM_WB  # n*H + h; strips of one row are neighbouring programs (shared rows in L1/L2)
+    n = row // H
+    h = row - n * H
+    g0 = ((pid - row * NUM_WB) * BLOCK_G + tl.arange(0, BLOCK_G)) * PW  # first column of each group
+    c = tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    x_img = x_ptr + n.to(tl.int64) * s_n
+    # Weight tile [BLOCK_G, BLOCK_C] (the same vector for every group, loaded as a 2-D tile so it gets
+    # the accumulators' layout: no layout conversion through shared memory); unmasked (zero-padded).
+    w_tile = w_ptr + (g0 * 0)[:, None] + c[None, :]
+
+    zero = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
+    accs = ()
+    for p in tl.static_range(PW):
+        accs = accs + (zero,)
+    for kh in range(K):
+        ih = h + (kh - P)
+        if (ih >= 0) & (ih < H):  # padding rows contribute nothing
+            x_row = x_img + ih.to(tl.int64) * s_h
+            cols = ()
+            for j in tl.static_range(PW + K - 1):
+                iw = g0 + (j - P)
+                m = ((iw >= 0) & (iw < W))[:, None] & c_mask[None, :]
+                cols = cols + (tl.load(x_row + (iw[:, None] * s_w + c[None, :] * s_c), mask=m,
+                                       other=0.0).to(acc_t),)
+            w_row = w_tile + kh * (K * BLOCK_C)
+            for kw in tl.static_range(K):
+                wv = tl.load(w_row + kw * BLOCK_C)
+                b2 = ()
+                for p in tl.static_range(PW):
+                    b2 = b2 + (accs[p] + cols[p + kw] * wv,)
+                accs = b2
+
+    if HAS_BIAS:
+        bias = tl.load(db_ptr + c, mask=c_mask, other=0.0).to(acc_t)
+    else:
+        bias = tl.zeros((BLOCK_C,), dtype=acc_t)
+    lw = tl.load(lw_ptr + c, mask=c_mask, other=0.0).to(acc_t)
+    lb = tl.load(lb_ptr + c, mask=c_mask, other=0.0).to(acc_t)
+    for p in tl.static_range(PW):
+        ow = g0 + p
+        w_ok = ow < W
+        pix = row.to(tl.int64) * W + ow
+        # Channels past C are exactly 0 (zero-padded weights, masked loads and bias): plain sum.
+        z = accs[p] + bias[None, :]
+        mean = _mean_div(tl.sum(z, axis=1), C, inv_C)
+        zc = tl.where(c_mask[None, :], z - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(_mean_div(tl.sum(zc * zc, axis=1), C, inv_C) + eps)
+        y = zc * rstd[:, None] * lw[None, :] + lb[None, :]
+        tl.store(y_ptr + (pix[:, None] * C + c[None, :]), y.to(y_ptr.dtype.element_ty),
+                 mask=w_ok[:, None] & c_mask[None, :])
+        tl.store(mean_ptr + pix, mean, mask=w_ok)
+        tl.store(rstd_ptr + pix, rstd, mask=w_ok)
 
 
 @triton.jit
@@ -292,6 +385,35 @@ def fused_blocks(c: int, w: int, dtype: torch.dtype, tile: int) -> tuple[int, in
     return block_w, block_c, True, NUM_WARPS
 
 
+# Forward px kernel: channels per thread (4: one 16-byte fp32 weight load per tap and PW outputs)
+# and threads per program: up to 128 (4 warps), more only when one group of columns needs them
+# (C = 768: 1024 lanes / 4 = 256 threads). ptxas gives the kernel ~150 registers at C <= 512, so
+# 4-warp programs fit 3 per SM (12 warps) where 8-warp ones would fit one (8 warps).
+PX_CPT = 4
+PX_THREADS = 128
+
+
+def fused_px_config(c: int, w: int, k: int, dtype: torch.dtype) -> Optional[tuple[int, int, int, int]]:
+    """(PW, BLOCK_G, BLOCK_C, num_warps) for _dwconv_ln_fwd_px_kernel, or None for _dwconv_ln_fwd_kernel.
+
+    Block shape: [BLOCK_G, BLOCK_C] with BLOCK_C = next_power_of_2(C) (the LayerNorm needs every
+    channel of a pixel) and BLOCK_G * BLOCK_C = PX_CPT * threads, so each thread holds PX_CPT
+    channels x PW columns: PW accumulators and PW + K - 1 converted input columns of PX_CPT
+    values, ~(2*PW + K - 1) * 4 = 80 registers at PW = K = 7. PW = 7 when W is a multiple of 7
+    (every ConvNeXt stage: no half-empty groups), else 4; BLOCK_G groups take the rest of
+    PX_THREADS threads, at most the whole row (C = 768: one group, 8 warps). K > 7 (code size: K*K*PW unrolled multiply-adds per
+    input row, K + PW - 1 live columns), fp64 and C > MAX_BLOCK_C keep _dwconv_ln_fwd_kernel.
+    """
+    if k > 7 or dtype == torch.float64 or c > MAX_BLOCK_C:
+        return None
+    pw = min(w, 7 if w % 7 == 0 else 4)
+    block_c = triton.next_power_of_2(c)
+    lanes_c = max(1, block_c // PX_CPT)  # threads across the channels of one group
+    block_g = max(1, min(triton.next_power_of_2(triton.cdiv(w, pw)), PX_THREADS // lanes_c))
+    num_warps = max(1, block_g * lanes_c // 32)
+    return pw, block_g, block_c, num_warps
+
+
 def _tap_major(dw_weight: torch.Tensor) -> torch.Tensor:
     """(C, 1, K, K) -> (K*K, C) contiguous: the C weights of one tap become one coalesced load."""
     c, k = dw_weight.shape[0], dw_weight.shape[-1]
@@ -308,9 +430,19 @@ def dwconv_ln_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optiona
     y = empty_channels_last(x.shape, x.dtype, x.device)
     mean = torch.empty(stats_shape(x.shape), dtype=stats_dtype(x.dtype), device=x.device)
     rstd = torch.empty_like(mean)
+    s_n, s_c, s_h, s_w = x.stride()
+    px = fused_px_config(c, w, k, x.dtype)
+    # The px kernel computes an element's offset within its image in int32.
+    if px is not None and (c - 1) * abs(s_c) + (w - 1) * abs(s_w) < 2**31:
+        pw, block_g, block_c, num_warps = px
+        num_wb = triton.cdiv(w, block_g * pw)
+        _dwconv_ln_fwd_px_kernel[(n * h * num_wb,)](
+            x, _blocked_taps(dw_weight, False, block_c), dw_bias if dw_bias is not None else ln_bias,
+            ln_weight, ln_bias, y, mean, rstd, h, w, c, num_wb, s_n, s_c, s_h, s_w, float(eps), 1.0 / c,
+            K=k, HAS_BIAS=dw_bias is not None, PW=pw, BLOCK_G=block_g, BLOCK_C=block_c, num_warps=num_warps)
+        return y, mean, rstd
     block_w, block_c, single, num_warps = fused_blocks(c, w, x.dtype, TILE_FWD)
     num_wb = triton.cdiv(w, block_w)
-    s_n, s_c, s_h, s_w = x.stride()
     _dwconv_ln_fwd_kernel[(n * h * num_wb,)](
         x, _tap_major(dw_weight), dw_bias if dw_bias is not None else ln_bias, ln_weight, ln_bias, y, mean, rstd,
         h, w, c, num_wb, s_n, s_c, s_h, s_w, float(eps), 1.0 / c,
@@ -373,17 +505,25 @@ def aot_configs() -> list[dict]:
         a = _TRITON_DTYPE[stats_dtype(dtype)]
         for c, w in CONVNEXT_STAGES:
             for k in (7,):
-                block_w, block_c, single, nw = fused_blocks(c, w, dtype, TILE_FWD)
-                const = {"s_c": 1, "K": k, "HAS_BIAS": True, "SINGLE_TILE": single, "BLOCK_W": block_w,
-                         "BLOCK_C": block_c}
-                sig = {"x_ptr": f"*{t}", "wt_ptr": f"*{t}", "db_ptr": f"*{t}", "lw_ptr": f"*{t}", "lb_ptr": f"*{t}",
-                       "y_ptr": f"*{t}", "mean_ptr": f"*{a}", "rstd_ptr": f"*{a}", "H": "i32", "W": "i32", "C": "i32",
-                       "NUM_WB": "i32", "s_n": "i32", "s_c": "constexpr", "s_h": "i32", "s_w": "i32", "eps": "fp32",
-                   "inv_C": "fp32"}
+                px = fused_px_config(c, w, k, dtype)
+                if px is not None:
+                    pw, block_g, block_c, nw = px
+                    kern, wt = _dwconv_ln_fwd_px_kernel, a  # px weights are in the compute dtype
+                    const = {"s_c": 1, "K": k, "HAS_BIAS": True, "PW": pw, "BLOCK_G": block_g, "BLOCK_C": block_c}
+                else:
+                    block_w, block_c, single, nw = fused_blocks(c, w, dtype, TILE_FWD)
+                    kern, wt = _dwconv_ln_fwd_kernel, t
+                    const = {"s_c": 1, "K": k, "HAS_BIAS": True, "SINGLE_TILE": single, "BLOCK_W": block_w,
+                             "BLOCK_C": block_c}
+                sig = {"x_ptr": f"*{t}", "wt_ptr": f"*{wt}", "w_ptr": f"*{wt}", "db_ptr": f"*{t}", "lw_ptr": f"*{t}",
+                       "lb_ptr": f"*{t}", "y_ptr": f"*{t}", "mean_ptr": f"*{a}", "rstd_ptr": f"*{a}", "H": "i32",
+                       "W": "i32", "C": "i32", "NUM_WB": "i32", "s_n": "i32", "s_c": "constexpr", "s_h": "i32",
+                       "s_w": "i32", "eps": "fp32", "inv_C": "fp32"}
+                sig = {name: sig.get(name, "constexpr") for name in kern.arg_names}
                 sig.update({key: "constexpr" for key in const})
                 # C and the pixel strides (multiples of C) are multiples of 16; W (56, 28, 14, 7) is not.
-                configs.append({"kernel": _dwconv_ln_fwd_kernel, "signature": sig, "constexprs": const,
-                                "attrs": divisibility_attrs(_dwconv_ln_fwd_kernel, sig, ("C", "s_n", "s_h", "s_w")),
+                configs.append({"kernel": kern, "signature": sig, "constexprs": const,
+                                "attrs": divisibility_attrs(kern, sig, ("C", "s_n", "s_h", "s_w")),
                                 "num_warps": nw, "name": f"dwconv_ln_fwd_{t}_C{c}_W{w}_K{k}"})
                 block_w, block_c, single, nw = fused_blocks(c, w, dtype, TILE_BWD)
                 const = {"sx_c": 1, "sg_c": 1, "K": k, "HAS_BIAS": True, "SINGLE_TILE": single, "BLOCK_W": block_w,
