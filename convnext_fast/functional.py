@@ -1,4 +1,8 @@
-"""Public functions: validate the input, pick the backend, run the registered op.
+"""Public functions: validate the input, pick the backend, run the op.
+
+In plain eager mode the kernels run through a ``torch.autograd.Function`` (``eager_autograd.py``,
+less host overhead); under torch.compile, dispatch modes or tensor subclasses, through the
+registered custom ops (``ops.py``). Both call the same kernels.
 
 Each function accepts (N, C, H, W) tensors in any memory layout and returns a channels_last
 (N, C, H, W) tensor (the ``reference`` backend returns whatever PyTorch returns). Bad input raises
@@ -13,6 +17,7 @@ from torch import Tensor
 
 from . import ops, reference
 from .backend import resolve
+from .eager_autograd import DepthwiseConvFunction, DwconvLayerNormFunction, LayerNorm2dFunction, fast_path_ok
 
 __all__ = ["depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm", "MAX_KERNEL_SIZE"]
 
@@ -85,6 +90,8 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
     backend = resolve(op, x.device, x.shape[2] * x.shape[3])
     if backend == "reference":
         return reference.depthwise_conv2d(x, weight, bias)
+    if fast_path_ok(x, weight, bias):
+        return DepthwiseConvFunction.apply(x, weight, bias, backend)
     return ops.dwconv_fwd(x, weight, bias, backend)
 
 
@@ -109,6 +116,8 @@ def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) ->
     backend = resolve(op, x.device, x.shape[2] * x.shape[3])
     if backend == "reference":
         return reference.layer_norm_2d(x, weight, bias, eps)
+    if fast_path_ok(x, weight, bias):
+        return LayerNorm2dFunction.apply(x, weight, bias, float(eps), backend)
     return ops.ln_fwd(x, weight, bias, float(eps), backend)[0]
 
 
@@ -136,4 +145,6 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], l
     backend = resolve(op, x.device, x.shape[2] * x.shape[3])
     if backend == "reference":
         return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
+    if fast_path_ok(x, dw_weight, dw_bias, ln_weight, ln_bias):
+        return DwconvLayerNormFunction.apply(x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps), backend)
     return ops.dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps), backend)[0]

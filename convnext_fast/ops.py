@@ -35,7 +35,8 @@ from torch import Tensor
 from .backend import implementation
 from .layout import empty_channels_last, stats_dtype, stats_shape
 
-__all__ = ["dwconv_fwd", "dwconv_bwd", "ln_fwd", "ln_bwd", "dwconv_ln_fwd", "dwconv_ln_bwd"]
+__all__ = ["dwconv_fwd", "dwconv_bwd", "ln_fwd", "ln_bwd", "dwconv_ln_fwd", "dwconv_ln_bwd",
+           "run_dwconv_fwd", "run_dwconv_bwd", "run_ln_fwd", "run_ln_bwd", "run_dwconv_ln_fwd", "run_dwconv_ln_bwd"]
 
 
 def _param_grad_like(p: Tensor) -> Tensor:
@@ -54,11 +55,25 @@ def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
 # --------------------------------------------------------------------------- depthwise conv
 
 
-@torch.library.custom_op("convnext_fast::dwconv_fwd", mutates_args=())
-def dwconv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
+def run_dwconv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
+    """The body of ``dwconv_fwd``; also called directly by the eager autograd path (autograd_eager.py)."""
     if x.numel() == 0:
         return empty_channels_last(x.shape, x.dtype, x.device)
     return implementation(backend).dwconv_forward(x, weight.contiguous(), _contig(bias))
+
+
+def run_dwconv_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The body of ``dwconv_bwd``."""
+    if x.numel() == 0:
+        return (empty_channels_last(x.shape, x.dtype, x.device),
+                torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device),
+                torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
+    return implementation(backend).dwconv_backward(grad_y, x, weight.contiguous())
+
+
+@torch.library.custom_op("convnext_fast::dwconv_fwd", mutates_args=())
+def dwconv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
+    return run_dwconv_fwd(x, weight, bias, backend)
 
 
 @dwconv_fwd.register_fake
@@ -68,11 +83,7 @@ def _(x, weight, bias, backend):
 
 @torch.library.custom_op("convnext_fast::dwconv_bwd", mutates_args=())
 def dwconv_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    if x.numel() == 0:
-        return (empty_channels_last(x.shape, x.dtype, x.device),
-                torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device),
-                torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
-    return implementation(backend).dwconv_backward(grad_y, x, weight.contiguous())
+    return run_dwconv_bwd(grad_y, x, weight, backend)
 
 
 @dwconv_bwd.register_fake
@@ -100,11 +111,25 @@ dwconv_fwd.register_autograd(_dwconv_backward, setup_context=_dwconv_setup)
 # --------------------------------------------------------------------------- LayerNorm over C
 
 
-@torch.library.custom_op("convnext_fast::ln_fwd", mutates_args=())
-def ln_fwd(x: Tensor, weight: Tensor, bias: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def run_ln_fwd(x: Tensor, weight: Tensor, bias: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The body of ``ln_fwd``."""
     if x.numel() == 0:
         return (empty_channels_last(x.shape, x.dtype, x.device), *_stats_like(x))
     return implementation(backend).layer_norm_forward(x, weight.contiguous(), bias.contiguous(), eps)
+
+
+def run_ln_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
+               backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The body of ``ln_bwd``."""
+    if x.numel() == 0:
+        return (empty_channels_last(x.shape, x.dtype, x.device), torch.zeros_like(weight),
+                torch.zeros_like(weight))
+    return implementation(backend).layer_norm_backward(grad_y, x, weight.contiguous(), mean, rstd)
+
+
+@torch.library.custom_op("convnext_fast::ln_fwd", mutates_args=())
+def ln_fwd(x: Tensor, weight: Tensor, bias: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return run_ln_fwd(x, weight, bias, eps, backend)
 
 
 @ln_fwd.register_fake
@@ -115,10 +140,7 @@ def _(x, weight, bias, eps, backend):
 @torch.library.custom_op("convnext_fast::ln_bwd", mutates_args=())
 def ln_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
            backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    if x.numel() == 0:
-        return (empty_channels_last(x.shape, x.dtype, x.device), torch.zeros_like(weight),
-                torch.zeros_like(weight))
-    return implementation(backend).layer_norm_backward(grad_y, x, weight.contiguous(), mean, rstd)
+    return run_ln_bwd(grad_y, x, weight, mean, rstd, backend)
 
 
 @ln_bwd.register_fake
@@ -145,13 +167,30 @@ ln_fwd.register_autograd(_ln_backward, setup_context=_ln_setup)
 # --------------------------------------------------------------------------- fused dwconv + LayerNorm
 
 
-@torch.library.custom_op("convnext_fast::dwconv_ln_fwd", mutates_args=())
-def dwconv_ln_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor, ln_bias: Tensor,
-                  eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def run_dwconv_ln_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor, ln_bias: Tensor,
+                      eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The body of ``dwconv_ln_fwd``."""
     if x.numel() == 0:
         return (empty_channels_last(x.shape, x.dtype, x.device), *_stats_like(x))
     return implementation(backend).dwconv_ln_forward(x, dw_weight.contiguous(), _contig(dw_bias),
                                                      ln_weight.contiguous(), ln_bias.contiguous(), eps)
+
+
+def run_dwconv_ln_bwd(grad_y: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor,
+                      mean: Tensor, rstd: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The body of ``dwconv_ln_bwd``."""
+    if x.numel() == 0:
+        c = x.shape[1]
+        z = lambda: torch.zeros(c, dtype=ln_weight.dtype, device=x.device)  # noqa: E731
+        return (empty_channels_last(x.shape, x.dtype, x.device), torch.zeros_like(dw_weight), z(), z(), z())
+    return implementation(backend).dwconv_ln_backward(grad_y, x, dw_weight.contiguous(), _contig(dw_bias),
+                                                      ln_weight.contiguous(), mean, rstd)
+
+
+@torch.library.custom_op("convnext_fast::dwconv_ln_fwd", mutates_args=())
+def dwconv_ln_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor, ln_bias: Tensor,
+                  eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return run_dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend)
 
 
 @dwconv_ln_fwd.register_fake
@@ -162,12 +201,7 @@ def _(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend):
 @torch.library.custom_op("convnext_fast::dwconv_ln_bwd", mutates_args=())
 def dwconv_ln_bwd(grad_y: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor,
                   mean: Tensor, rstd: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    if x.numel() == 0:
-        c = x.shape[1]
-        z = lambda: torch.zeros(c, dtype=ln_weight.dtype, device=x.device)  # noqa: E731
-        return (empty_channels_last(x.shape, x.dtype, x.device), torch.zeros_like(dw_weight), z(), z(), z())
-    return implementation(backend).dwconv_ln_backward(grad_y, x, dw_weight.contiguous(), _contig(dw_bias),
-                                                      ln_weight.contiguous(), mean, rstd)
+    return run_dwconv_ln_bwd(grad_y, x, dw_weight, dw_bias, ln_weight, mean, rstd, backend)
 
 
 @dwconv_ln_bwd.register_fake

@@ -610,7 +610,6 @@ def dwconv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     Returns:
         y (N, C, H, W) channels_last, dtype of x.
     """
-    k = weight.shape[-1]
     return _launch_fwd(_channel_vectorizable(x), weight, bias, flip=False)
 
 

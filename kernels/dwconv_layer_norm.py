@@ -74,6 +74,12 @@ def _conv_tile(
     # One [BLOCK_W, BLOCK_C] pointer tile at the centre tap of row 0; every tap is a scalar offset
     # from it, so the per-tap address work is one scalar multiply-add, not a tile of int64 math.
     ptrs = x_ptr + (x_base + w.to(tl.int64)[:, None] * s_w + cols.to(tl.int64)[None, :] * s_c)
+    # Weights and bias are loaded as full [BLOCK_W, BLOCK_C] tiles (each row the same C values,
+    # served by L1) so that they get the x tile's register layout. A [BLOCK_C] vector load gets a
+    # layout of its own, and converting it to the tile's goes through shared memory with two
+    # barriers, K*K times per tile (seen in the sm_90 SASS: ~40 barriers per tile at C = 96).
+    col_tile = cols[None, :] + 0 * w[:, None]
+    c_mask_tile = c_mask[None, :] & (col_tile >= 0)
     for kh in range(K):
         ih = h + kh - PAD
         row_ok = (ih >= 0) & (ih < H)
@@ -82,10 +88,10 @@ def _conv_tile(
             iw = w + (kw - PAD)
             m = (row_ok & (iw >= 0) & (iw < W))[:, None] & c_mask[None, :]
             xv = tl.load(row_ptrs + (kw - PAD) * s_w, mask=m, other=0.0)
-            wv = tl.load(wt_ptr + ((kh * K + kw) * C + cols), mask=c_mask, other=0.0)
-            acc += xv.to(acc_t) * wv.to(acc_t)[None, :]
+            wv = tl.load(wt_ptr + (kh * K + kw) * C + col_tile, mask=c_mask_tile, other=0.0)
+            acc += xv.to(acc_t) * wv.to(acc_t)
     if HAS_BIAS:
-        acc += tl.load(db_ptr + cols, mask=c_mask, other=0.0).to(acc_t)[None, :]
+        acc += tl.load(db_ptr + col_tile, mask=c_mask_tile, other=0.0).to(acc_t)
     return acc
 
 
@@ -276,9 +282,11 @@ def _dwconv_ln_bwd_kernel(
     if SINGLE_TILE:
         c_mask0 = cols0 < C
         lw0 = tl.load(lw_ptr + cols0, mask=c_mask0, other=0.0).to(acc_t)
-        acc_w = tl.zeros([BLOCK_C], dtype=acc_t)
-        acc_b = tl.zeros([BLOCK_C], dtype=acc_t)
-        acc_db = tl.zeros([BLOCK_C], dtype=acc_t)
+        # Tile-shaped accumulators, summed over the pixels once after the loop (a per-tile sum
+        # across warps costs a dozen barriers per tile; see layer_norm.py's backward).
+        acc_w = tl.zeros([BLOCK_W, BLOCK_C], dtype=acc_t)
+        acc_b = tl.zeros([BLOCK_W, BLOCK_C], dtype=acc_t)
+        acc_db = tl.zeros([BLOCK_W, BLOCK_C], dtype=acc_t)
     for i in range(TILES_PER_PROG):
         t = pid + i * G
         row = t // NUM_WB
@@ -303,9 +311,9 @@ def _dwconv_ln_bwd_kernel(
             c2 = _mean_div(tl.sum(wdy, axis=1), C, inv_C)
             gz = (wdy - zhat * c1[:, None] - c2[:, None]) * rstd[:, None]
             tl.store(gz_ptr + (p[:, None] * C + cols0[None, :]), gz.to(gz_ptr.dtype.element_ty), mask=mask)
-            acc_w += tl.sum(gy * zhat, axis=0)
-            acc_b += tl.sum(gy, axis=0)
-            acc_db += tl.sum(tl.where(mask, gz, 0.0), axis=0)
+            acc_w += gy * zhat
+            acc_b += gy
+            acc_db += tl.where(mask, gz, 0.0)
         else:
             c1 = tl.zeros([BLOCK_W], dtype=acc_t)
             c2 = tl.zeros([BLOCK_W], dtype=acc_t)
@@ -348,9 +356,9 @@ def _dwconv_ln_bwd_kernel(
             # Another thread may re-read a partial element in the next tile: order writes before reads.
             tl.debug_barrier()
     if SINGLE_TILE:
-        tl.store(part_ptr + part_row + cols0, acc_w, mask=c_mask0)
-        tl.store(part_ptr + part_row + C + cols0, acc_b, mask=c_mask0)
-        tl.store(part_ptr + part_row + 2 * C + cols0, acc_db, mask=c_mask0)
+        tl.store(part_ptr + part_row + cols0, tl.sum(acc_w, axis=0), mask=c_mask0)
+        tl.store(part_ptr + part_row + C + cols0, tl.sum(acc_b, axis=0), mask=c_mask0)
+        tl.store(part_ptr + part_row + 2 * C + cols0, tl.sum(acc_db, axis=0), mask=c_mask0)
 
 
 # --------------------------------------------------------------------------------- host side
@@ -359,10 +367,11 @@ def _dwconv_ln_bwd_kernel(
 # Channel-chunked configurations (C > the largest register tile), (BLOCK_W, BLOCK_C, num_warps) by
 # (pass, element size). Picked from a sweep of AOT compiles for sm_90 and sm_80 (with and without
 # the JIT's divisibility marks): ptxas spilled a word or two at several neighbouring shapes
-# even at 72-96 registers, these were clean in all four builds.
+# even at 72-96 registers, these were clean in all four builds. The backward entries were re-picked
+# (same tiles, other warp counts) when the conv weights became full-tile fp32 loads.
 CHUNKED_BLOCKS = {
     ("fwd", 2): (1, 1024, 4), ("fwd", 4): (2, 512, 4), ("fwd", 8): (1, 512, 4),
-    ("bwd", 2): (2, 1024, 8), ("bwd", 4): (2, 512, 4), ("bwd", 8): (1, 512, 4),
+    ("bwd", 2): (2, 1024, 4), ("bwd", 4): (2, 512, 8), ("bwd", 8): (1, 512, 4),
 }
 
 
@@ -415,9 +424,10 @@ def fused_px_config(c: int, w: int, k: int, dtype: torch.dtype) -> Optional[tupl
 
 
 def _tap_major(dw_weight: torch.Tensor) -> torch.Tensor:
-    """(C, 1, K, K) -> (K*K, C) contiguous: the C weights of one tap become one coalesced load."""
+    """(C, 1, K, K) -> (K*K, C) contiguous in the compute dtype: the C weights of one tap become one
+    coalesced load, and no conversion is repeated per tile (the weights are a few KB)."""
     c, k = dw_weight.shape[0], dw_weight.shape[-1]
-    return dw_weight.reshape(c, k * k).t().contiguous()
+    return dw_weight.reshape(c, k * k).t().to(stats_dtype(dw_weight.dtype)).contiguous()
 
 
 def dwconv_ln_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
@@ -512,7 +522,7 @@ def aot_configs() -> list[dict]:
                     const = {"s_c": 1, "K": k, "HAS_BIAS": True, "PW": pw, "BLOCK_G": block_g, "BLOCK_C": block_c}
                 else:
                     block_w, block_c, single, nw = fused_blocks(c, w, dtype, TILE_FWD)
-                    kern, wt = _dwconv_ln_fwd_kernel, t
+                    kern, wt = _dwconv_ln_fwd_kernel, a  # tap-major weights are in the compute dtype too
                     const = {"s_c": 1, "K": k, "HAS_BIAS": True, "SINGLE_TILE": single, "BLOCK_W": block_w,
                              "BLOCK_C": block_c}
                 sig = {"x_ptr": f"*{t}", "wt_ptr": f"*{wt}", "w_ptr": f"*{wt}", "db_ptr": f"*{t}", "lw_ptr": f"*{t}",
@@ -528,7 +538,7 @@ def aot_configs() -> list[dict]:
                 block_w, block_c, single, nw = fused_blocks(c, w, dtype, TILE_BWD)
                 const = {"sx_c": 1, "sg_c": 1, "K": k, "HAS_BIAS": True, "SINGLE_TILE": single, "BLOCK_W": block_w,
                          "BLOCK_C": block_c}
-                sig = {"gy_ptr": f"*{t}", "x_ptr": f"*{t}", "wt_ptr": f"*{t}", "db_ptr": f"*{t}", "lw_ptr": f"*{t}",
+                sig = {"gy_ptr": f"*{t}", "x_ptr": f"*{t}", "wt_ptr": f"*{a}", "db_ptr": f"*{t}", "lw_ptr": f"*{t}",
                        "mean_ptr": f"*{a}", "rstd_ptr": f"*{a}", "gz_ptr": f"*{t}", "part_ptr": f"*{a}",
                        "H": "i32", "W": "i32", "C": "i32", "NUM_WB": "i32", "NUM_ROWS": "i32",
                        "sx_n": "i32", "sx_c": "constexpr", "sx_h": "i32", "sx_w": "i32", "sg_n": "i32",

@@ -11,11 +11,12 @@
 #   results.json  raw benchmark results (device, versions, date inside)
 #   report.md     the benchmark tables
 #   speedup.png, sweep.png, model.png   plots
-#   bench_pytest.json  only with the optional `pybench` step
+#   host_overhead.json host time per call of each public op, eager fast path vs custom op (`host` step)
+#   bench_pytest.json  only with the optional `pybench` step (then 9 files: leave out `host`)
 # Copy them to benchmarks/results/<device-slug>/<date>/ (the summary prints the exact folder).
 #
 # Environment knobs (all optional):
-#   STEPS            steps to run, in order (default "build info tests bench"; also "pybench")
+#   STEPS            steps to run, in order (default "build info tests host bench"; also "pybench")
 #   TOTAL_S          wall-time budget for the whole script (default 570: the tool stops at 600)
 #   BUILD_TIMEOUT_S  cap on the build step (default 240)
 #   TESTS_TIMEOUT_S  cap on the test step (default 200)
@@ -38,7 +39,7 @@ export PYTHONUNBUFFERED=1
 export MAX_JOBS="${MAX_JOBS:-16}"
 # Benchmarks and tests run on the GPU; never through the Triton interpreter.
 unset TRITON_INTERPRET
-STEPS="${STEPS:-build info tests bench}"
+STEPS="${STEPS:-build info tests host bench}"
 TOTAL_S="${TOTAL_S:-570}"
 BUILD_TIMEOUT_S="${BUILD_TIMEOUT_S:-240}"
 TESTS_TIMEOUT_S="${TESTS_TIMEOUT_S:-200}"
@@ -141,6 +142,15 @@ step_bench() {
     return $rc
 }
 
+step_host() {
+    # A few seconds: host time per call of the public ops on tiny CUDA tensors, for each GPU backend.
+    local backends="triton"
+    "$PY" -c "import sys; from convnext_fast import extension; sys.exit(extension.unavailable_reason('cuda') != '')" \
+        && backends="triton cuda"
+    # shellcheck disable=SC2086
+    timeout 120 "$PY" benchmarks/bench_host_overhead.py --device cuda --backend $backends --repeats 1000 \
+        --json "$OUT/host_overhead.json"
+}
 step_pybench() {
     local budget
     budget=$(( $(remaining) - 15 ))
@@ -154,6 +164,7 @@ for step in $STEPS; do
         build)   run_step build step_build ;;
         info)    run_step info step_info ;;
         tests)   run_step tests step_tests ;;
+        host)    run_step host step_host ;;
         bench)   run_step bench step_bench ;;
         pybench) run_step pybench step_pybench ;;
         *)       record "$step" "unknown-step" 0 ;;

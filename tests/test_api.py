@@ -208,6 +208,54 @@ def test_compile_recompiles_when_backend_changes(kernel_backend, device):
     assert counter.frame_count == 2
 
 
+# --------------------------------------------------------------------------- eager fast path
+
+
+def _grad_fn_names(x, w, b, lw, lb):
+    return [type(convnext_fast.depthwise_conv2d(x, w, b).grad_fn).__name__,
+            type(convnext_fast.layer_norm_2d(x, lw, lb).grad_fn).__name__,
+            type(convnext_fast.dwconv_layer_norm(x, w, b, lw, lb).grad_fn).__name__]
+
+
+def test_eager_calls_take_the_autograd_function_and_modes_the_custom_op(kernel_backend, device):
+    inputs = _small_inputs(device)
+    assert _grad_fn_names(*inputs) == ["DepthwiseConvFunctionBackward", "LayerNorm2dFunctionBackward",
+                                       "DwconvLayerNormFunctionBackward"]
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False):  # a TorchDispatchMode must see the registered op
+        names = _grad_fn_names(*inputs)
+    assert not any(n.endswith("FunctionBackward") for n in names), names
+
+
+def test_eager_fast_path_matches_the_custom_op_bitwise(kernel_backend, device, monkeypatch):
+    """The two routes (autograd.Function in eager, custom op otherwise) run the same kernels."""
+    from convnext_fast import functional
+
+    base = _small_inputs(device, requires_grad=False)
+
+    def run():
+        inputs = [t.clone().requires_grad_() for t in base]
+        x, w, b, lw, lb = inputs
+        out = _three_ops(x, w, b, lw, lb)
+        out.backward(torch.linspace(-1, 1, out.numel(), device=device).view_as(out))
+        return [out.detach()] + [t.grad for t in inputs]
+
+    fast = run()
+    monkeypatch.setattr(functional, "fast_path_ok", lambda *tensors: False)
+    slow = run()
+    for a, e in zip(fast, slow):
+        assert torch.equal(a, e)
+
+
+def test_eager_fast_path_refuses_double_backward(kernel_backend, device):
+    x, w, b, lw, lb = _small_inputs(device)
+    y = convnext_fast.dwconv_layer_norm(x, w, b, lw, lb)
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad|double backward"):
+        gx.sum().backward()
+
+
 # --------------------------------------------------------------------------- empty batch, modules
 
 

@@ -150,6 +150,27 @@ def test_report_markdown_renders_fabricated_results():
     assert "2.00x" in md  # speedup over eager of the fabricated triton dwconv
 
 
+def test_report_flags_host_bound_calls():
+    rows = [_row("layer_norm", "fwd", (128, 768, 7, 7), "torch", 0.02, host_ms=0.005),
+            _row("layer_norm", "fwd", (128, 768, 7, 7), "triton", 0.10, host_ms=0.09),
+            _row("layer_norm", "fwd", (128, 96, 56, 56), "triton", 0.13, host_ms=0.09)]
+    md = render_markdown(_fake_results("cuda", "2026-01-01T00:00:00Z", rows))
+    lines = [ln for ln in md.splitlines() if ln.startswith("| layer_norm | fwd |")]
+    assert len(lines) == 3
+    assert "host-bound" not in lines[0] and "| 0.005 |" in lines[0]
+    assert lines[1].rstrip().endswith("host-bound |")  # 0.09 >= 80% of 0.10
+    assert "host-bound" not in lines[2]  # 0.09 < 80% of 0.13
+
+
+def test_cpu_timing_has_no_host_issue_time():
+    import torch
+
+    from convnext_fast.bench.timing import measure
+
+    t = measure(lambda: torch.ones(8).sum(), torch.device("cpu"), warmup_ms=1, rep_ms=2)
+    assert t.host_ms is None and t.median_ms > 0 and t.reps >= 5
+
+
 def test_standard_cases_most_important_first():
     gpu = standard_cases("cuda")
     assert gpu[0] == Case("dwconv", "fwd", (128, 96, 56, 56), "bfloat16", 7)

@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> dict:
                     torch.cuda.empty_cache()
             work = roofline.op_work(case.op, case.shape, case.k, case.dtype, case.mode)
             row.update(status="ok", time_ms=t.median_ms, time_p20_ms=t.p20_ms, time_p80_ms=t.p80_ms, reps=t.reps,
-                       cuda_graph=t.cuda_graph, setup_s=round(seen_cost[(case.op, case.mode, p)], 2))
+                       cuda_graph=t.cuda_graph, host_ms=t.host_ms, setup_s=round(seen_cost[(case.op, case.mode, p)], 2))
             row.update(roofline.roofline(work, t.median_ms, ceilings if ceilings.copy_gbps else None, case.dtype))
             if case.op == "model":
                 row["img_per_s"] = case.shape[0] / (t.median_ms / 1e3)
@@ -351,6 +351,21 @@ def _write_json(path: Path, data: dict) -> None:
 # Markdown
 # ------------------------------------------------------------------------------------------------
 
+# A call whose host issue time reaches this fraction of its measured time is flagged host-bound.
+HOST_BOUND_FRACTION = 0.8
+
+
+def _row_note(row: dict) -> str:
+    """The note column: failed parity, and calls whose time is mostly the host issuing them."""
+    notes = []
+    if row.get("parity") == "failed":
+        notes.append("PARITY FAILED")
+    host = row.get("host_ms")
+    if host is not None and row.get("time_ms") and host >= HOST_BOUND_FRACTION * row["time_ms"]:
+        notes.append("host-bound")
+    return "; ".join(notes)
+
+
 def _shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(s) for s in shape)
 
@@ -375,7 +390,9 @@ def render_markdown(data: dict) -> str:
             "medians (CPU), after warm-up and compilation. *Eager* = PyTorch as timm runs ConvNeXt (channels_last, "
             "depthwise `F.conv2d`, permute, `F.layer_norm`, Linear MLP); *compile* = the same under `torch.compile`. "
             "% roofline = max(min bytes / copy bandwidth, flops / matmul rate) / time; bytes = inputs read once + "
-            "outputs written once.", ""]
+            "outputs written once. *host ms* (GPU) = median host time to issue one call from an idle stream; "
+            f"*host-bound* marks calls where it is at least {HOST_BOUND_FRACTION:.0%} of the measured time (the GPU "
+            "waits for Python and launches, so the time is not the kernels').", ""]
 
     out += ["## Targets (issue 5)", "", aggregate.targets_markdown(aggregate.evaluate_targets(rows)), ""]
 
@@ -402,9 +419,10 @@ def render_markdown(data: dict) -> str:
                              aggregate.fmt(r.get("pct_roofline"), "pct"),
                              aggregate.fmt(r.get("speedup_vs_eager"), "x"),
                              aggregate.fmt(r.get("speedup_vs_compile"), "x"),
-                             {"failed": "PARITY FAILED"}.get(r.get("parity", ""), "")])
+                             "-" if r.get("host_ms") is None else f"{r['host_ms']:.3f}",
+                             _row_note(r)])
         return aggregate.markdown_table(["op", "mode", "shape", "dtype", "K", "provider", "time ms", "GB/s",
-                                         "TFLOP/s", "% roofline", "x eager", "x compile", "note"], body)
+                                         "TFLOP/s", "% roofline", "x eager", "x compile", "host ms", "note"], body)
 
     std = [r for r in rows if r.get("group") == "standard" and r["op"] != "model"]
     out += ["## Ops and block", "", table(std), ""]

@@ -3,7 +3,8 @@
 * GPU: CUDA events around each call, a 256 MB L2 flush between calls (H100's L2 is 50 MB, so every
   call reads its inputs from HBM, as it would inside a real network), warm-up first, the median of
   many calls. Optionally the call is captured in a CUDA graph and the graph replayed, which removes
-  launch gaps for small batches.
+  launch gaps for small batches. The host time to issue one call is measured too (``host_ms``),
+  to tell a slow kernel from a call the GPU spends waiting for Python and launches.
 * CPU: ``time.perf_counter`` around each call, median.
 
 The caller warms up (and compiles) *before* handing ``fn`` over; ``measure`` warms up again by time.
@@ -20,6 +21,7 @@ import torch
 __all__ = ["Timing", "measure"]
 
 _L2_FLUSH_BYTES = 256 * 2**20
+_HOST_REPS = 20  # calls timed on the host clock alone (GPU), for Timing.host_ms
 _flush_buffers: dict = {}
 
 
@@ -32,6 +34,10 @@ class Timing:
     p80_ms: float
     reps: int
     cuda_graph: bool = False
+    # GPU only: median host time to issue one call from an idle stream (Python, dispatch, launches;
+    # no synchronization inside). When it is close to or above median_ms the call is host-bound:
+    # at this size the GPU waits for the launches, and the time measured includes that wait.
+    host_ms: Optional[float] = None
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -40,8 +46,21 @@ def _quantile(values: list[float], q: float) -> float:
     return s[idx]
 
 
-def _summary(times: list[float], graph: bool = False) -> Timing:
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times), graph)
+def _summary(times: list[float], graph: bool = False, host_ms: Optional[float] = None) -> Timing:
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times), graph,
+                  host_ms)
+
+
+def _host_issue_ms(fn: Callable[[], object], reps: int) -> float:
+    """Median host time of ``fn()`` started on an idle stream (synchronized before, not after)."""
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(times)
 
 
 def _flush_buffer(device: torch.device) -> torch.Tensor:
@@ -115,7 +134,8 @@ def measure(fn: Callable[[], object], device: torch.device, *, warmup_ms: float 
             fn()
             ends[i].record()
         torch.cuda.synchronize()
-        return _summary([s.elapsed_time(e) for s, e in zip(starts, ends)], graph)
+        host_ms = _host_issue_ms(fn, min(n_rep, _HOST_REPS))
+        return _summary([s.elapsed_time(e) for s, e in zip(starts, ends)], graph, host_ms)
 
     # Host timing: CPU work is synchronous, so perf_counter around the call is exact.
     t0 = time.perf_counter()

@@ -1,0 +1,129 @@
+"""Host (Python / dispatcher) overhead per call of the public ops, eager fast path vs custom op.
+
+On a GPU, a ConvNeXt stage-4 kernel at batch 128 runs for tens of microseconds, about as long as
+the Python that launches it; at small batches the host side decides the speed. This script
+measures that host side on any machine: each public op on a tiny tensor (2x8x4x4, so the kernel
+itself takes a few microseconds) through
+
+* ``fast``: what eager users get, ``torch.autograd.Function`` around the kernels
+  (``convnext_fast/eager_autograd.py``);
+* ``custom_op``: the registered ``torch.library`` custom op with its autograd registration, the
+  route torch.compile and dispatch modes take (forced here by disabling the fast path);
+* ``kernel``: the backend function alone (no validation, no autograd), the floor;
+
+for forward only (inputs that require grad, so autograd records the node) and forward + backward.
+Calls are interleaved round-robin so machine load hits every route alike; medians in microseconds.
+
+Run: ``python benchmarks/bench_host_overhead.py [--backend cpu ...] [--json out.json]``. The ``cpu``
+backend needs the compiled extension; ``triton`` on CPU needs TRITON_INTERPRET=1 and measures the
+interpreter, not a GPU launch, so it is not useful here. On a GPU machine pass ``--device cuda
+--backend triton cuda`` to include the Triton / extension launch cost (``scripts/gpu_run.sh``'s
+``host`` step). Each call is followed by a synchronization there, so the times include the (tiny)
+kernels; the differences between routes are host time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+import convnext_fast
+from convnext_fast import functional
+from convnext_fast.backend import implementation
+
+
+def _inputs(device: str):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 4, 4, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(8, 1, 7, 7, generator=g) / 7).to(device)
+    b, lw, lb = (torch.randn(8, generator=g).to(device) for _ in range(3))
+    return [t.requires_grad_() for t in (x, w, b, lw, lb)]
+
+
+def _cases(backend: str, device: str) -> dict[str, tuple[Callable, Callable]]:
+    """op -> (public call, backend-kernel-only call), on fresh inputs."""
+    x, w, b, lw, lb = _inputs(device)
+    impl = implementation(backend)
+    xd, wd, bd, lwd, lbd = (t.detach() for t in (x, w, b, lw, lb))
+    return {
+        "depthwise_conv2d": (lambda: convnext_fast.depthwise_conv2d(x, w, b),
+                             lambda: impl.dwconv_forward(xd, wd, bd)),
+        "layer_norm_2d": (lambda: convnext_fast.layer_norm_2d(x, lw, lb),
+                          lambda: impl.layer_norm_forward(xd, lwd, lbd, 1e-6)),
+        "dwconv_layer_norm": (lambda: convnext_fast.dwconv_layer_norm(x, w, b, lw, lb),
+                              lambda: impl.dwconv_ln_forward(xd, wd, bd, lwd, lbd, 1e-6)),
+    }
+
+
+def _median_us(fns: list[Callable], repeats: int, sync: Callable) -> list[float]:
+    for _ in range(20):
+        for fn in fns:
+            fn()
+    sync()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e6 for t in times]
+
+
+def _measure_backend(backend: str, device: str, repeats: int, sync: Callable) -> list[dict]:
+    fast_path_ok = functional.fast_path_ok
+
+    def via_custom_op(fn: Callable) -> Callable:
+        def run():
+            functional.fast_path_ok = lambda *t: False
+            try:
+                return fn()
+            finally:
+                functional.fast_path_ok = fast_path_ok
+        return run
+
+    rows = []
+    with convnext_fast.use_backend(backend):
+        for op, (public, kernel) in _cases(backend, device).items():
+            fwdbwd = lambda: public().sum().backward()  # noqa: E731
+            # The two routes really differ: the autograd node of each says which one ran.
+            assert type(public().grad_fn).__name__.endswith("FunctionBackward"), "fast path not taken"
+            assert not type(via_custom_op(public)().grad_fn).__name__.endswith("FunctionBackward")
+            res = _median_us([public, via_custom_op(public), kernel, fwdbwd, via_custom_op(fwdbwd)], repeats, sync)
+            rows.append({"backend": backend, "op": op, "fwd_fast_us": res[0], "fwd_custom_op_us": res[1],
+                         "fwd_kernel_only_us": res[2], "fwdbwd_fast_us": res[3], "fwdbwd_custom_op_us": res[4]})
+            print(f"{backend:6s} {op:18s} fwd: fast {res[0]:6.1f} us, custom op {res[1]:6.1f} us, kernel only "
+                  f"{res[2]:6.1f} us | fwd+bwd: fast {res[3]:6.1f} us, custom op {res[4]:6.1f} us", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", nargs="+", default=["cpu"], choices=["cpu", "cuda", "triton"],
+                        help="one or more backends, measured in turn")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    rows = []
+    for backend in args.backend:
+        rows += _measure_backend(backend, args.device, args.repeats, sync)
+    if args.json:
+        meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+                "processor": platform.processor(), "backends": args.backend, "device": args.device,
+                "threads": args.threads, "repeats": args.repeats, "shape": [2, 8, 4, 4], "kernel_size": 7}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
