@@ -37,9 +37,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("convnext_fast benchmarks")
     group.addoption("--bench-compile-mode", default="default",
                     choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
-                    help="torch.compile mode of the torch_compile provider (max-autotune: slow to compile)")
+                    help="torch.compile mode of the compiled providers (max-autotune: slow to compile)")
     group.addoption("--bench-compile-all", action="store_true",
-                    help="run torch_compile for every dtype (GPU) and on CPU too (slow to compile)")
+                    help="run the compiled providers for every dtype (GPU) and on CPU too (slow to compile)")
     group.addoption("--bench-cuda-graphs", action="store_true",
                     help="replay forward/inference calls from a CUDA graph (removes launch gaps)")
 
@@ -62,13 +62,15 @@ def run_case(benchmark, request, ceilings):
         if reason:
             pytest.skip(reason)
         compile_all = request.config.getoption("--bench-compile-all")
-        if provider == "torch_compile" and not compile_all:
+        if provider in C.COMPILED and not compile_all:
             if not ON_GPU:
                 pytest.skip("torch.compile on CPU compiles for tens of seconds per graph (--bench-compile-all)")
             if case.dtype != "bfloat16":
                 pytest.skip("torch.compile only in bf16 by default (compile time; --bench-compile-all)")
             if case.group == "sweep":
                 pytest.skip("the sweep compares eager PyTorch with ours (--bench-compile-all)")
+            if provider == "triton_compile" and case.op != "model":
+                pytest.skip("ours under torch.compile: the model only by default (--bench-compile-all)")
         try:
             prep = C.prepare(case, provider, DEVICE, compile_mode=request.config.getoption("--bench-compile-mode"))
         except C.Skip as exc:

@@ -510,7 +510,8 @@ def _transposed_taps(weight: torch.Tensor, flip: bool) -> torch.Tensor:
     """weight (C, 1, K, K) -> [K*K, C] contiguous in the accumulation dtype (flipped if asked)."""
     c, _, k, _ = weight.shape
     w = weight.flip(-1, -2) if flip else weight
-    return w.reshape(c, k * k).t().to(_acc_dtype(weight.dtype)).contiguous()
+    out = torch.empty((k * k, c), dtype=_acc_dtype(weight.dtype), device=weight.device)
+    return out.copy_(w.reshape(c, k * k).t())  # one launch: transpose and convert together
 
 
 def _px_config(c: int, w: int, k: int, dtype: torch.dtype) -> Optional[tuple[int, int, int]]:
@@ -562,7 +563,14 @@ def _blocked_taps(weight: torch.Tensor, flip: bool, block_c: int) -> torch.Tenso
     c, _, k, _ = weight.shape
     nb = triton.cdiv(c, block_c)
     w = weight.flip(-1, -2) if flip else weight
-    out = torch.zeros((nb * block_c, k * k), dtype=_acc_dtype(weight.dtype), device=weight.device)
+    acc = _acc_dtype(weight.dtype)
+    if c % block_c == 0:
+        # The common case (every ConvNeXt width): one strided copy with the dtype conversion, not
+        # zero fill + copy + transpose copy. Each launch costs host time on every call.
+        out = torch.empty((nb, k * k, block_c), dtype=acc, device=weight.device)
+        out.copy_(w.reshape(nb, block_c, k * k).transpose(1, 2))
+        return out
+    out = torch.zeros((nb * block_c, k * k), dtype=acc, device=weight.device)
     out[:c] = w.reshape(c, k * k)
     return out.view(nb, block_c, k * k).transpose(1, 2).contiguous()
 

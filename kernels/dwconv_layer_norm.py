@@ -19,9 +19,10 @@ strides (contiguous NCHW, channels_last, sliced) are handled by the same code. T
 (kh) is a runtime loop and the kernel-column loop (kw) is unrolled, so a 7x7 kernel is 7 loop
 iterations of 7 independent loads, and K = 31 does not blow up the code.
 
-Forward fast path. For K <= 7, C <= 1024 and fp16/bf16/fp32, ``_dwconv_ln_fwd_px_kernel`` replaces
-the tile kernel's forward: each thread owns PW consecutive output pixels x 4 channels, so per input
-row a loaded input column and a weight vector serve PW outputs (see ``fused_px_config``).
+Fast path. For K <= 7, C <= 1024 and fp16/bf16/fp32, ``_dwconv_ln_fwd_px_kernel`` and
+``_dwconv_ln_bwd_px_kernel`` replace the tile kernels: each thread owns PW consecutive output pixels
+x 4 channels, so per input row a loaded input column and a weight vector serve PW outputs (see
+``fused_px_config``); both compute the conv with the same code (``_conv_strip``).
 
 Channel chunks. When C exceeds one register tile (C > 1024, ConvNeXt-V2-H's 1408 / 2816), the forward
 pass loops over channel chunks, merging chunk mean / sum of squared deviations with Chan's parallel
@@ -164,6 +165,48 @@ def _dwconv_ln_fwd_kernel(
 
 
 @triton.jit
+def _conv_strip(
+    x_img,  # pointer to image n of the input; element (c, h, w) at c*s_c + h*s_h + w*s_w
+    w_ptr,  # (K*K, BLOCK_C) weights in the compute dtype, tap-major, zero-padded past C
+    h, g0, c, c_mask,
+    valid,  # scalar: False for a program's slot past the last strip (then nothing is loaded)
+    H, W, s_c, s_h, s_w,
+    K: tl.constexpr, PW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, acc_t: tl.constexpr,
+):
+    """Depthwise conv (no bias) of output row h at columns g0[:, None] + 0 .. PW-1, channels c: a tuple
+    of PW [BLOCK_G, BLOCK_C] tiles in acc_t. Per input row kh (a runtime loop) a thread loads the
+    PW + K - 1 input columns its group needs once, converts each once, and loads each of the K
+    weight vectors of the row once, for PW outputs; all K*PW*K multiply-adds of the row are
+    unrolled (see _dwconv_ln_fwd_px_kernel)."""
+    P: tl.constexpr = K // 2
+    # Weight tile [BLOCK_G, BLOCK_C] (the same vector for every group, loaded as a 2-D tile so it gets
+    # the accumulators' layout: no layout conversion through shared memory); unmasked (zero-padded).
+    w_tile = w_ptr + (g0 * 0)[:, None] + c[None, :]
+    zero = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
+    accs = ()
+    for p in tl.static_range(PW):
+        accs = accs + (zero,)
+    for kh in range(K):
+        ih = h + (kh - P)
+        if valid & (ih >= 0) & (ih < H):  # padding rows contribute nothing
+            x_row = x_img + ih.to(tl.int64) * s_h
+            cols = ()
+            for j in tl.static_range(PW + K - 1):
+                iw = g0 + (j - P)
+                m = ((iw >= 0) & (iw < W))[:, None] & c_mask[None, :]
+                cols = cols + (tl.load(x_row + (iw[:, None] * s_w + c[None, :] * s_c), mask=m,
+                                       other=0.0).to(acc_t),)
+            w_row = w_tile + kh * (K * BLOCK_C)
+            for kw in tl.static_range(K):
+                wv = tl.load(w_row + kw * BLOCK_C)
+                b2 = ()
+                for p in tl.static_range(PW):
+                    b2 = b2 + (accs[p] + cols[p + kw] * wv,)
+                accs = b2
+    return accs
+
+
+@triton.jit
 def _dwconv_ln_fwd_px_kernel(
     x_ptr,  # input (N, C, H, W), element (n, c, h, w) at n*s_n + c*s_c + h*s_h + w*s_w; the offset of
     # one element within its image, w*s_w + c*s_c, must fit in int32 (the launcher checks)
@@ -195,7 +238,6 @@ def _dwconv_ln_fwd_px_kernel(
     input column is converted K times per output row instead of once, but the accumulators (PW per
     channel) and the input columns (PW + K - 1) fit in about 100 registers at every C <= 1024."""
     acc_t: tl.constexpr = mean_ptr.dtype.element_ty
-    P: tl.constexpr = K // 2
     pid = tl.program_id(0)
     row = pid // NUM_WB  # n*H + h; strips of one row are neighbouring programs (shared rows in L1/L2)
     n = row // H
@@ -204,31 +246,7 @@ def _dwconv_ln_fwd_px_kernel(
     c = tl.arange(0, BLOCK_C)
     c_mask = c < C
     x_img = x_ptr + n.to(tl.int64) * s_n
-    # Weight tile [BLOCK_G, BLOCK_C] (the same vector for every group, loaded as a 2-D tile so it gets
-    # the accumulators' layout: no layout conversion through shared memory); unmasked (zero-padded).
-    w_tile = w_ptr + (g0 * 0)[:, None] + c[None, :]
-
-    zero = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
-    accs = ()
-    for p in tl.static_range(PW):
-        accs = accs + (zero,)
-    for kh in range(K):
-        ih = h + (kh - P)
-        if (ih >= 0) & (ih < H):  # padding rows contribute nothing
-            x_row = x_img + ih.to(tl.int64) * s_h
-            cols = ()
-            for j in tl.static_range(PW + K - 1):
-                iw = g0 + (j - P)
-                m = ((iw >= 0) & (iw < W))[:, None] & c_mask[None, :]
-                cols = cols + (tl.load(x_row + (iw[:, None] * s_w + c[None, :] * s_c), mask=m,
-                                       other=0.0).to(acc_t),)
-            w_row = w_tile + kh * (K * BLOCK_C)
-            for kw in tl.static_range(K):
-                wv = tl.load(w_row + kw * BLOCK_C)
-                b2 = ()
-                for p in tl.static_range(PW):
-                    b2 = b2 + (accs[p] + cols[p + kw] * wv,)
-                accs = b2
+    accs = _conv_strip(x_img, w_ptr, h, g0, c, c_mask, True, H, W, s_c, s_h, s_w, K, PW, BLOCK_G, BLOCK_C, acc_t)
 
     if HAS_BIAS:
         bias = tl.load(db_ptr + c, mask=c_mask, other=0.0).to(acc_t)
@@ -250,6 +268,81 @@ def _dwconv_ln_fwd_px_kernel(
                  mask=w_ok[:, None] & c_mask[None, :])
         tl.store(mean_ptr + pix, mean, mask=w_ok)
         tl.store(rstd_ptr + pix, rstd, mask=w_ok)
+
+
+@triton.jit
+def _dwconv_ln_bwd_px_kernel(
+    gy_ptr,  # incoming gradient of y (N, C, H, W), any strides incl. expanded stride 0 (sg_*); the
+    # offset of one element within its image row, w*sg_w + c*sg_c, must fit in int32 (launcher checks)
+    x_ptr,  # forward input (N, C, H, W), any strides (sx_*), same int32 condition as the forward
+    w_ptr,  # (K*K, BLOCK_C) depthwise weight, compute dtype, tap-major, zero-padded (_blocked_taps)
+    db_ptr,  # (C,) depthwise bias, or any pointer when not HAS_BIAS
+    lw_ptr,  # (C,) LayerNorm weight
+    mean_ptr,  # (N*H*W,) saved mean (compute dtype)
+    rstd_ptr,  # (N*H*W,) saved rstd
+    gz_ptr,  # output: gradient of the conv output, (N, C, H, W) channels_last, x dtype
+    part_ptr,  # (G, 3*C) partial sums (compute dtype): row pid = [LayerNorm-weight grad,
+    # LayerNorm-bias grad, conv-bias grad] of this program's pixels
+    H, W, C, NUM_WB, NUM_STRIPS,  # NUM_WB strips per image row, NUM_STRIPS = N*H*NUM_WB
+    sx_n, sx_c, sx_h, sx_w,
+    sg_n, sg_c, sg_h, sg_w,
+    G, STRIPS_PER_PROG,  # program pid handles the strips pid, pid + G, ...
+    inv_C,  # 1 / C (fp32), see _mean_div
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, PW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """The backward of _dwconv_ln_fwd_px_kernel up to the conv output's gradient gz: the conv is
+    recomputed strip by strip exactly as the forward computes it (_conv_strip), then
+    gz = rstd * (lw*gy - zhat*mean_c(zhat*lw*gy) - mean_c(lw*gy)) per pixel, and the partial sums of
+    gy*zhat, gy and gz (the fp32 gz, before rounding) accumulate in tile-shaped registers, summed
+    over the program's pixels once at the end. Per-channel vectors (bias, LayerNorm weight) and
+    per-pixel statistics are loaded as [BLOCK_G, BLOCK_C] tiles (repeated addresses, from L1) so
+    that they arrive in the accumulators' register layout: no conversion through shared memory."""
+    acc_t: tl.constexpr = mean_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    gi = tl.arange(0, BLOCK_G)
+    c = tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    c_tile = c[None, :] + (gi * 0)[:, None]  # [BLOCK_G, BLOCK_C]: column c in every group
+    c_mask_tile = c_tile < C
+    if HAS_BIAS:
+        bias = tl.load(db_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
+    else:
+        bias = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
+    lw = tl.load(lw_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
+    acc_w = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
+    acc_b = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
+    acc_db = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
+    for i in range(STRIPS_PER_PROG):
+        t = pid + i * G
+        valid = t < NUM_STRIPS
+        row = t // NUM_WB  # n*H + h
+        n = row // H
+        h = row - n * H
+        g0 = ((t - row * NUM_WB) * BLOCK_G + gi) * PW  # first column of each group
+        accs = _conv_strip(x_ptr + n.to(tl.int64) * sx_n, w_ptr, h, g0, c, c_mask, valid, H, W, sx_c, sx_h, sx_w,
+                           K, PW, BLOCK_G, BLOCK_C, acc_t)
+        gy_row = gy_ptr + (n.to(tl.int64) * sg_n + h.to(tl.int64) * sg_h)
+        for p in tl.static_range(PW):
+            ow = g0 + p
+            m = ((ow < W) & valid)[:, None] & c_mask_tile
+            pix = row.to(tl.int64) * W + ow
+            pix_tile = pix[:, None] + (c * 0)[None, :]
+            mean = tl.load(mean_ptr + pix_tile, mask=m, other=0.0)
+            rstd = tl.load(rstd_ptr + pix_tile, mask=m, other=0.0)
+            zhat = tl.where(m, (accs[p] + bias - mean) * rstd, 0.0)
+            gy = tl.load(gy_row + (ow[:, None] * sg_w + c[None, :] * sg_c), mask=m, other=0.0).to(acc_t)
+            wdy = gy * lw
+            c1 = _mean_div(tl.sum(zhat * wdy, axis=1), C, inv_C)
+            c2 = _mean_div(tl.sum(wdy, axis=1), C, inv_C)
+            gz = tl.where(m, (wdy - zhat * c1[:, None] - c2[:, None]) * rstd, 0.0)
+            tl.store(gz_ptr + (pix[:, None] * C + c[None, :]), gz.to(gz_ptr.dtype.element_ty), mask=m)
+            acc_w += gy * zhat
+            acc_b += gy
+            acc_db += gz
+    part_row = part_ptr + pid.to(tl.int64) * (3 * C)
+    tl.store(part_row + c, tl.sum(acc_w, axis=0), mask=c_mask)
+    tl.store(part_row + C + c, tl.sum(acc_b, axis=0), mask=c_mask)
+    tl.store(part_row + 2 * C + c, tl.sum(acc_db, axis=0), mask=c_mask)
 
 
 @triton.jit
@@ -402,8 +495,10 @@ PX_CPT = 4
 PX_THREADS = 128
 
 
-def fused_px_config(c: int, w: int, k: int, dtype: torch.dtype) -> Optional[tuple[int, int, int, int]]:
-    """(PW, BLOCK_G, BLOCK_C, num_warps) for _dwconv_ln_fwd_px_kernel, or None for _dwconv_ln_fwd_kernel.
+def fused_px_config(c: int, w: int, k: int, dtype: torch.dtype,
+                    backward: bool = False) -> Optional[tuple[int, int, int, int]]:
+    """(PW, BLOCK_G, BLOCK_C, num_warps) for _dwconv_ln_fwd_px_kernel (``backward``:
+    _dwconv_ln_bwd_px_kernel), or None for the tile kernels.
 
     Block shape: [BLOCK_G, BLOCK_C] with BLOCK_C = next_power_of_2(C) (the LayerNorm needs every
     channel of a pixel) and BLOCK_G * BLOCK_C = PX_CPT * threads, so each thread holds PX_CPT
@@ -412,10 +507,14 @@ def fused_px_config(c: int, w: int, k: int, dtype: torch.dtype) -> Optional[tupl
     (every ConvNeXt stage: no half-empty groups), else 4; BLOCK_G groups take the rest of
     PX_THREADS threads, at most the whole row (C = 768: one group, 8 warps). K > 7 (code size: K*K*PW unrolled multiply-adds per
     input row, K + PW - 1 live columns), fp64 and C > MAX_BLOCK_C keep _dwconv_ln_fwd_kernel.
+    The backward holds three more tile-shaped accumulators: with fp32 input, ptxas for sm_80 capped
+    it at 168 registers and spilled at PW = 7 (C = 96, 192), so fp32 takes PW = 4 there.
     """
     if k > 7 or dtype == torch.float64 or c > MAX_BLOCK_C:
         return None
     pw = min(w, 7 if w % 7 == 0 else 4)
+    if backward and dtype == torch.float32:
+        pw = min(pw, 4)
     block_c = triton.next_power_of_2(c)
     lanes_c = max(1, block_c // PX_CPT)  # threads across the channels of one group
     block_g = max(1, min(triton.next_power_of_2(triton.cdiv(w, pw)), PX_THREADS // lanes_c))
@@ -427,7 +526,8 @@ def _tap_major(dw_weight: torch.Tensor) -> torch.Tensor:
     """(C, 1, K, K) -> (K*K, C) contiguous in the compute dtype: the C weights of one tap become one
     coalesced load, and no conversion is repeated per tile (the weights are a few KB)."""
     c, k = dw_weight.shape[0], dw_weight.shape[-1]
-    return dw_weight.reshape(c, k * k).t().to(stats_dtype(dw_weight.dtype)).contiguous()
+    out = torch.empty((k * k, c), dtype=stats_dtype(dw_weight.dtype), device=dw_weight.device)
+    return out.copy_(dw_weight.reshape(c, k * k).t())  # one launch: transpose and convert together
 
 
 def dwconv_ln_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
@@ -442,8 +542,7 @@ def dwconv_ln_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optiona
     rstd = torch.empty_like(mean)
     s_n, s_c, s_h, s_w = x.stride()
     px = fused_px_config(c, w, k, x.dtype)
-    # The px kernel computes an element's offset within its image in int32.
-    if px is not None and (c - 1) * abs(s_c) + (w - 1) * abs(s_w) < 2**31:
+    if px is not None and _row_offsets_fit_int32(x):
         pw, block_g, block_c, num_warps = px
         num_wb = triton.cdiv(w, block_g * pw)
         _dwconv_ln_fwd_px_kernel[(n * h * num_wb,)](
@@ -468,12 +567,26 @@ def dwconv_ln_backward(grad_y: torch.Tensor, x: torch.Tensor, dw_weight: torch.T
 
     Recomputes the conv output from x, applies the LayerNorm backward in the same kernel to get the
     gradient of the conv output (x dtype, channels_last), then runs the depthwise-conv backward.
-    grad_dw_bias is always computed; parameter gradients are deterministic.
+    grad_dw_bias is always computed; parameter gradients are deterministic. Where the forward takes
+    _dwconv_ln_fwd_px_kernel (K <= 7, C <= 1024, not fp64), the first kernel is its px twin.
     """
     n, c, h, w = x.shape
     k = dw_weight.shape[-1]
     gz = empty_channels_last(x.shape, x.dtype, x.device)
     acc = stats_dtype(x.dtype)
+    px = fused_px_config(c, w, k, x.dtype, backward=True)
+    if px is not None and _row_offsets_fit_int32(x) and _row_offsets_fit_int32(grad_y):
+        pw, block_g, block_c, num_warps = px
+        num_wb = triton.cdiv(w, block_g * pw)
+        num_strips = n * h * num_wb
+        g = num_partials(num_strips)
+        part = torch.empty((g, 3 * c), dtype=acc, device=x.device)  # every program writes its row
+        _dwconv_ln_bwd_px_kernel[(g,)](
+            grad_y, x, _blocked_taps(dw_weight, False, block_c), dw_bias if dw_bias is not None else ln_weight,
+            ln_weight, mean.contiguous(), rstd.contiguous(), gz, part, h, w, c, num_wb, num_strips,
+            *x.stride(), *grad_y.stride(), g, triton.cdiv(num_strips, g), 1.0 / c,
+            K=k, HAS_BIAS=dw_bias is not None, PW=pw, BLOCK_G=block_g, BLOCK_C=block_c, num_warps=num_warps)
+        return _finish_backward(part, gz, x, dw_weight, ln_weight)
     block_w, block_c, single, num_warps = fused_blocks(c, w, x.dtype, TILE_BWD)
     num_wb = triton.cdiv(w, block_w)
     num_tiles = n * h * num_wb
@@ -488,10 +601,22 @@ def dwconv_ln_backward(grad_y: torch.Tensor, x: torch.Tensor, dw_weight: torch.T
         sx_n, sx_c, sx_h, sx_w, sg_n, sg_c, sg_h, sg_w, g, triton.cdiv(num_tiles, g), 1.0 / c,
         K=k, HAS_BIAS=dw_bias is not None, SINGLE_TILE=single, BLOCK_W=block_w, BLOCK_C=block_c,
         num_warps=num_warps)
+    return _finish_backward(part, gz, x, dw_weight, ln_weight)
+
+
+def _finish_backward(part: torch.Tensor, gz: torch.Tensor, x: torch.Tensor, dw_weight: torch.Tensor,
+                     ln_weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Sum the (G, 3C) partials, then run the depthwise-conv backward on gz."""
     g_ln_w, g_ln_b, g_dw_b = reduce_partials(part, 3, ln_weight.dtype)
     # The conv backward's own bias gradient sums the rounded gz; the one above sums the fp32 gz.
     gx, g_dw_w, _ = dwconv_backward(gz, x, dw_weight)
     return gx, g_dw_w, g_dw_b, g_ln_w, g_ln_b
+
+
+def _row_offsets_fit_int32(t: torch.Tensor) -> bool:
+    """The px kernels compute an element's offset within its image row, w*s_w + c*s_c, in int32."""
+    _, c, _, w = t.shape
+    return (c - 1) * abs(t.stride(1)) + (w - 1) * abs(t.stride(3)) < 2**31
 
 
 # --------------------------------------------------------------------------------- AOT configs
@@ -535,6 +660,22 @@ def aot_configs() -> list[dict]:
                 configs.append({"kernel": kern, "signature": sig, "constexprs": const,
                                 "attrs": divisibility_attrs(kern, sig, ("C", "s_n", "s_h", "s_w")),
                                 "num_warps": nw, "name": f"dwconv_ln_fwd_{t}_C{c}_W{w}_K{k}"})
+                px = fused_px_config(c, w, k, dtype, backward=True)
+                if px is not None:
+                    pw, block_g, block_c, nw = px
+                    const = {"sx_c": 1, "sg_c": 1, "K": k, "HAS_BIAS": True, "PW": pw, "BLOCK_G": block_g,
+                             "BLOCK_C": block_c}
+                    sig = {"gy_ptr": f"*{t}", "x_ptr": f"*{t}", "w_ptr": f"*{a}", "db_ptr": f"*{t}",
+                           "lw_ptr": f"*{t}", "mean_ptr": f"*{a}", "rstd_ptr": f"*{a}", "gz_ptr": f"*{t}",
+                           "part_ptr": f"*{a}", "inv_C": "fp32"}
+                    kern = _dwconv_ln_bwd_px_kernel
+                    sig = {name: sig.get(name, "i32") for name in kern.arg_names}
+                    sig.update({key: "constexpr" for key in const})
+                    configs.append({"kernel": kern, "signature": sig, "constexprs": const,
+                                    "attrs": divisibility_attrs(kern, sig, (
+                                        "C", "sx_n", "sx_h", "sx_w", "sg_n", "sg_h", "sg_w")),
+                                    "num_warps": nw, "name": f"dwconv_ln_bwd_px_{t}_C{c}_W{w}_K{k}"})
+                    continue
                 block_w, block_c, single, nw = fused_blocks(c, w, dtype, TILE_BWD)
                 const = {"sx_c": 1, "sg_c": 1, "K": k, "HAS_BIAS": True, "SINGLE_TILE": single, "BLOCK_W": block_w,
                          "BLOCK_C": block_c}

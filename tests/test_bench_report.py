@@ -196,3 +196,20 @@ def test_readme_splice_replaces_only_the_marked_section():
     assert out.count("## Performance") == 1
     with pytest.raises(ValueError, match="no PERF:BEGIN"):
         perf.splice_between_markers("# no markers\n", "x")
+
+
+def test_compiled_ours_provider():
+    """triton_compile = our kernels (triton backend) under torch.compile, for block and model only."""
+    import torch
+
+    from convnext_fast.bench import cases as C
+
+    assert C.backend_of("triton_compile") == "triton" and C.backend_of("cuda") == "cuda"
+    assert "triton_compile" in C.OURS and "triton_compile" in aggregate.OURS
+    cpu = torch.device("cpu")
+    assert C.provider_unavailable("triton_compile", cpu) == C.provider_unavailable("triton", cpu) != ""
+    rows = [_row("block", "fwdbwd", (128, 96, 56, 56), "torch", 1.0),
+            _row("block", "fwdbwd", (128, 96, 56, 56), "triton", 0.9),
+            _row("block", "fwdbwd", (128, 96, 56, 56), "triton_compile", 0.6)]
+    best = aggregate.best_ours(rows, aggregate.row_key(rows[0]))
+    assert best["provider"] == "triton_compile"

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import convnext_fast
 from convnext_fast import reference
 from numerics import assert_matches_reference, lowp_atol
-from conftest import ON_GPU
+from conftest import ON_GPU, kernel_backends
 
 
 
@@ -216,3 +216,32 @@ def test_saves_no_conv_output(kernel_backend, device):
     unfused = _saved_sizes(lambda x, dw, db, lw, lb: convnext_fast.layer_norm_2d(
         convnext_fast.depthwise_conv2d(x, dw, db), lw, lb), x, *params)
     assert sum(s == x.numel() for s in unfused) >= 2, f"saved tensor sizes {unfused}"
+
+
+@pytest.mark.parametrize("case", [(2, 37, 5, 6, 7, True), (1, 3, 4, 5, 9, False), (1, 1100, 2, 3, 3, True)],
+                         ids=case_id)
+def test_triton_backward_with_several_tiles_per_program(device, monkeypatch, case):
+    """The Triton backward kernels loop over tiles pid, pid + G, ... with G <= 1024 programs; test
+    shapes are small enough that every program gets one tile. Forcing G = 3 runs the loop, the
+    partial buffer with several tiles per row, and the empty slots past the last tile (the px
+    kernel for K <= 7, the tile kernel for K = 9 and for C > 1024)."""
+    if "triton" not in kernel_backends():
+        pytest.skip("triton backend unavailable here")
+    from convnext_fast.kernels import dwconv_layer_norm as fused_kernels
+    from convnext_fast.kernels import layer_norm as ln_kernels
+
+    monkeypatch.setattr(fused_kernels, "num_partials", lambda n: min(n, 3))
+    monkeypatch.setattr(ln_kernels, "num_partials", lambda n: min(n, 3))
+    n, c, h, w, k, bias = case
+    x = make_input((n, c, h, w), "channels_last", torch.float32, device)
+    params = make_params(c, k, bias, torch.float32, device)
+    gy = torch.randn((n, c, h, w), dtype=torch.float32, device=device)
+    with convnext_fast.use_backend("triton"):
+        ours = run_ours(x, *params, gy)
+        ln_ours = _grads(lambda x, dw, db, lw, lb: convnext_fast.layer_norm_2d(x, lw, lb), x, *params, gy)
+    check_all(ours, run_reference64(x, *params, gy), reduce_atol=1e-5 * max(1.0, (n * h * w) ** 0.5))
+    ln_ref = _grads(lambda x, dw, db, lw, lb: reference.layer_norm_2d(x, lw, lb, 1e-6), x, *params, gy,
+                    cast=torch.float64)
+    for name, o, r in zip(("y", "grad_x", "grad_ln_weight", "grad_ln_bias"), (ln_ours[0], ln_ours[1], *ln_ours[4:]),
+                          (ln_ref[0], ln_ref[1], *ln_ref[4:])):
+        assert_matches_reference(o, r, name=name, atol=1e-5 * max(1.0, (n * h * w) ** 0.5))

@@ -18,7 +18,7 @@ __all__ = [
     "markdown_table", "targets_markdown",
 ]
 
-OURS = ("triton", "cuda", "cpu")
+OURS = ("triton", "cuda", "cpu", "triton_compile")  # triton_compile: our model under torch.compile
 STAGE_SHAPES = ((96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7))
 
 

@@ -7,6 +7,9 @@ A *case* is (op, mode, shape, dtype, kernel size); a *provider* is who computes 
                     model is timm's ``convnext_tiny`` in channels_last under ``torch.autocast`` (bf16).
 * ``torch_compile`` the same code under ``torch.compile`` (mode ``default``; ``max-autotune`` on request).
 * ``triton``, ``cuda``, ``cpu``  ours, through ``convnext_fast.use_backend(name)``.
+* ``triton_compile`` ours (triton backend) under ``torch.compile``: our ops stay opaque custom ops,
+                    Inductor fuses what is around them (MLP bias + GELU, layer scale, residual).
+                    Block and model only: an op alone is one custom op, nothing to fuse.
 
 Every provider that cannot run raises :class:`Skip` with the reason (the Triton interpreter is never
 used for timing: it would measure numpy, not a kernel). Ops: ``dwconv`` (fwd, fwdbwd),
@@ -29,11 +32,12 @@ from torch import Tensor, nn
 
 __all__ = [
     "Case", "Prepared", "Skip", "PROVIDERS", "OURS", "STAGES", "SWEEP_K", "MODES",
-    "provider_unavailable", "prepare", "check_parity", "standard_cases", "dtype_of",
+    "provider_unavailable", "prepare", "check_parity", "standard_cases", "dtype_of", "backend_of", "COMPILED",
 ]
 
-PROVIDERS = ("torch", "torch_compile", "triton", "cuda", "cpu")
-OURS = ("triton", "cuda", "cpu")
+PROVIDERS = ("torch", "torch_compile", "triton", "cuda", "cpu", "triton_compile")
+OURS = ("triton", "cuda", "cpu", "triton_compile")
+COMPILED = ("torch_compile", "triton_compile")
 # ConvNeXt-T stage shapes (C, H, W) at 224x224 input.
 STAGES = ((96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7))
 SWEEP_K = (3, 5, 7, 9, 11, 13, 31)
@@ -94,12 +98,18 @@ class Prepared:
 # Availability
 # ------------------------------------------------------------------------------------------------
 
+def backend_of(provider: str) -> str:
+    """The convnext_fast backend one of our providers runs (``triton_compile`` -> ``triton``)."""
+    return provider.removesuffix("_compile")
+
+
 def provider_unavailable(provider: str, device: torch.device) -> str:
     """'' when ``provider`` can be timed on ``device``, else the reason it cannot."""
     if provider in ("torch", "torch_compile"):
         return ""
     if provider not in OURS:
         return f"unknown provider {provider!r}"
+    provider = backend_of(provider)
     if provider == "triton" and device.type != "cuda":
         return "triton is benchmarked on CUDA only (the CPU interpreter is for tests, not timing)"
     try:
@@ -136,7 +146,7 @@ def _backend(provider: str):
     if provider in OURS:
         import convnext_fast
 
-        with convnext_fast.use_backend(provider):
+        with convnext_fast.use_backend(backend_of(provider)):
             yield
     else:
         yield
@@ -204,6 +214,8 @@ def _op_callable(case: Case, provider: str, compile_mode: str) -> Callable[..., 
         return _EAGER[case.op]
     if provider == "torch_compile":
         return _compile(_EAGER[case.op], compile_mode)
+    if provider in COMPILED:
+        raise Skip(f"{provider} is measured for block and model only (an op alone is one opaque custom op)")
     fn = _ours(case.op)
 
     def run(*args: Tensor) -> Tensor:
@@ -397,7 +409,7 @@ def _module_fn(case: Case, provider: str, device: torch.device, compile_mode: st
         # Blocks run in the dtype itself (parameters cast once), as a module inside an AMP model sees it.
         mod = mod.to(dt)
         x = torch.randn(case.shape, device=device, dtype=dt).contiguous(memory_format=torch.channels_last)
-        if provider == "torch_compile":
+        if provider in COMPILED:
             mod = _compile(mod, compile_mode)
         if case.mode == "fwd":
             mod.eval()
@@ -421,7 +433,7 @@ def _module_fn(case: Case, provider: str, device: torch.device, compile_mode: st
     n = case.shape[0]
     x = torch.randn(case.shape, device=device).contiguous(memory_format=torch.channels_last)
     amp = dt != torch.float32
-    if provider == "torch_compile":
+    if provider in COMPILED:
         mod = _compile(mod, compile_mode)
     autocast = (lambda: torch.autocast(device.type, dtype=dt)) if amp else contextlib.nullcontext
     if case.mode == "infer":

@@ -110,7 +110,7 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
 
 def _default_providers(device: torch.device, quick: bool) -> list[str]:
     if device.type == "cuda":
-        return ["torch", "torch_compile", "triton", "cuda"]
+        return ["torch", "torch_compile", "triton", "cuda", "triton_compile"]
     # CPU: compiling with gcc on a small machine costs tens of seconds per graph: only outside --quick.
     return ["torch", "cpu"] if quick else ["torch", "torch_compile", "cpu"]
 
@@ -118,7 +118,7 @@ def _default_providers(device: torch.device, quick: bool) -> list[str]:
 def _estimated_cost_s(case: C.Case, provider: str, device: torch.device, seen: dict) -> float:
     """A guess at one measurement's wall time (compile included), to skip what cannot fit."""
     observed = seen.get((case.op, case.mode, provider))
-    if provider == "torch_compile":
+    if provider in C.COMPILED:
         guess = {"model": 150.0 if case.mode == "train" else 80.0, "block": 20.0}.get(case.op, 8.0)
         if device.type != "cuda":
             guess *= 2
@@ -127,10 +127,14 @@ def _estimated_cost_s(case: C.Case, provider: str, device: torch.device, seen: d
     return max(guess if observed is None else observed, 0.5)
 
 
-def _compile_allowed(case: C.Case, device: torch.device, quick: bool, compile_all: bool) -> str:
-    """'' if torch_compile should run this case, else why not (compile time is the budget's largest item)."""
+def _compile_allowed(case: C.Case, device: torch.device, quick: bool, compile_all: bool,
+                     provider: str = "torch_compile") -> str:
+    """'' if a compiled provider should run this case, else why not (compile time is the budget's
+    largest item)."""
     if compile_all:
         return ""
+    if provider == "triton_compile" and case.op != "model":
+        return "ours under torch.compile: the model only by default (compile time; --compile-all for blocks)"
     if case.group == "sweep":
         return "sweep compares eager PyTorch with ours (compile only with --compile-all)"
     if device.type == "cuda":
@@ -192,8 +196,11 @@ def run(args: argparse.Namespace) -> dict:
         if why:
             notes.append(f"provider {p} not run: {why}")
     runnable_ours = [p for p in ours if not status[p]]
+    # Parity runs per backend: a compiled provider (our kernels under torch.compile) carries the
+    # parity of its backend, run eagerly (compiling a model per parity case would eat the budget).
+    parity_providers = [p for p in runnable_ours if p not in C.COMPILED]
 
-    total = len(parity_plan) * len(runnable_ours) + 1 + len(cases) * len(providers)
+    total = len(parity_plan) * len(parity_providers) + 1 + len(cases) * len(providers)
     bar = _Progress(total)
     ceil: dict = {"copy_gbps": None, "matmul_tflops": {}, "notes": ["not measured yet"]}
     parity: list = []
@@ -257,7 +264,7 @@ def run(args: argparse.Namespace) -> dict:
     for pc in parity_plan:
         if pc.dtype != first_dtype or pc.k != 7 or pc.group != "standard":
             continue
-        for p in runnable_ours:
+        for p in parity_providers:
             if args.budget_s and elapsed() > headline_share * args.budget_s:
                 break
             run_parity(pc, p)
@@ -277,7 +284,7 @@ def run(args: argparse.Namespace) -> dict:
     seen_cost: dict = {}
     for case in cases:
         checkpoint()
-        for p in runnable_ours:  # parity not yet done for this (op, dtype, K): now, before timing
+        for p in parity_providers:  # parity not yet done for this (op, dtype, K): now, before timing
             for pc in parity_plan:
                 if (pc.op, pc.dtype, pc.k) == (case.op, case.dtype, case.k):
                     run_parity(pc, p)
@@ -289,8 +296,8 @@ def run(args: argparse.Namespace) -> dict:
             if status[p]:
                 row.update(status="skipped", reason=status[p])
                 continue
-            if p == "torch_compile":
-                why = _compile_allowed(case, device, args.quick, args.compile_all)
+            if p in C.COMPILED:
+                why = _compile_allowed(case, device, args.quick, args.compile_all, p)
                 if why:
                     row.update(status="skipped", reason=why)
                     continue
@@ -331,7 +338,7 @@ def run(args: argparse.Namespace) -> dict:
             if case_notes:
                 row["notes"] = case_notes
             if p in C.OURS:
-                ok = parity_ok.get((case.op, case.dtype, case.k, p))
+                ok = parity_ok.get((case.op, case.dtype, case.k, C.backend_of(p)))
                 row["parity"] = "n/a" if ok is None else ("ok" if ok else "failed")
     bar.close()
     aggregate.add_speedups(rows)
@@ -487,7 +494,8 @@ def write_plots(data: dict, out_dir: Path) -> list[Path]:
         for ax, (op, mode) in zip(axes.flat, panels):
             sel = [r for r in std if r["op"] == op and r["mode"] == mode and r["dtype"] == dtype]
             shapes = sorted({tuple(r["shape"]) for r in sel}, key=lambda s: -s[2])
-            provs = [p for p in ("torch_compile", "triton", "cuda", "cpu") if any(r["provider"] == p for r in sel)]
+            provs = [p for p in ("torch_compile", "triton", "cuda", "cpu", "triton_compile")
+                     if any(r["provider"] == p for r in sel)]
             width = 0.8 / max(1, len(provs))
             for i, p in enumerate(provs):
                 ys = []
