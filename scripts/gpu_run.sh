@@ -20,7 +20,7 @@
 #   TOTAL_S          wall-time budget for the whole script (default 570: the tool stops at 600)
 #   BUILD_TIMEOUT_S  cap on the build step (default 240)
 #   TESTS_TIMEOUT_S  cap on the test step (default 200)
-#   PYTEST_ARGS      test-suite options (default "-q -x")
+#   PYTEST_ARGS      test-suite options (default "-q -rf --maxfail=25": every failure listed, up to 25)
 #   BENCH_ARGS       extra options for python -m convnext_fast.bench (e.g. "--quick", "--compile-all")
 #   MAX_JOBS         parallel compile jobs for the extension (default 16)
 #   PYTHON           interpreter (default: python, else python3)
@@ -43,7 +43,7 @@ STEPS="${STEPS:-build info tests host bench}"
 TOTAL_S="${TOTAL_S:-570}"
 BUILD_TIMEOUT_S="${BUILD_TIMEOUT_S:-240}"
 TESTS_TIMEOUT_S="${TESTS_TIMEOUT_S:-200}"
-PYTEST_ARGS="${PYTEST_ARGS:--q -x}"
+PYTEST_ARGS="${PYTEST_ARGS:--q -rf --maxfail=25}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 LOG="$OUT/log.txt"

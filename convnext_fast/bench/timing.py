@@ -134,7 +134,8 @@ def measure(fn: Callable[[], object], device: torch.device, *, warmup_ms: float 
             fn()
             ends[i].record()
         torch.cuda.synchronize()
-        host_ms = _host_issue_ms(fn, min(n_rep, _HOST_REPS))
+        # at most ~0.5 s of extra calls for slow ones (a training step), 20 for fast ones
+        host_ms = _host_issue_ms(fn, max(3, min(_HOST_REPS, n_rep, int(500.0 / est))))
         return _summary([s.elapsed_time(e) for s, e in zip(starts, ends)], graph, host_ms)
 
     # Host timing: CPU work is synchronous, so perf_counter around the call is exact.
