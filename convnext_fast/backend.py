@@ -7,7 +7,9 @@ Backends:
                   when ``TRITON_INTERPRET=1`` was set before import (how CI tests the kernels).
 * ``cuda``      - the compiled extension's CUDA kernels (CUDA tensors).
 * ``cpu``       - the compiled extension's C++ kernels (CPU tensors).
-* ``auto``      - the fastest available for the tensors' device; falls back quietly.
+* ``auto``      - the fastest available for the tensors' device, chosen separately for the forward
+                  and the backward pass (the saved tensors are the same for every backend, so a
+                  forward on one and a backward on another is valid); falls back quietly.
 
 The choice comes from, in order: ``use_backend()`` / ``set_backend()``, else the environment variable
 ``CONVNEXT_FAST_BACKEND``, else ``auto``. Policy (Liger-Kernel's): ``auto`` may fall back quietly; a
@@ -31,6 +33,7 @@ __all__ = [
     "available_backends",
     "get_backend",
     "resolve",
+    "resolve_passes",
     "set_backend",
     "use_backend",
 ]
@@ -119,18 +122,25 @@ def _unavailable_reason(backend: str, device_type: str) -> str:
     return _extension_reason(backend, device_type)
 
 
-# `auto` on CUDA: triton or cuda, per op and feature-map size (H*W), from H100 bf16 timings of
-# 2026-11-22 at batch 128, forward + backward together. Depthwise conv and fused dwconv+LN (the
-# report in benchmarks/results/): Triton wins at 56x56 and 28x28, the CUDA extension at 14x14 and
-# 7x7. LayerNorm: the final Triton kernel (timed by its author after that report) beats the CUDA
-# one at 56x56, 14x14 and 7x7 and is within 10% at 28x28, so it is used everywhere. On CPU the
+# `auto` on CUDA: triton or cuda per op, pass and feature-map size (H*W), from the H100 bf16 timings
+# of 2026-11-22 at batch 128 (benchmarks/results/nvidia-h100-80gb-hbm3/2026-11-22/report.md; backward
+# = fwd+bwd minus fwd). Depthwise conv forward: Triton down to 14x14, the CUDA extension at 7x7;
+# its backward: Triton at 56x56 and 28x28 (a tie there), CUDA below. Fused dwconv+LN forward: Triton
+# at every stage (1.9x to 3.4x faster than the CUDA kernel); its backward: Triton at 56x56, CUDA
+# below (9% faster at 28x28). LayerNorm: the final Triton kernel (timed by its author after that report) beats the CUDA
+# one at 56x56, 14x14 and 7x7 and is within 10% at 28x28, so it is used everywhere. Those timings
+# predate the current Triton kernels: re-derive this table from the next GPU report. On CPU the
 # compiled extension runs; the Triton interpreter is never chosen automatically.
-_SMALL_MAP_HW = 28 * 28
+_MIN_HW_TRITON = {  # (op, backward) -> smallest H*W at which auto prefers triton over cuda on CUDA
+    ("depthwise_conv2d", False): 14 * 14, ("depthwise_conv2d", True): 28 * 28,
+    ("dwconv_layer_norm", False): 0, ("dwconv_layer_norm", True): 56 * 56,
+    ("layer_norm_2d", False): 0, ("layer_norm_2d", True): 0,
+}
 
 
-def _auto_candidates(op: str, device_type: str, hw: int) -> tuple[str, ...]:
+def _auto_candidates(op: str, device_type: str, hw: int, backward: bool = False) -> tuple[str, ...]:
     if device_type == "cuda":
-        if op == "layer_norm_2d" or hw >= _SMALL_MAP_HW:
+        if hw >= _MIN_HW_TRITON.get((op, backward), 0):
             return ("triton", "cuda", "reference")
         return ("cuda", "triton", "reference")
     if device_type == "cpu":
@@ -138,10 +148,27 @@ def _auto_candidates(op: str, device_type: str, hw: int) -> tuple[str, ...]:
     return ("reference",)
 
 
+def _resolve_auto(op: str, device_type: str, hw: int, backward: bool) -> str:
+    for candidate in _auto_candidates(op, device_type, hw, backward):
+        if not _unavailable_reason(candidate, device_type):
+            return candidate
+    return "reference"
+
+
 def resolve(op: str, device: torch.device, hw: int = 0) -> str:
-    """The concrete backend (never ``auto``) that runs ``op`` on tensors on ``device``.
+    """The concrete backend (never ``auto``) that runs the forward pass of ``op`` on ``device``.
 
     ``hw`` is the feature map's H*W, which ``auto`` uses to pick between the CUDA kernels.
+    """
+    return resolve_passes(op, device, hw)[0]
+
+
+def resolve_passes(op: str, device: torch.device, hw: int = 0) -> tuple[str, str]:
+    """(forward backend, backward backend) for ``op`` on ``device``; equal unless ``auto`` chose two.
+
+    A backend asked for by name runs both passes or raises :class:`BackendUnavailableError`. When
+    the forward is ``reference``, PyTorch's autograd runs the backward and the second entry is
+    ``reference`` too.
     """
     requested = _requested
     device_type = device.type
@@ -149,11 +176,12 @@ def resolve(op: str, device: torch.device, hw: int = 0) -> str:
         reason = _unavailable_reason(requested, device_type)
         if reason:
             raise BackendUnavailableError(f"convnext_fast backend {requested!r} cannot run {op}: {reason}")
-        return requested
-    for candidate in _auto_candidates(op, device_type, hw):
-        if not _unavailable_reason(candidate, device_type):
-            return candidate
-    return "reference"
+        return requested, requested
+    forward = _resolve_auto(op, device_type, hw, backward=False)
+    backward = _resolve_auto(op, device_type, hw, backward=True)
+    if forward == "reference" or backward == "reference":
+        backward = forward  # a kernel forward needs a kernel backward: reference has no ops.*_bwd
+    return forward, backward
 
 
 def implementation(backend: str) -> ModuleType:

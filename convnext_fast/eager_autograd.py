@@ -43,13 +43,13 @@ def fast_path_ok(*tensors: Optional[Tensor]) -> bool:
 
 
 class DepthwiseConvFunction(torch.autograd.Function):
-    """``depthwise_conv2d`` with the backend fixed at the forward call (the backward uses the same)."""
+    """``depthwise_conv2d``; both passes' backends are fixed at the forward call."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str, bwd_backend: str) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        ctx.backend = backend
+        ctx.backend = bwd_backend
         return ops.run_dwconv_fwd(x, weight, bias, backend)
 
     @staticmethod
@@ -57,17 +57,17 @@ class DepthwiseConvFunction(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor):
         x, weight = ctx.saved_tensors
         gx, gw, gb = ops.run_dwconv_bwd(grad_y, x, weight, ctx.backend)
-        return gx, gw, (gb if ctx.has_bias else None), None
+        return gx, gw, (gb if ctx.has_bias else None), None, None
 
 
 class LayerNorm2dFunction(torch.autograd.Function):
     """``layer_norm_2d``; mean and rstd are saved, not returned."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, backend: str) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, backend: str, bwd_backend: str) -> Tensor:
         y, mean, rstd = ops.run_ln_fwd(x, weight, bias, eps, backend)
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.backend = backend
+        ctx.backend = bwd_backend
         return y
 
     @staticmethod
@@ -75,7 +75,7 @@ class LayerNorm2dFunction(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor):
         x, weight, mean, rstd = ctx.saved_tensors
         gx, gw, gb = ops.run_ln_bwd(grad_y, x, weight, mean, rstd, ctx.backend)
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
 
 
 class DwconvLayerNormFunction(torch.autograd.Function):
@@ -83,11 +83,11 @@ class DwconvLayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor, ln_bias: Tensor,
-                eps: float, backend: str) -> Tensor:
+                eps: float, backend: str, bwd_backend: str) -> Tensor:
         y, mean, rstd = ops.run_dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend)
         ctx.save_for_backward(x, dw_weight, dw_bias, ln_weight, mean, rstd)
         ctx.has_bias = dw_bias is not None
-        ctx.backend = backend
+        ctx.backend = bwd_backend
         return y
 
     @staticmethod
@@ -96,4 +96,4 @@ class DwconvLayerNormFunction(torch.autograd.Function):
         x, dw_weight, dw_bias, ln_weight, mean, rstd = ctx.saved_tensors
         gx, g_dw_w, g_dw_b, g_ln_w, g_ln_b = ops.run_dwconv_ln_bwd(grad_y, x, dw_weight, dw_bias, ln_weight, mean,
                                                                    rstd, ctx.backend)
-        return gx, g_dw_w, (g_dw_b if ctx.has_bias else None), g_ln_w, g_ln_b, None, None
+        return gx, g_dw_w, (g_dw_b if ctx.has_bias else None), g_ln_w, g_ln_b, None, None, None

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import ops, reference
-from .backend import resolve
+from .backend import resolve_passes
 from .eager_autograd import DepthwiseConvFunction, DwconvLayerNormFunction, LayerNorm2dFunction, fast_path_ok
 
 __all__ = ["depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm", "MAX_KERNEL_SIZE"]
@@ -87,12 +87,12 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
     _check_x(op, x)
     _check_same(op, x, weight=weight, bias=bias)
     _check_dw(op, x, weight, bias)
-    backend = resolve(op, x.device, x.shape[2] * x.shape[3])
+    backend, bwd_backend = resolve_passes(op, x.device, x.shape[2] * x.shape[3])
     if backend == "reference":
         return reference.depthwise_conv2d(x, weight, bias)
     if fast_path_ok(x, weight, bias):
-        return DepthwiseConvFunction.apply(x, weight, bias, backend)
-    return ops.dwconv_fwd(x, weight, bias, backend)
+        return DepthwiseConvFunction.apply(x, weight, bias, backend, bwd_backend)
+    return ops.dwconv_fwd(x, weight, bias, backend, bwd_backend)
 
 
 def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) -> Tensor:
@@ -113,12 +113,12 @@ def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) ->
     _check_x(op, x)
     _check_same(op, x, weight=weight, bias=bias)
     _check_ln(op, x, weight, bias, eps)
-    backend = resolve(op, x.device, x.shape[2] * x.shape[3])
+    backend, bwd_backend = resolve_passes(op, x.device, x.shape[2] * x.shape[3])
     if backend == "reference":
         return reference.layer_norm_2d(x, weight, bias, eps)
     if fast_path_ok(x, weight, bias):
-        return LayerNorm2dFunction.apply(x, weight, bias, float(eps), backend)
-    return ops.ln_fwd(x, weight, bias, float(eps), backend)[0]
+        return LayerNorm2dFunction.apply(x, weight, bias, float(eps), backend, bwd_backend)
+    return ops.ln_fwd(x, weight, bias, float(eps), backend, bwd_backend)[0]
 
 
 def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor,
@@ -142,9 +142,10 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], l
     _check_same(op, x, dw_weight=dw_weight, dw_bias=dw_bias, ln_weight=ln_weight, ln_bias=ln_bias)
     _check_dw(op, x, dw_weight, dw_bias, prefix="dw_")
     _check_ln(op, x, ln_weight, ln_bias, eps, prefix="ln_")
-    backend = resolve(op, x.device, x.shape[2] * x.shape[3])
+    backend, bwd_backend = resolve_passes(op, x.device, x.shape[2] * x.shape[3])
     if backend == "reference":
         return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
     if fast_path_ok(x, dw_weight, dw_bias, ln_weight, ln_bias):
-        return DwconvLayerNormFunction.apply(x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps), backend)
-    return ops.dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps), backend)[0]
+        return DwconvLayerNormFunction.apply(x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps), backend,
+                                             bwd_backend)
+    return ops.dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps), backend, bwd_backend)[0]

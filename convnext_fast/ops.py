@@ -2,8 +2,9 @@
 
 Each public op is a forward custom op plus a backward custom op, so that both passes are opaque
 nodes torch.compile can trace without a graph break (``torch.library.opcheck`` checks each). The
-backend is chosen in ``functional.py`` *before* the op is called and passed in as a string
-argument, so autograd records which implementation ran and the backward pass uses the same one.
+backends are chosen in ``functional.py`` *before* the op is called and passed in as string
+arguments (``backend`` runs the forward, ``bwd_backend``, when not empty, the backward; ``auto``
+may pick two), so autograd records which implementations run.
 
 Backend implementation contract (``convnext_fast.kernels`` for ``triton``,
 ``convnext_fast.extension`` for ``cuda``/``cpu``); all outputs are freshly allocated through
@@ -72,12 +73,12 @@ def run_dwconv_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, backend: str) -> t
 
 
 @torch.library.custom_op("convnext_fast::dwconv_fwd", mutates_args=())
-def dwconv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
+def dwconv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str, bwd_backend: str = "") -> Tensor:
     return run_dwconv_fwd(x, weight, bias, backend)
 
 
 @dwconv_fwd.register_fake
-def _(x, weight, bias, backend):
+def _(x, weight, bias, backend, bwd_backend=""):
     return empty_channels_last(x.shape, x.dtype, x.device)
 
 
@@ -93,16 +94,16 @@ def _(grad_y, x, weight, backend):
 
 
 def _dwconv_setup(ctx, inputs, output):
-    x, weight, bias, backend = inputs
+    x, weight, bias, backend, bwd_backend = inputs
     ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
-    ctx.backend = backend
+    ctx.backend = bwd_backend or backend
 
 
 def _dwconv_backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
     gx, gw, gb = dwconv_bwd(grad_y, x, weight, ctx.backend)
-    return gx, gw, (gb if ctx.has_bias else None), None
+    return gx, gw, (gb if ctx.has_bias else None), None, None
 
 
 dwconv_fwd.register_autograd(_dwconv_backward, setup_context=_dwconv_setup)
@@ -128,12 +129,13 @@ def run_ln_bwd(grad_y: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Te
 
 
 @torch.library.custom_op("convnext_fast::ln_fwd", mutates_args=())
-def ln_fwd(x: Tensor, weight: Tensor, bias: Tensor, eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def ln_fwd(x: Tensor, weight: Tensor, bias: Tensor, eps: float, backend: str,
+           bwd_backend: str = "") -> tuple[Tensor, Tensor, Tensor]:
     return run_ln_fwd(x, weight, bias, eps, backend)
 
 
 @ln_fwd.register_fake
-def _(x, weight, bias, eps, backend):
+def _(x, weight, bias, eps, backend, bwd_backend=""):
     return (empty_channels_last(x.shape, x.dtype, x.device), *_stats_like(x))
 
 
@@ -149,16 +151,16 @@ def _(grad_y, x, weight, mean, rstd, backend):
 
 
 def _ln_setup(ctx, inputs, output):
-    x, weight, bias, eps, backend = inputs
+    x, weight, bias, eps, backend, bwd_backend = inputs
     _, mean, rstd = output
     ctx.save_for_backward(x, weight, mean, rstd)
-    ctx.backend = backend
+    ctx.backend = bwd_backend or backend
 
 
 def _ln_backward(ctx, grad_y, grad_mean, grad_rstd):
     x, weight, mean, rstd = ctx.saved_tensors
     gx, gw, gb = ln_bwd(grad_y, x, weight, mean, rstd, ctx.backend)
-    return gx, gw, gb, None, None
+    return gx, gw, gb, None, None, None
 
 
 ln_fwd.register_autograd(_ln_backward, setup_context=_ln_setup)
@@ -189,12 +191,12 @@ def run_dwconv_ln_bwd(grad_y: Tensor, x: Tensor, dw_weight: Tensor, dw_bias: Opt
 
 @torch.library.custom_op("convnext_fast::dwconv_ln_fwd", mutates_args=())
 def dwconv_ln_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor, ln_bias: Tensor,
-                  eps: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                  eps: float, backend: str, bwd_backend: str = "") -> tuple[Tensor, Tensor, Tensor]:
     return run_dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend)
 
 
 @dwconv_ln_fwd.register_fake
-def _(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend):
+def _(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend, bwd_backend=""):
     return (empty_channels_last(x.shape, x.dtype, x.device), *_stats_like(x))
 
 
@@ -213,18 +215,18 @@ def _(grad_y, x, dw_weight, dw_bias, ln_weight, mean, rstd, backend):
 
 
 def _dwconv_ln_setup(ctx, inputs, output):
-    x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend = inputs
+    x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend, bwd_backend = inputs
     _, mean, rstd = output
     # The conv output is not saved: the backward pass recomputes it from x (one activation less).
     ctx.save_for_backward(x, dw_weight, dw_bias, ln_weight, mean, rstd)
-    ctx.backend = backend
+    ctx.backend = bwd_backend or backend
 
 
 def _dwconv_ln_backward(ctx, grad_y, grad_mean, grad_rstd):
     x, dw_weight, dw_bias, ln_weight, mean, rstd = ctx.saved_tensors
     gx, g_dw_w, g_dw_b, g_ln_w, g_ln_b = dwconv_ln_bwd(grad_y, x, dw_weight, dw_bias, ln_weight, mean, rstd,
                                                        ctx.backend)
-    return gx, g_dw_w, (g_dw_b if dw_bias is not None else None), g_ln_w, g_ln_b, None, None
+    return gx, g_dw_w, (g_dw_b if dw_bias is not None else None), g_ln_w, g_ln_b, None, None, None
 
 
 dwconv_ln_fwd.register_autograd(_dwconv_ln_backward, setup_context=_dwconv_ln_setup)

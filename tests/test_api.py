@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import convnext_fast
-from convnext_fast import ops, reference
-from convnext_fast.backend import BackendUnavailableError, resolve
+from convnext_fast import backend, ops, reference
+from convnext_fast.backend import BackendUnavailableError, resolve, resolve_passes
 
-from conftest import DEVICE, ON_GPU
+from conftest import DEVICE, ON_GPU, kernel_backends
 
 # --------------------------------------------------------------------------- backend selection
 
@@ -55,6 +55,66 @@ def test_auto_resolves_to_something_that_runs():
     x = torch.randn(1, 3, 5, 5, device=DEVICE)
     w = torch.randn(3, 1, 3, 3, device=DEVICE)
     torch.testing.assert_close(convnext_fast.depthwise_conv2d(x, w), reference.depthwise_conv2d(x, w))
+
+
+def test_explicit_backend_runs_both_passes():
+    for name in ("reference",) + tuple(kernel_backends()):
+        with convnext_fast.use_backend(name):
+            assert resolve_passes("dwconv_layer_norm", DEVICE, 7 * 7) == (name, name)
+
+
+def test_auto_policy_on_cuda_is_per_pass():
+    """The table behind auto on CUDA (pure function: checked here without a GPU)."""
+    first = lambda op, hw, bwd: backend._auto_candidates(op, "cuda", hw, bwd)[0]  # noqa: E731
+    assert first("dwconv_layer_norm", 7 * 7, False) == "triton"
+    assert first("dwconv_layer_norm", 7 * 7, True) == "cuda"
+    assert first("dwconv_layer_norm", 56 * 56, True) == "triton"
+    assert first("dwconv_layer_norm", 28 * 28, True) == "cuda"
+    assert first("depthwise_conv2d", 14 * 14, False) == "triton"
+    assert first("depthwise_conv2d", 7 * 7, False) == "cuda"
+    assert first("depthwise_conv2d", 14 * 14, True) == "cuda"
+    assert first("layer_norm_2d", 7 * 7, True) == "triton"
+    assert backend._auto_candidates("dwconv_layer_norm", "cpu", 49, True) == ("cpu", "reference")
+
+
+@pytest.mark.parametrize("route", ["eager", "custom_op"])
+def test_auto_may_run_the_two_passes_on_different_backends(monkeypatch, route):
+    """Every backend saves the same tensors (x, weights, fp32 mean/rstd), so a forward on one and a
+    backward on another must give the reference gradients: triton forward, cpu backward here."""
+    if not {"triton", "cpu"} <= set(kernel_backends()):
+        pytest.skip("needs the triton (interpreter) and cpu backends on this device")
+    from convnext_fast import functional
+
+    monkeypatch.setattr(backend, "_auto_candidates",
+                        lambda op, device_type, hw, backward=False: ("cpu",) if backward else ("triton",))
+    from convnext_fast import extension
+
+    calls: list = []
+    for name in ("dwconv_forward", "layer_norm_forward", "dwconv_ln_forward", "dwconv_backward",
+                 "layer_norm_backward", "dwconv_ln_backward"):
+        def spy(*args, _name=name, _fn=getattr(extension, name)):
+            calls.append(_name)
+            return _fn(*args)
+        monkeypatch.setattr(extension, name, spy)
+    if route == "custom_op":
+        monkeypatch.setattr(functional, "fast_path_ok", lambda *tensors: False)
+    with convnext_fast.use_backend("auto"):
+        assert resolve_passes("dwconv_layer_norm", DEVICE, 20) == ("triton", "cpu")
+        inputs = _small_inputs(DEVICE)
+        out = _three_ops(*inputs)
+        gy = torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)
+        grads = torch.autograd.grad(out, inputs, gy)
+    # the cpu extension ran the three backward passes and none of the forward ones
+    assert sorted(calls) == ["dwconv_backward", "dwconv_ln_backward", "layer_norm_backward"], calls
+    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    x, w, b, lw, lb = ref_inputs
+    y = reference.depthwise_conv2d(x, w, b)
+    y = reference.layer_norm_2d(y, lw, lb, 1e-6)
+    ref_out = reference.dwconv_layer_norm(y, w, b, lw, lb, 1e-6) * 2.0
+    ref_grads = torch.autograd.grad(ref_out, ref_inputs, gy.double())
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-4, rtol=1e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), r, atol=1e-4, rtol=1e-4)
 
 
 def _run_python(code: str, **env_changes: str | None) -> subprocess.CompletedProcess:
