@@ -228,7 +228,7 @@ def _layer_norm_bwd_kernel(
         wt0 = tl.load(w_ptr + cols0, mask=c_mask0, other=0.0).to(acc_t)
         # Tile-shaped accumulators: each thread adds its own elements, and the sum over the pixels
         # (across threads and warps, through shared memory) happens once, after the loop, instead
-        # of once per tile (that cross-warp reduction cost ~20 barriers per tile).
+        # of once per tile (that cross-warp reduction cost 16 barriers per tile at C = 96, sm_90).
         acc_w = tl.zeros([BLOCK_P, BLOCK_C], dtype=acc_t)
         acc_b = tl.zeros([BLOCK_P, BLOCK_C], dtype=acc_t)
     for i in range(TILES_PER_PROG):

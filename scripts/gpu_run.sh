@@ -13,10 +13,12 @@
 #   speedup.png, sweep.png, model.png   plots
 #   host_overhead.json host time per call of each public op, eager fast path vs custom op (`host` step)
 #   bench_pytest.json  only with the optional `pybench` step (then 9 files: leave out `host`)
+#   tune.json, tune.md only with the optional `tune` step (run it in a call of its own:
+#                      STEPS="build tune"; it sweeps the Triton launchers' constants)
 # Copy them to benchmarks/results/<device-slug>/<date>/ (the summary prints the exact folder).
 #
 # Environment knobs (all optional):
-#   STEPS            steps to run, in order (default "build info tests host bench"; also "pybench")
+#   STEPS            steps to run, in order (default "build info tests host bench"; also "pybench", "tune")
 #   TOTAL_S          wall-time budget for the whole script (default 570: the tool stops at 600)
 #   BUILD_TIMEOUT_S  cap on the build step (default 240)
 #   TESTS_TIMEOUT_S  cap on the test step (default 200)
@@ -151,6 +153,12 @@ step_host() {
     timeout 120 "$PY" benchmarks/bench_host_overhead.py --device cuda --backend $backends --repeats 1000 \
         --json "$OUT/host_overhead.json"
 }
+step_tune() {
+    local budget
+    budget=$(( $(remaining) - 30 ))
+    [ "$budget" -lt 60 ] && { echo "no time left for tune"; return 1; }
+    timeout $(( budget + 20 )) "$PY" -m convnext_fast.bench.tune --out "$OUT" --budget-s "$budget"
+}
 step_pybench() {
     local budget
     budget=$(( $(remaining) - 15 ))
@@ -167,6 +175,7 @@ for step in $STEPS; do
         host)    run_step host step_host ;;
         bench)   run_step bench step_bench ;;
         pybench) run_step pybench step_pybench ;;
+        tune)    run_step tune step_tune ;;
         *)       record "$step" "unknown-step" 0 ;;
     esac
 done
