@@ -741,13 +741,20 @@ inline int64_t band_rows(int64_t H) {
   return (H + nb - 1) / nb;
 }
 
-// Fixed, shape-only split of the N*H rows into blocks for deterministic partial sums.
+// Fixed, shape-only split of the N*H rows into blocks for deterministic partial sums. Each block's
+// partial row (partial_elems) is zeroed, accumulated and summed once: at most 64 blocks, at most
+// 16 MB of partials, and (from 16 blocks on) no more blocks than keep the partial row under 1/16 of
+// a block's work (row_work per row: elements, or multiply-adds). Small maps with wide partials
+// (the 7x7 stage's weight gradient: 44K floats per block) would otherwise spend as long on
+// partials as on the rows.
 struct Blocks {
   int64_t count, rows_per;
 };
-Blocks make_blocks(int64_t rows, int64_t partial_elems) {
-  const int64_t max_by_mem = std::max<int64_t>(1, (int64_t(16) << 20) / std::max<int64_t>(1, partial_elems));
-  const int64_t want = std::max<int64_t>(1, std::min<int64_t>({rows, 64, max_by_mem}));
+Blocks make_blocks(int64_t rows, int64_t partial_elems, int64_t row_work) {
+  const int64_t part = std::max<int64_t>(1, partial_elems);
+  const int64_t max_by_mem = std::max<int64_t>(1, (int64_t(16) << 20) / part);
+  const int64_t max_by_work = std::max<int64_t>(16, rows * row_work / (16 * part));
+  const int64_t want = std::max<int64_t>(1, std::min<int64_t>({rows, 64, max_by_mem, max_by_work}));
   const int64_t per = (rows + want - 1) / want;
   return {(rows + per - 1) / per, per};
 }
@@ -803,7 +810,7 @@ void dwconv_wgrad(const S* gy, const T* x, const Shape& s, int64_t Cp, T* gw, T*
   const RowOps<A>& ops = row_ops<A>();
   const int64_t K = s.K, Kp = round_up(K, kKB);
   const int64_t stride = K * Kp * Cp + Cp;  // per block: taps, then the bias partial
-  const Blocks blk = make_blocks(s.N * s.H, stride);
+  const Blocks blk = make_blocks(s.N * s.H, stride, s.W * Cp * K * K);
   std::vector<A> part(static_cast<size_t>(blk.count * stride), A(0));
   par_for(blk.count, [&](int64_t b, int64_t e) {
     RowRing<T, A> ring(x, s.H, s.W, s.C, Cp, K);
@@ -883,43 +890,56 @@ void layer_norm_forward_t(const T* x, const T* w, const T* b, double eps, T* y, 
   const avec<A> g = prep_vec<T, A>(w, s.C, Cp), bb = prep_vec<T, A>(b, s.C, Cp);
   const avec<A> mask = prep_vec<T, A>(nullptr, s.C, Cp, A(1));
   const RowOps<A>& ops = row_ops<A>();
+  // fp32 / fp64 rows with C a multiple of kCAlign already are what the row kernel reads: no copy
+  // in (ln_fwd_row only reads z when dst is another buffer) and none out.
   const bool direct = std::is_same<T, A>::value && Cp == s.C;
   par_for(s.N * s.H, [&](int64_t b0, int64_t e) {
-    std::vector<A> z(static_cast<size_t>(s.W * Cp), A(0));
+    std::vector<A> z(direct ? 0 : static_cast<size_t>(s.W * Cp), A(0));
     for (int64_t r = b0; r < e; ++r) {
-      load_row(x + r * s.W * s.C, s.W, s.C, z.data(), Cp);
       T* yr = y + r * s.W * s.C;
-      A* dst = direct ? reinterpret_cast<A*>(yr) : z.data();
+      if (direct) {
+        A* xr = const_cast<A*>(reinterpret_cast<const A*>(x + r * s.W * s.C));
+        ops.ln_fwd_row(xr, g.data(), bb.data(), mask.data(), s.W, s.C, Cp, eps, mean + r * s.W, rstd + r * s.W,
+                       reinterpret_cast<A*>(yr), s.C);
+        continue;
+      }
+      load_row(x + r * s.W * s.C, s.W, s.C, z.data(), Cp);
       ops.ln_fwd_row(z.data(), g.data(), bb.data(), mask.data(), s.W, s.C, Cp, eps, mean + r * s.W,
-                     rstd + r * s.W, dst, direct ? s.C : Cp);
-      if (!direct) store_row(z.data(), s.W, s.C, Cp, yr);
+                     rstd + r * s.W, z.data(), Cp);
+      store_row(z.data(), s.W, s.C, Cp, yr);
     }
   });
 }
 
 // LayerNorm backward over rows; z_row(r, buf) yields the normalized layer's input row r (W x Cp)
-// and sink(r, gz) receives the gradient with respect to it. g_ln_w/g_ln_b are deterministic.
-template <class T, class A, class ZRow, class Sink>
+// and sink(r, gz) receives the gradient with respect to it, unless out_row(r) returns the place to
+// write that row directly (a dense W x Cp row of A; then sink is not called). g_ln_w/g_ln_b are
+// deterministic. grad_y rows that already are dense A rows (Cp == C) are read in place.
+template <class T, class A, class ZRow, class Sink, class OutRow>
 void ln_backward_rows(const T* gy, const T* w, const A* mean, const A* rstd, const Shape& s, int64_t Cp,
-                      T* gw_out, T* gb_out, ZRow z_row, Sink sink) {
+                      T* gw_out, T* gb_out, ZRow z_row, Sink sink, OutRow out_row) {
   const RowOps<A>& ops = row_ops<A>();
   const avec<A> g = prep_vec<T, A>(w, s.C, Cp);
   const avec<A> mask = prep_vec<T, A>(nullptr, s.C, Cp, A(1));
   const int64_t stride = 2 * Cp;
-  const Blocks blk = make_blocks(s.N * s.H, stride);
+  const Blocks blk = make_blocks(s.N * s.H, stride, s.W * Cp);
   std::vector<A> part(static_cast<size_t>(blk.count * stride), A(0));
+  const bool gy_direct = std::is_same<T, A>::value && Cp == s.C;
   par_for(blk.count, [&](int64_t b, int64_t e) {
-    std::vector<A> gyb(static_cast<size_t>(s.W * Cp), A(0)), gz(gyb.size(), A(0));
+    std::vector<A> gyb(gy_direct ? 0 : static_cast<size_t>(s.W * Cp), A(0));
+    std::vector<A> gz(static_cast<size_t>(s.W * Cp), A(0));
     auto zstate = z_row.make_state();
     for (int64_t bi = b; bi < e; ++bi) {
       A* pp = part.data() + bi * stride;
       const int64_t r1 = std::min(s.N * s.H, (bi + 1) * blk.rows_per);
       for (int64_t r = bi * blk.rows_per; r < r1; ++r) {
         const A* z = z_row(zstate, r);
-        load_row(gy + r * s.W * s.C, s.W, s.C, gyb.data(), Cp);
-        ops.ln_bwd_row(z, gyb.data(), g.data(), mask.data(), mean + r * s.W, rstd + r * s.W, s.W, s.C, Cp,
-                       gz.data(), pp, pp + Cp);
-        sink(r, gz.data());
+        const A* gyr = gy_direct ? reinterpret_cast<const A*>(gy + r * s.W * s.C) : gyb.data();
+        if (!gy_direct) load_row(gy + r * s.W * s.C, s.W, s.C, gyb.data(), Cp);
+        A* direct = out_row(r);
+        ops.ln_bwd_row(z, gyr, g.data(), mask.data(), mean + r * s.W, rstd + r * s.W, s.W, s.C, Cp,
+                       direct ? direct : gz.data(), pp, pp + Cp);
+        if (!direct) sink(r, gz.data());
       }
     }
   });
@@ -931,13 +951,16 @@ void ln_backward_rows(const T* gy, const T* w, const A* mean, const A* rstd, con
   }
 }
 
-// z rows for the plain LayerNorm: the input row itself, converted.
+// z rows for the plain LayerNorm: the input row itself, converted (read in place when it already
+// is a dense row of A).
 template <class T, class A>
 struct LoadedRows {
   const T* x;
   int64_t W, C, Cp;
-  std::vector<A> make_state() const { return std::vector<A>(static_cast<size_t>(W * Cp), A(0)); }
+  bool direct() const { return std::is_same<T, A>::value && Cp == C; }
+  std::vector<A> make_state() const { return std::vector<A>(direct() ? 0 : static_cast<size_t>(W * Cp), A(0)); }
   const A* operator()(std::vector<A>& buf, int64_t r) const {
+    if (direct()) return reinterpret_cast<const A*>(x + r * W * C);
     load_row(x + r * W * C, W, C, buf.data(), Cp);
     return buf.data();
   }
@@ -971,8 +994,10 @@ void layer_norm_backward_t(const T* gy, const T* x, const T* w, const acc_t<T>* 
                            T* gw, T* gb, const Shape& s) {
   using A = acc_t<T>;
   const int64_t Cp = round_up(s.C, kCAlign);
+  const bool direct = std::is_same<T, A>::value && Cp == s.C;
   ln_backward_rows<T, A>(gy, w, mean, rstd, s, Cp, gw, gb, LoadedRows<T, A>{x, s.W, s.C, Cp},
-                         [&](int64_t r, const A* gz) { store_row(gz, s.W, s.C, Cp, gx + r * s.W * s.C); });
+                         [&](int64_t r, const A* gz) { store_row(gz, s.W, s.C, Cp, gx + r * s.W * s.C); },
+                         [&](int64_t r) -> A* { return direct ? reinterpret_cast<A*>(gx + r * s.W * s.C) : nullptr; });
 }
 
 template <class T>
@@ -987,7 +1012,8 @@ void dwconv_ln_backward_t(const T* gy, const T* x, const T* dw_w, const T* dw_b,
   std::vector<A> gz(static_cast<size_t>(s.N * s.H * s.W * s.C));
   ln_backward_rows<T, A>(gy, ln_w, mean, rstd, s, Cp, g_ln_w, g_ln_b,
                          ConvRows<T, A>{x, wt.data(), dw_b ? bias.data() : nullptr, s, Cp},
-                         [&](int64_t r, const A* g) { store_row(g, s.W, s.C, Cp, gz.data() + r * s.W * s.C); });
+                         [&](int64_t r, const A* g) { store_row(g, s.W, s.C, Cp, gz.data() + r * s.W * s.C); },
+                         [&](int64_t r) -> A* { return Cp == s.C ? gz.data() + r * s.W * s.C : nullptr; });
   dwconv_igrad<T, A, A>(gz.data(), dw_w, s, Cp, gx);
   dwconv_wgrad<T, A, A>(gz.data(), x, s, Cp, g_dw_w, g_dw_b);
 }

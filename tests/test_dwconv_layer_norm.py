@@ -21,6 +21,7 @@ from conftest import ON_GPU, kernel_backends
 # (N, C, H, W, K, conv bias). C = 1100 > 1024 runs the chunked path; 2x3 / 3x2 maps are smaller than K.
 CPU_CASES = [
     (2, 13, 5, 6, 3, True),
+    (1, 16, 4, 5, 3, True),  # C a multiple of 16: the CPU kernels' in-place fp32 rows
     (1, 1, 3, 2, 5, True),
     (1, 37, 4, 3, 7, False),
     (1, 1100, 2, 3, 3, True),

@@ -18,8 +18,9 @@ from conftest import ON_GPU
 
 
 
-# C = 1100 > 1024 (the largest fp32/bf16 register tile) runs the chunked path.
-CPU_SHAPES = [(2, 13, 3, 5), (1, 1, 4, 3), (3, 37, 2, 7), (1, 1100, 2, 3)]
+# C = 1100 > 1024 (the largest fp32/bf16 register tile) runs the chunked path; C = 32 (a multiple of
+# the CPU kernels' 16-channel blocks) the CPU kernels' in-place fp32/fp64 rows.
+CPU_SHAPES = [(2, 13, 3, 5), (1, 1, 4, 3), (3, 37, 2, 7), (1, 1100, 2, 3), (2, 32, 3, 4)]
 GPU_SHAPES = CPU_SHAPES + [(4, 96, 56, 56), (3, 192, 29, 31), (8, 768, 7, 7), (2, 2816, 7, 7), (2, 1408, 14, 14)]
 SHAPES = GPU_SHAPES if ON_GPU else CPU_SHAPES
 LAYOUTS = ["contiguous", "channels_last", "sliced"]
