@@ -100,6 +100,24 @@ def _chan_combine(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
 
 
 @triton.jit
+def _ln_bwd_chunk(z, gy_ptr, g_row, w_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t: tl.constexpr):
+    """One channel chunk of the LayerNorm backward (the chunked, C > one tile, paths): loads the
+    incoming gradient gy and the weight w of the chunk and returns (zhat, w * gy, gy) in acc_t,
+    zhat = (z - mean) * rstd and 0 where masked. g_row: gy's pixel offsets of the tile's rows."""
+    gy = tl.load(gy_ptr + (g_row[:, None] + cols.to(tl.int64)[None, :] * sg_c), mask=mask, other=0.0).to(acc_t)
+    wt = tl.load(w_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
+    zhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+    return zhat, gy * wt[None, :], gy
+
+
+@triton.jit
+def _add_to_partial(ptrs, value, mask):
+    """ptrs += value: read-modify-write of a program's own partial-sum row (no other program
+    touches it, so no atomics; the caller orders it against the next tile with a barrier)."""
+    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
+
+
+@triton.jit
 def _param_grad_reduce_kernel(
     part_ptr,  # (G, R*C) fp32/fp64 partial gradients: row g = program g's R per-channel partial sums
     out0_ptr,  # (C,) sum of column block 0 of the rows (e.g. the weight gradient), output dtype
@@ -259,35 +277,26 @@ def _layer_norm_bwd_kernel(
                 cols = c0 + cols0
                 c_mask = cols < C
                 mask = p_mask[:, None] & c_mask[None, :]
-                c64 = cols.to(tl.int64)[None, :]
-                x = tl.load(x_ptr + (x_row[:, None] + c64 * sx_c), mask=mask, other=0.0).to(acc_t)
-                gy = tl.load(gy_ptr + (g_row[:, None] + c64 * sg_c), mask=mask, other=0.0).to(acc_t)
-                wt = tl.load(w_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
-                xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-                wdy = gy * wt[None, :]
+                x = tl.load(x_ptr + (x_row[:, None] + cols.to(tl.int64)[None, :] * sx_c), mask=mask,
+                            other=0.0).to(acc_t)
+                xhat, wdy, gy = _ln_bwd_chunk(x, gy_ptr, g_row, w_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t)
                 c1 += tl.sum(xhat * wdy, axis=1)
                 c2 += tl.sum(wdy, axis=1)
             c1 = _mean_div(c1, C, inv_C)
             c2 = _mean_div(c2, C, inv_C)
             # Pass 2 (re-reads hit L2): grad_x, and the parameter partials added into this
-            # program's own row of the partial buffers (read-modify-write; no other program
-            # touches the row, so no atomics).
+            # program's own row of the partial buffers.
             for c0 in range(0, C, BLOCK_C):
                 cols = c0 + cols0
                 c_mask = cols < C
                 mask = p_mask[:, None] & c_mask[None, :]
-                c64 = cols.to(tl.int64)[None, :]
-                x = tl.load(x_ptr + (x_row[:, None] + c64 * sx_c), mask=mask, other=0.0).to(acc_t)
-                gy = tl.load(gy_ptr + (g_row[:, None] + c64 * sg_c), mask=mask, other=0.0).to(acc_t)
-                wt = tl.load(w_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
-                xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-                wdy = gy * wt[None, :]
+                x = tl.load(x_ptr + (x_row[:, None] + cols.to(tl.int64)[None, :] * sx_c), mask=mask,
+                            other=0.0).to(acc_t)
+                xhat, wdy, gy = _ln_bwd_chunk(x, gy_ptr, g_row, w_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t)
                 gx = (wdy - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
                 tl.store(gx_ptr + (p[:, None] * C + cols[None, :]), gx.to(gx_ptr.dtype.element_ty), mask=mask)
-                pw = tl.load(part_ptr + part_row + cols, mask=c_mask, other=0.0)
-                pb = tl.load(part_ptr + part_row + C + cols, mask=c_mask, other=0.0)
-                tl.store(part_ptr + part_row + cols, pw + tl.sum(gy * xhat, axis=0), mask=c_mask)
-                tl.store(part_ptr + part_row + C + cols, pb + tl.sum(gy, axis=0), mask=c_mask)
+                _add_to_partial(part_ptr + part_row + cols, tl.sum(gy * xhat, axis=0), c_mask)
+                _add_to_partial(part_ptr + part_row + C + cols, tl.sum(gy, axis=0), c_mask)
             # The thread that re-reads a partial element in the next tile need not be the one
             # that wrote it: order the global writes before the next iteration's reads.
             tl.debug_barrier()
