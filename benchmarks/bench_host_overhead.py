@@ -35,14 +35,13 @@ import torch
 import convnext_fast
 from convnext_fast import functional
 from convnext_fast.backend import implementation
+from convnext_fast.bench.cases import Case, _op_inputs
 
 
 def _inputs(device: str):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 8, 4, 4, generator=g).to(device).contiguous(memory_format=torch.channels_last)
-    w = (torch.randn(8, 1, 7, 7, generator=g) / 7).to(device)
-    b, lw, lb = (torch.randn(8, generator=g).to(device) for _ in range(3))
-    return [t.requires_grad_() for t in (x, w, b, lw, lb)]
+    """The benchmark's own op inputs (convnext_fast.bench.cases) at a tiny shape, requiring grad."""
+    case = Case("dwconv_ln", "fwd", (2, 8, 4, 4), "float32", 7)
+    return [t.requires_grad_() for t in _op_inputs(case, torch.device(device))]
 
 
 def _cases(backend: str, device: str) -> dict[str, tuple[Callable, Callable]]:

@@ -81,11 +81,13 @@ def _patched(module: str, attr: str, value) -> Iterator[None]:
 
 
 def _inputs(c: int, hw: int, batch: int, dtype: torch.dtype, device: torch.device) -> dict:
-    g = torch.Generator(device="cpu").manual_seed(0)
-    rnd = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
-    x = rnd(batch, c, hw, hw).contiguous(memory_format=torch.channels_last)
-    return {"x": x, "w": rnd(c, 1, 7, 7) / 7, "b": rnd(c), "lw": 1 + 0.1 * rnd(c), "lb": rnd(c),
-            "gy": rnd(batch, c, hw, hw).contiguous(memory_format=torch.channels_last)}
+    """The benchmark's own inputs for the fused op at this shape (K = 7), plus an incoming gradient."""
+    from .cases import Case, _op_inputs
+
+    case = Case("dwconv_ln", "fwd", (batch, c, hw, hw), str(dtype).replace("torch.", ""), 7)
+    x, w, b, lw, lb = _op_inputs(case, device)
+    gy = torch.randn(x.shape, generator=torch.Generator(device="cpu").manual_seed(1)).to(device=device, dtype=dtype)
+    return {"x": x, "w": w, "b": b, "lw": lw, "lb": lb, "gy": gy.contiguous(memory_format=torch.channels_last)}
 
 
 def _op(name: str, t: dict) -> Callable[[], tuple]:
