@@ -450,10 +450,13 @@ def _dwconv_ln_bwd_kernel(
 # the JIT's divisibility marks): ptxas spilled a word or two at several neighbouring shapes
 # even at 72-96 registers, these were clean in all four builds. The backward entries were re-picked
 # twice (2026-11-22) when the code around them changed: ptxas's register choice flips with
-# instruction order. tests/test_aot_compile.py fails on any spill; then AOT-compile the neighbours
-# (BLOCK_W 1-4, BLOCK_C 256-1024, 4 or 8 warps) for sm_90 and sm_80 and take a clean one.
+# instruction order. ("fwd", 2) moved from (1, 1024, 4) to (1, 512, 4) (2026-11-23): Triton 3.6
+# (the GPU machine's) spilled 8 B on sm_80 at 72 registers where 3.8 did not; (1, 512, 4) has
+# 54-64 registers and no spill with either. tests/test_aot_compile.py fails on any spill; then
+# AOT-compile the neighbours (BLOCK_W 1-4, BLOCK_C 256-1024, 4 or 8 warps) for sm_90 and sm_80,
+# with every Triton version in use, and take a clean one.
 CHUNKED_BLOCKS = {
-    ("fwd", 2): (1, 1024, 4), ("fwd", 4): (2, 512, 4), ("fwd", 8): (1, 512, 4),
+    ("fwd", 2): (1, 512, 4), ("fwd", 4): (2, 512, 4), ("fwd", 8): (1, 512, 4),
     ("bwd", 2): (1, 1024, 8), ("bwd", 4): (2, 512, 8), ("bwd", 8): (1, 512, 4),
 }
 
@@ -497,18 +500,18 @@ def fused_px_config(c: int, w: int, k: int, dtype: torch.dtype,
     (every ConvNeXt stage: no half-empty groups), else 4; BLOCK_G groups take the rest of
     PX_THREADS threads, at most the whole row (C = 768: one group, 8 warps). K > 7 (code size: K*K*PW unrolled multiply-adds per
     input row, K + PW - 1 live columns), fp64 and C > MAX_BLOCK_C keep _dwconv_ln_fwd_kernel.
-    The backward holds three more tile-shaped accumulators: with fp32 input, ptxas for sm_80 capped
-    it at 168 registers and spilled at PW = 7 (C = 96, 192), so fp32 takes PW = 4 there.
+    The backward holds three more tile-shaped accumulators per output: it takes PW = 4 and twice
+    the warps (2 channels per thread). With 4 channels per thread ptxas spilled 8-16 B at PW = 7
+    and at PW = 4 (Triton 3.6, sm_80 and sm_90; 3.8 only at PW = 7), at 128-168 registers; with 2
+    it uses 86-128 registers and spills with neither version on either architecture.
     """
     if k > 7 or dtype == torch.float64 or c > MAX_BLOCK_C:
         return None
-    pw = min(w, 7 if w % 7 == 0 else 4)
-    if backward and dtype == torch.float32:
-        pw = min(pw, 4)
+    pw = min(w, 4 if backward or w % 7 else 7)
     block_c = triton.next_power_of_2(c)
     lanes_c = max(1, block_c // PX_CPT)  # threads across the channels of one group
     block_g = max(1, min(triton.next_power_of_2(triton.cdiv(w, pw)), PX_THREADS // lanes_c))
-    num_warps = max(1, block_g * lanes_c // 32)
+    num_warps = max(1, block_g * lanes_c // 32) * (2 if backward else 1)
     return pw, block_g, block_c, num_warps
 
 

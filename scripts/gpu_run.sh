@@ -13,12 +13,18 @@
 #   speedup.png, sweep.png, model.png   plots
 #   host_overhead.json host time per call of each public op, eager fast path vs custom op (`host` step)
 #   bench_pytest.json  only with the optional `pybench` step (then 9 files: leave out `host`)
+#   tests_by_file.txt with the `testfiles` step (each test file in its own process)
+#   diag.txt      only with the optional `diag` step (scripts/diag_ext_crash.sh)
 #   tune.json, tune.md only with the optional `tune` step (run it in a call of its own:
 #                      STEPS="build tune"; it sweeps the Triton launchers' constants)
 # Copy them to benchmarks/results/<device-slug>/<date>/ (the summary prints the exact folder).
 #
 # Environment knobs (all optional):
-#   STEPS            steps to run, in order (default "build info tests host bench"; also "pybench", "tune")
+#   STEPS            steps to run, in order (default "build info testfiles"; also "tests" (the suite in
+#                    one process, junit.xml), "host", "bench", "pybench", "tune", "diag"). On a bare machine the
+#                    test files alone take ~7 minutes (Triton compiles every kernel variant first), so
+#                    the benchmark needs a call of its own: STEPS="build host bench"
+#   TEST_FILES, FILE_TIMEOUT_S  order of the test files and the cap on each, for `testfiles`
 #   TOTAL_S          wall-time budget for the whole script (default 570: the tool stops at 600)
 #   BUILD_TIMEOUT_S  cap on the build step (default 240)
 #   TESTS_TIMEOUT_S  cap on the test step (default 200)
@@ -41,7 +47,7 @@ export PYTHONUNBUFFERED=1
 export MAX_JOBS="${MAX_JOBS:-16}"
 # Benchmarks and tests run on the GPU; never through the Triton interpreter.
 unset TRITON_INTERPRET
-STEPS="${STEPS:-build info tests host bench}"
+STEPS="${STEPS:-build info testfiles}"
 TOTAL_S="${TOTAL_S:-570}"
 BUILD_TIMEOUT_S="${BUILD_TIMEOUT_S:-240}"
 TESTS_TIMEOUT_S="${TESTS_TIMEOUT_S:-200}"
@@ -123,6 +129,28 @@ step_tests() {
     return $rc
 }
 
+step_testfiles() {
+    # The suite one file per pytest process: a crash (segfault) in one file costs only that file,
+    # and SIGINT on time-out still makes pytest print its tracebacks and summary. TEST_FILES sets
+    # the order (default: every tests/test_*.py); each file gets at most FILE_TIMEOUT_S and never
+    # more than what is left of the budget. Tracebacks go to tests_by_file.txt.
+    local f cap rc worst=0 files="${TEST_FILES:-$(ls tests/test_*.py)}"
+    local txt="$OUT/tests_by_file.txt"
+    : >"$txt"
+    for f in $files; do
+        cap=$(( $(remaining) - 20 ))
+        [ "$cap" -gt "${FILE_TIMEOUT_S:-150}" ] && cap="${FILE_TIMEOUT_S:-150}"
+        if [ "$cap" -lt 10 ]; then echo "$f: not run (no time left)" | tee -a "$txt"; worst=1; continue; fi
+        printf '\n######## %s (cap %ss)\n' "$f" "$cap" >>"$txt"
+        # shellcheck disable=SC2086
+        timeout -s INT -k 15 "$cap" "$PY" -m pytest "$f" -q -rfE --tb=short --durations=5 -p no:cacheprovider >>"$txt" 2>&1
+        rc=$?
+        echo "$f rc=$rc $(tail -n 1 "$txt")"
+        [ $rc -eq 0 ] || [ $rc -eq 5 ] || worst=1
+    done
+    return $worst
+}
+
 step_bench() {
     # The report's own budget skips cases that would not fit (most important ones run first);
     # coreutils timeout is the backstop. results.json is checkpointed while it runs.
@@ -153,6 +181,9 @@ step_host() {
     timeout 120 "$PY" benchmarks/bench_host_overhead.py --device cuda --backend $backends --repeats 1000 \
         --json "$OUT/host_overhead.json"
 }
+step_diag() {
+    bash "$REPO/scripts/diag_ext_crash.sh" >"$OUT/diag.txt" 2>&1
+}
 step_tune() {
     local budget
     budget=$(( $(remaining) - 30 ))
@@ -172,10 +203,12 @@ for step in $STEPS; do
         build)   run_step build step_build ;;
         info)    run_step info step_info ;;
         tests)   run_step tests step_tests ;;
+        testfiles) run_step testfiles step_testfiles ;;
         host)    run_step host step_host ;;
         bench)   run_step bench step_bench ;;
         pybench) run_step pybench step_pybench ;;
         tune)    run_step tune step_tune ;;
+        diag)    run_step diag step_diag ;;
         *)       record "$step" "unknown-step" 0 ;;
     esac
 done

@@ -18,6 +18,14 @@ from convnext_fast.backend import available_backends  # noqa: E402
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
+if ON_GPU:
+    # cuDNN convolutions default to TF32 on Ampere and later (10-bit mantissa): timm's stem,
+    # downsampling and depthwise convolutions would then carry ~1e-3 relative error while our
+    # kernels compute in fp32, and fp32 parity against them would measure TF32, not us. The parity
+    # tests compare true fp32; TF32 is what users get by default and is left alone outside tests.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
 
 def kernel_backends() -> list[str]:
     """The non-reference backends that can run on DEVICE here (triton via the interpreter on CPU)."""

@@ -383,9 +383,11 @@ def test_more_than_2_pow_31_elements(kernel_backend, device):
     y = convnext_fast.depthwise_conv2d(x, w)
     tail = (slice(None), slice(None), slice(-16, None), slice(None))
     ref = F.conv2d(x[:, :, -22:].float(), w.float(), padding=3, groups=64)[:, :, -16:]
-    assert (y[tail].float() - ref).abs().max() < 0.1
+    # bf16 output of magnitude up to ~40: one rounding is up to 2^-8 of the value (0.125 at 32),
+    # so the bound is relative; a wrapped offset would give garbage, far outside it.
+    torch.testing.assert_close(y[tail].float(), ref, atol=1e-2, rtol=2.0 ** -7)
     del y
     lw, lb = torch.randn(64, device=device, dtype=torch.bfloat16), torch.randn(64, device=device, dtype=torch.bfloat16)
     z = convnext_fast.layer_norm_2d(x, lw, lb)
     ref = reference.layer_norm_2d(x[tail].float(), lw.float(), lb.float())
-    assert (z[tail].float() - ref).abs().max() < 0.1
+    torch.testing.assert_close(z[tail].float(), ref, atol=2e-2, rtol=2.0 ** -7)

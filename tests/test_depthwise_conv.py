@@ -65,12 +65,19 @@ def _torch_lowp(x, w, b, grad_y):
 
 
 def _check_all(ours, ref, lowp=None, atol=None):
+    """y and grad_x with ``atol``; grad_w and grad_b, sums of N*H*W products, in fp32 with an
+    absolute tolerance scaled by sqrt(N*H*W) (random rounding errors add up like a random walk;
+    the same rule as the LayerNorm tests). On the GPU a 4x96x28x28 grad_w carries 1.7e-5 absolute
+    error in its near-zero elements, over the flat 1e-5."""
+    n, _, h, w = ref[0].shape
+    reduce_atol = 1e-5 * max(1.0, (n * h * w) ** 0.5) if ours[0].dtype == torch.float32 else atol
     names = ("y", "grad_x", "grad_w", "grad_b")
     for i, name in enumerate(names):
         if ref[i] is None:
             assert ours[i] is None, f"{name}: expected None"
             continue
-        assert_matches_reference(ours[i], ref[i], None if lowp is None else lowp[i], name=name, atol=atol)
+        assert_matches_reference(ours[i], ref[i], None if lowp is None else lowp[i], name=name,
+                                 atol=reduce_atol if i >= 2 else atol)
 
 
 # (N, C, H, W), K, bias, layout. Chosen to cover: odd/prime sizes, C = 1, C not a multiple of any

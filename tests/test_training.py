@@ -47,12 +47,13 @@ def test_training_step_gradients_match_timm(name):
         assert rel_err(g[k], g_ref[k]) < 1e-4, k
 
 
-def _sgd_losses(model, steps=3):
+def _sgd_losses(model, steps=3, device="cpu"):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(1)
     losses = []
     for _ in range(steps):
         x, t = torch.randn(2, 3, 32, 32, generator=g), torch.randint(0, 5, (2,), generator=g)
+        x, t = x.to(device), t.to(device)
         opt.zero_grad()
         loss = F.cross_entropy(model(x), t)
         loss.backward()
@@ -68,7 +69,7 @@ def test_sgd_steps_match_timm():
     assert _sgd_losses(model) == pytest.approx(_sgd_losses(ref), rel=1e-4)
 
 
-def test_sgd_steps_kernel_backend_match_reference(kernel_backend):
+def test_sgd_steps_kernel_backend_match_reference(kernel_backend, device):
     """The same optimizer steps on each kernel backend (Triton interpreter on CPU) and on reference."""
     arch = dict(depths=(1, 1, 1, 1), dims=(8, 16, 16, 24), num_classes=5)
     base = ConvNeXt(**arch)
@@ -76,10 +77,10 @@ def test_sgd_steps_kernel_backend_match_reference(kernel_backend):
     state = {k: v.clone() for k, v in base.state_dict().items()}
     losses = {}
     for backend in ("reference", kernel_backend):
-        model = ConvNeXt(**arch).train()
+        model = ConvNeXt(**arch).to(device).train()
         model.load_state_dict(state)
         with convnext_fast.use_backend(backend):
-            losses[backend] = _sgd_losses(model, steps=2)
+            losses[backend] = _sgd_losses(model, steps=2, device=device)
     assert losses[kernel_backend] == pytest.approx(losses["reference"], rel=1e-4)
 
 
