@@ -14,7 +14,13 @@ itself takes a few microseconds) through
 for forward only (inputs that require grad, so autograd records the node) and forward + backward.
 Calls are interleaved round-robin so machine load hits every route alike; medians in microseconds.
 
-Run: ``python benchmarks/bench_host_overhead.py [--backend cpu ...] [--json out.json]``. The ``cpu``
+Two machine baselines come with the rows (``meta``): a bare ``sync()`` and one small PyTorch op
+(``x + 1``) followed by ``sync()``, so numbers from machines with different CPUs can be compared
+(the 2026-11-22 GPU machine ran Python about 3x slower than the 2-core dev machine).
+``--profile FILE`` also writes cProfile's top functions (by own time) of the public forward and of
+the backend kernel call of each op: where the host time goes.
+
+Run: ``python benchmarks/bench_host_overhead.py [--backend cpu ...] [--json out.json] [--profile out.txt]``. The ``cpu``
 backend needs the compiled extension; ``triton`` on CPU needs TRITON_INTERPRET=1 and measures the
 interpreter, not a GPU launch, so it is not useful here. On a GPU machine pass ``--device cuda
 --backend triton cuda`` to include the Triton / extension launch cost (``scripts/gpu_run.sh``'s
@@ -24,8 +30,11 @@ kernels; the differences between routes are host time.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import platform
+import pstats
 import statistics
 import time
 from typing import Callable
@@ -101,6 +110,38 @@ def _measure_backend(backend: str, device: str, repeats: int, sync: Callable) ->
     return rows
 
 
+def _baselines(device: str, repeats: int, sync: Callable) -> dict[str, float]:
+    """Median host time of a bare sync() and of one small PyTorch op + sync(), in microseconds."""
+    x = torch.ones(2, 8, 4, 4, device=device)
+    sync_us, add_us = _median_us([sync, lambda: x + 1], repeats, sync)
+    return {"sync_only_us": sync_us, "torch_add_us": add_us}
+
+
+def _profile_text(backend: str, device: str, calls: int, sync: Callable, top: int = 18) -> str:
+    """cProfile of ``calls`` public forwards and ``calls`` kernel calls per op: top functions by own time."""
+    out = io.StringIO()
+    with convnext_fast.use_backend(backend):
+        for op, (public, kernel) in _cases(backend, device).items():
+            for route, fn in (("public forward", public), ("kernel only", kernel)):
+                for _ in range(20):
+                    fn()
+                sync()
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(calls):
+                    fn()
+                sync()
+                prof.disable()
+                out.write(f"\n===== {backend} {op} {route}: per call, {calls} calls =====\n")
+                out.write(f"{'own us':>8s} {'cum us':>8s} {'calls':>6s}  function\n")
+                stats = pstats.Stats(prof).stats  # (file, line, name) -> (prim calls, calls, own s, cum s, callers)
+                rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+                for (file, line, name), (_, ncalls, own, cum, _) in rows:
+                    where = name if file == "~" else f"{file.split('site-packages/')[-1]}:{line}({name})"
+                    out.write(f"{own / calls * 1e6:8.2f} {cum / calls * 1e6:8.2f} {ncalls / calls:6.1f}  {where}\n")
+    return out.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", nargs="+", default=["cpu"], choices=["cpu", "cuda", "triton"],
@@ -109,16 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--profile", help="also write cProfile's top functions per op and route to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    baselines = _baselines(args.device, args.repeats, sync)
+    print(f"baselines: sync only {baselines['sync_only_us']:.1f} us, x + 1 and sync {baselines['torch_add_us']:.1f} us")
     rows = []
     for backend in args.backend:
         rows += _measure_backend(backend, args.device, args.repeats, sync)
+    if args.profile:
+        with open(args.profile, "w") as f:
+            for backend in args.backend:
+                f.write(_profile_text(backend, args.device, min(args.repeats, 500), sync))
     if args.json:
         meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
                 "processor": platform.processor(), "backends": args.backend, "device": args.device,
-                "threads": args.threads, "repeats": args.repeats, "shape": [2, 8, 4, 4], "kernel_size": 7}
+                "threads": args.threads, "repeats": args.repeats, "shape": [2, 8, 4, 4], "kernel_size": 7,
+                **baselines}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": rows}, f, indent=1)
     return 0

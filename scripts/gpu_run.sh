@@ -12,6 +12,7 @@
 #   report.md     the benchmark tables
 #   speedup.png, sweep.png, model.png   plots
 #   host_overhead.json host time per call of each public op, eager fast path vs custom op (`host` step)
+#   host_profile.txt   cProfile of those calls: where the host time goes (`host` step)
 #   bench_pytest.json  only with the optional `pybench` step (then 9 files: leave out `host`)
 #   tests_by_file.txt with the `testfiles` step (each test file in its own process)
 #   diag.txt      only with the optional `diag` step (scripts/diag_ext_crash.sh)
@@ -178,8 +179,8 @@ step_host() {
     "$PY" -c "import sys; from convnext_fast import extension; sys.exit(extension.unavailable_reason('cuda') != '')" \
         && backends="triton cuda"
     # shellcheck disable=SC2086
-    timeout 120 "$PY" benchmarks/bench_host_overhead.py --device cuda --backend $backends --repeats 1000 \
-        --json "$OUT/host_overhead.json"
+    timeout 150 "$PY" benchmarks/bench_host_overhead.py --device cuda --backend $backends --repeats 1000 \
+        --json "$OUT/host_overhead.json" --profile "$OUT/host_profile.txt"
 }
 step_diag() {
     bash "$REPO/scripts/diag_ext_crash.sh" >"$OUT/diag.txt" 2>&1
