@@ -25,7 +25,7 @@
 #                    one process, junit.xml), "host", "bench", "pybench", "tune", "diag"). On a bare machine the
 #                    test files alone take ~7 minutes (Triton compiles every kernel variant first), so
 #                    the benchmark needs a call of its own: STEPS="build host bench"
-#   TEST_FILES, FILE_TIMEOUT_S  order of the test files and the cap on each, for `testfiles`
+#   TEST_FILES, FILE_TIMEOUT_S  order of the test files and the cap on each (default 180 s), for `testfiles`
 #   TOTAL_S          wall-time budget for the whole script (default 570: the tool stops at 600)
 #   BUILD_TIMEOUT_S  cap on the build step (default 240)
 #   TESTS_TIMEOUT_S  cap on the test step (default 200)
@@ -140,7 +140,7 @@ step_testfiles() {
     : >"$txt"
     for f in $files; do
         cap=$(( $(remaining) - 20 ))
-        [ "$cap" -gt "${FILE_TIMEOUT_S:-150}" ] && cap="${FILE_TIMEOUT_S:-150}"
+        [ "$cap" -gt "${FILE_TIMEOUT_S:-180}" ] && cap="${FILE_TIMEOUT_S:-180}"
         if [ "$cap" -lt 10 ]; then echo "$f: not run (no time left)" | tee -a "$txt"; worst=1; continue; fi
         printf '\n######## %s (cap %ss)\n' "$f" "$cap" >>"$txt"
         # shellcheck disable=SC2086

@@ -1,5 +1,7 @@
 """Training: gradients against timm, optimizer steps across backends, stochastic depth, gradient
-checkpointing, autocast (bf16), torch.compile(fullgraph=True) and DDP (gloo, two CPU processes)."""
+checkpointing, autocast (bf16), torch.compile(fullgraph=True) and DDP (gloo, two processes, on the
+reference and on the device's default kernels). Tests run on the reference backend unless they say
+otherwise."""
 from __future__ import annotations
 
 import os
@@ -198,36 +200,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, state, x, t, out_dir):
+def _ddp_worker(rank, world, port, state, x, t, out_dir, backend_name, device):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    # gloo: two ranks on one machine, CPU or a single GPU (NCCL needs one GPU per rank).
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        convnext_fast.set_backend("reference")
+        convnext_fast.set_backend(backend_name)
         model = ConvNeXt(**SMALL).train()
         model.load_state_dict(state)
-        ddp = DDP(model)
+        ddp = DDP(model.to(device))
         shard = slice(rank * x.shape[0] // world, (rank + 1) * x.shape[0] // world)
-        F.cross_entropy(ddp(x[shard]), t[shard]).backward()
+        F.cross_entropy(ddp(x[shard].to(device)), t[shard].to(device)).backward()
         if rank == 0:
-            torch.save({k: p.grad for k, p in model.named_parameters()}, os.path.join(out_dir, "grads.pt"))
+            ran = convnext_fast.backend.resolve("dwconv_layer_norm", torch.device(device), 64)
+            torch.save({"backend": ran, "grads": {k: p.grad.cpu() for k, p in model.named_parameters()}},
+                       os.path.join(out_dir, "grads.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_match_single_process(tmp_path):
+@pytest.mark.parametrize("backend_name", ["reference", "kernels"])
+def test_ddp_two_processes_match_single_process(tmp_path, backend_name, device):
+    """Two DDP ranks, each on half the batch, give the single-process gradients of the whole batch
+    (computed with the reference). ``kernels``: the ranks run the default backend for the device
+    (``auto``: the compiled CPU kernels, or Triton / CUDA on a GPU)."""
     import torch.multiprocessing as mp
 
+    with convnext_fast.use_backend("auto"):  # what the workers will run (this file defaults to reference)
+        if backend_name == "kernels" and convnext_fast.backend.resolve("dwconv_layer_norm", device, 64) == "reference":
+            pytest.skip(f"no kernel backend runs {device} tensors by default here")
     model = ConvNeXt(**SMALL).train()
     randomize_(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x, t = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
-    F.cross_entropy(model(x), t).backward()  # mean over the full batch = DDP's average of shard means
+    with convnext_fast.use_backend("reference"):
+        F.cross_entropy(model(x), t).backward()  # mean over the full batch = DDP's average of shard means
     expected = _grads(model)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), state, x, t, str(tmp_path)), nprocs=2, join=True)
-    grads = torch.load(tmp_path / "grads.pt", weights_only=True)
+    worker_backend = "reference" if backend_name == "reference" else "auto"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), state, x, t, str(tmp_path), worker_backend, str(device)),
+             nprocs=2, join=True)
+    saved = torch.load(tmp_path / "grads.pt", weights_only=True)
+    grads = saved["grads"]
+    assert (saved["backend"] == "reference") == (backend_name == "reference"), saved["backend"]
+    tol = 1e-5 if backend_name == "reference" else 1e-4  # kernels sum in another order than PyTorch
     for k, g in expected.items():
-        assert rel_err(grads[k], g) < 1e-5, k
+        assert rel_err(grads[k], g) < tol, k
