@@ -184,6 +184,9 @@ def resolve_passes(op: str, device: torch.device, hw: int = 0) -> tuple[str, str
     return forward, backward
 
 
+_IMPLEMENTATIONS: dict[str, ModuleType] = {}  # filled on first use: importing triton is slow
+
+
 def implementation(backend: str) -> ModuleType:
     """The module holding the forward/backward functions of a concrete, non-reference backend.
 
@@ -191,15 +194,17 @@ def implementation(backend: str) -> ModuleType:
     ``layer_norm_backward``, ``dwconv_ln_forward`` and ``dwconv_ln_backward`` with the signatures
     documented in ``convnext_fast/ops.py``.
     """
+    module = _IMPLEMENTATIONS.get(backend)
+    if module is not None:  # every op call comes here: a dict lookup, not an import statement
+        return module
     if backend == "triton":
-        from . import kernels
-
-        return kernels
-    if backend in ("cuda", "cpu"):
-        from . import extension
-
-        return extension
-    raise ValueError(f"backend {backend!r} has no kernel implementation module")
+        from . import kernels as module
+    elif backend in ("cuda", "cpu"):
+        from . import extension as module
+    else:
+        raise ValueError(f"backend {backend!r} has no kernel implementation module")
+    _IMPLEMENTATIONS[backend] = module
+    return module
 
 
 def available_backends(device_type: str) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """Public functions: validate the input, pick the backend, run the op.
 
 In plain eager mode the kernels run through a ``torch.autograd.Function`` (``eager_autograd.py``,
-less host overhead); under torch.compile, dispatch modes or tensor subclasses, through the
-registered custom ops (``ops.py``). Both call the same kernels.
+less host overhead), or directly when autograd has nothing to record (no_grad, inference); under
+torch.compile, dispatch modes or tensor subclasses, through the registered custom ops (``ops.py``).
+All call the same kernels.
 
 Each function accepts (N, C, H, W) tensors in any memory layout and returns a channels_last
 (N, C, H, W) tensor (the ``reference`` backend returns whatever PyTorch returns). Bad input raises
@@ -17,7 +18,8 @@ from torch import Tensor
 
 from . import ops, reference
 from .backend import resolve_passes
-from .eager_autograd import DepthwiseConvFunction, DwconvLayerNormFunction, LayerNorm2dFunction, fast_path_ok
+from .eager_autograd import (DepthwiseConvFunction, DwconvLayerNormFunction, LayerNorm2dFunction, fast_path_ok,
+                             needs_graph)
 
 __all__ = ["depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm", "MAX_KERNEL_SIZE"]
 
@@ -91,6 +93,8 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
     if backend == "reference":
         return reference.depthwise_conv2d(x, weight, bias)
     if fast_path_ok(x, weight, bias):
+        if not needs_graph(x, weight, bias):
+            return ops.run_dwconv_fwd(x, weight, bias, backend)
         return DepthwiseConvFunction.apply(x, weight, bias, backend, bwd_backend)
     return ops.dwconv_fwd(x, weight, bias, backend, bwd_backend)
 
@@ -117,6 +121,8 @@ def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) ->
     if backend == "reference":
         return reference.layer_norm_2d(x, weight, bias, eps)
     if fast_path_ok(x, weight, bias):
+        if not needs_graph(x, weight, bias):
+            return ops.run_ln_fwd(x, weight, bias, float(eps), backend)[0]
         return LayerNorm2dFunction.apply(x, weight, bias, float(eps), backend, bwd_backend)
     return ops.ln_fwd(x, weight, bias, float(eps), backend, bwd_backend)[0]
 
@@ -146,6 +152,8 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], l
     if backend == "reference":
         return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
     if fast_path_ok(x, dw_weight, dw_bias, ln_weight, ln_bias):
+        if not needs_graph(x, dw_weight, dw_bias, ln_weight, ln_bias):
+            return ops.run_dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps), backend)[0]
         return DwconvLayerNormFunction.apply(x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps), backend,
                                              bwd_backend)
     return ops.dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, float(eps), backend, bwd_backend)[0]

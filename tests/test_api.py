@@ -308,6 +308,36 @@ def test_eager_fast_path_matches_the_custom_op_bitwise(kernel_backend, device, m
         assert torch.equal(a, e)
 
 
+def test_no_graph_to_record_calls_the_kernels_directly(kernel_backend, device, monkeypatch):
+    """no_grad / inputs without grad: the eager route skips the autograd.Function (less host time)
+    and gives the same bits; an open forward-AD level keeps it, so dual inputs still raise instead
+    of losing their tangents."""
+    import torch.autograd.forward_ad as fwAD
+    from convnext_fast import eager_autograd
+
+    x, w, b, lw, lb = _small_inputs(device)
+    with_graph = [t.detach() for t in (convnext_fast.depthwise_conv2d(x, w, b), convnext_fast.layer_norm_2d(x, lw, lb),
+                                       convnext_fast.dwconv_layer_norm(x, w, b, lw, lb))]
+    applied = []
+    for cls in (eager_autograd.DepthwiseConvFunction, eager_autograd.LayerNorm2dFunction,
+                eager_autograd.DwconvLayerNormFunction):
+        monkeypatch.setattr(cls, "apply", lambda *a, _cls=cls: applied.append(_cls) or pytest.fail("Function used"))
+    with torch.no_grad():
+        direct = [convnext_fast.depthwise_conv2d(x, w, b), convnext_fast.layer_norm_2d(x, lw, lb),
+                  convnext_fast.dwconv_layer_norm(x, w, b, lw, lb)]
+    plain = [t.detach() for t in (x, w, b, lw, lb)]
+    direct.append(convnext_fast.layer_norm_2d(plain[0], plain[3], plain[4]))  # grad mode on, nothing requires grad
+    assert not applied
+    for a, e in zip(direct, with_graph + [with_graph[1]]):
+        assert a.grad_fn is None and not a.requires_grad
+        assert torch.equal(a, e)
+    monkeypatch.undo()
+    with fwAD.dual_level(), torch.no_grad():
+        xd = fwAD.make_dual(plain[0], torch.ones_like(plain[0]))
+        with pytest.raises(NotImplementedError, match="jvp"):
+            convnext_fast.depthwise_conv2d(xd, plain[1], plain[2])
+
+
 def test_eager_fast_path_refuses_double_backward(kernel_backend, device):
     x, w, b, lw, lb = _small_inputs(device)
     y = convnext_fast.dwconv_layer_norm(x, w, b, lw, lb)
