@@ -209,6 +209,7 @@ def _ddp_worker(rank, world, port, state, x, t, out_dir, backend_name, device):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # as conftest.py
         convnext_fast.set_backend(backend_name)
         model = ConvNeXt(**SMALL).train()
         model.load_state_dict(state)
