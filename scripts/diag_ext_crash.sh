@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Diagnosis for the open crash of 2026-11-22 (benchmarks/results/nvidia-h100-80gb-hbm3/2026-11-22-tests/
-# NOTE.md): on the GPU machine the first TORCH_CHECK thrown inside convnext_fast._C killed the process
-# with SIGSEGV. Prints the compilers, the libstdc++ / libgcc_s the extension links and the process
-# loads, pybind11's ABI tags, then triggers three C++ errors (CPU 3-D input, CPU bad weight shape,
-# CUDA bad weight shape), each in its own process with a SIGSEGV handler that prints the native
-# backtrace. Run after the build: `STEPS="build diag" scripts/gpu_run.sh $OUT` (-> diag.txt).
+# Diagnosis for the open crash of 2026-11-22
+# (benchmarks/results/nvidia-h100-80gb-hbm3/2026-11-22-tests/NOTE.md): on the GPU machine the
+# first TORCH_CHECK thrown inside convnext_fast._C killed the process with SIGSEGV (not reproduced
+# with torch 2.11.0+cu130 and gcc 12 on the dev machine: the crash needs something of the GPU
+# machine's, e.g. its /opt/gcc or its runtime). Prints the compilers, the libstdc++ / libgcc_s the
+# extension links and the process loads, pybind11's ABI tags, then triggers three C++ errors (CPU
+# 3-D input, CPU bad weight shape, CUDA bad weight shape), each in its own process with a SIGSEGV
+# handler that prints the native backtrace, and the CPU one again under cuda-gdb where it exists
+# (the GPU image has no gdb). Run after the build: `STEPS="build diag" scripts/gpu_run.sh $OUT`
+# (-> diag.txt).
 set -u
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 cat > /tmp/segv.c <<'C'
@@ -46,3 +50,8 @@ except Exception as e:
     print(which, "raised", type(e).__name__, str(e)[:100])
 P
 for w in x3d cpu_shape cuda_shape; do LD_PRELOAD=/tmp/libsegv.so $PY /tmp/repro.py $w 2>&1 | "$DEMANGLE" | head -30; echo "[$w rc=${PIPESTATUS[0]}]"; done
+# The GPU image has no gdb, but cuda-gdb debugs host-only programs too: a symbolized backtrace.
+if command -v cuda-gdb >/dev/null; then
+    echo "----- cuda-gdb, cpu_shape"
+    timeout 120 cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" --args $PY /tmp/repro.py cpu_shape 2>&1 | tail -80
+fi
