@@ -53,5 +53,5 @@ for w in x3d cpu_shape cuda_shape; do LD_PRELOAD=/tmp/libsegv.so $PY /tmp/repro.
 # The GPU image has no gdb, but cuda-gdb debugs host-only programs too: a symbolized backtrace.
 if command -v cuda-gdb >/dev/null; then
     echo "----- cuda-gdb, cpu_shape"
-    timeout 120 cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" --args $PY /tmp/repro.py cpu_shape 2>&1 | tail -80
+    timeout 60 cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" --args $PY /tmp/repro.py cpu_shape 2>&1 | tail -80
 fi

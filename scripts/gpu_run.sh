@@ -15,14 +15,14 @@
 #   host_profile.txt   cProfile of those calls: where the host time goes (`host` step)
 #   bench_pytest.json  only with the optional `pybench` step (then 9 files: leave out `host`)
 #   tests_by_file.txt with the `testfiles` step (each test file in its own process)
-#   diag.txt      only with the optional `diag` step (scripts/diag_ext_crash.sh)
+#   diag.txt      `diag` step (scripts/diag_ext_crash.sh: the open extension crash of 2026-11-22)
 #   tune.json, tune.md only with the optional `tune` step (run it in a call of its own:
 #                      STEPS="build tune"; it sweeps the Triton launchers' constants)
 # Copy them to benchmarks/results/<device-slug>/<date>/ (the summary prints the exact folder).
 #
 # Environment knobs (all optional):
-#   STEPS            steps to run, in order (default "build info testfiles"; also "tests" (the suite in
-#                    one process, junit.xml), "host", "bench", "pybench", "tune", "diag"). On a bare machine the
+#   STEPS            steps to run, in order (default "build info diag testfiles"; also "tests" (the suite in
+#                    one process, junit.xml), "host", "bench", "pybench", "tune"). On a bare machine the
 #                    test files alone take ~7 minutes (Triton compiles every kernel variant first), so
 #                    the benchmark needs a call of its own: STEPS="build host bench"
 #   TEST_FILES, FILE_TIMEOUT_S  order of the test files and the cap on each (default 180 s), for `testfiles`
@@ -48,7 +48,7 @@ export PYTHONUNBUFFERED=1
 export MAX_JOBS="${MAX_JOBS:-16}"
 # Benchmarks and tests run on the GPU; never through the Triton interpreter.
 unset TRITON_INTERPRET
-STEPS="${STEPS:-build info testfiles}"
+STEPS="${STEPS:-build info diag testfiles}"
 TOTAL_S="${TOTAL_S:-570}"
 BUILD_TIMEOUT_S="${BUILD_TIMEOUT_S:-240}"
 TESTS_TIMEOUT_S="${TESTS_TIMEOUT_S:-200}"
