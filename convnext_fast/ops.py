@@ -57,7 +57,8 @@ def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def run_dwconv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
-    """The body of ``dwconv_fwd``; also called directly by the eager autograd path (autograd_eager.py)."""
+    """The body of ``dwconv_fwd``; also called by the eager route (``eager_autograd.py``, and
+    ``functional.py`` when autograd has nothing to record)."""
     if x.numel() == 0:
         return empty_channels_last(x.shape, x.dtype, x.device)
     return implementation(backend).dwconv_forward(x, weight.contiguous(), _contig(bias))
