@@ -6,8 +6,11 @@ catches those on a machine without a GPU: this module compiles each ``aot_config
 kernel modules for the named targets and reads registers, stack (spills) and shared memory from
 the cubin with the ``cuobjdump`` that ships in the triton wheel.
 
-Usage: ``python -m convnext_fast.aot_check [--arch 90 80] [--json]``. Must run with
-``TRITON_INTERPRET`` unset (under the interpreter ``@triton.jit`` functions cannot be compiled).
+Usage: ``python -m convnext_fast.aot_check [--arch 90 80] [--json] [--mix] [--only REGEX]``.
+``--mix`` adds the instruction mix of each kernel's hot loop (``convnext_fast/sass_mix.py``: FFMA
+share, moves, memory and conversion instructions), the offline measure of how close a kernel can
+get to the fp32 FMA rate. Must run with ``TRITON_INTERPRET`` unset (under the interpreter
+``@triton.jit`` functions cannot be compiled).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from .sass_mix import disassemble, hot_loop_mix
 
 KERNEL_MODULES = (
     "convnext_fast.kernels.depthwise_conv",
@@ -39,8 +44,9 @@ def _cuobjdump() -> str:
     return str(path)
 
 
-def compile_config(cfg: dict, arch: int) -> dict:
-    """Compile one config for sm_<arch>; return name, arch, registers, stack bytes, shared bytes."""
+def compile_config(cfg: dict, arch: int, mix: bool = False) -> dict:
+    """Compile one config for sm_<arch>; return name, arch, registers, stack bytes, shared bytes
+    (and with ``mix`` the hot loop's instruction mix, ``sass_mix.LoopMix.as_dict()``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -62,9 +68,13 @@ def compile_config(cfg: dict, arch: int) -> dict:
     if match is None:
         raise RuntimeError(f"could not read the resource usage of {cfg['name']}:\n{out}")
     regs, stack, shared, local = (int(g) for g in match.groups())
-    return {"name": cfg["name"], "arch": arch, "registers": regs, "stack_bytes": stack,
-            "shared_bytes": max(shared, int(compiled.metadata.shared)), "local_bytes": local,
-            "spills": stack > 0 or local > 0}
+    row = {"name": cfg["name"], "arch": arch, "registers": regs, "stack_bytes": stack,
+           "shared_bytes": max(shared, int(compiled.metadata.shared)), "local_bytes": local,
+           "spills": stack > 0 or local > 0}
+    if mix:
+        loop = hot_loop_mix(disassemble(compiled.asm["cubin"]))
+        row.update(loop.as_dict() if loop else {"loop_instructions": 0})
+    return row
 
 
 def all_configs() -> list[dict]:
@@ -78,16 +88,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities (90 = H100)")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    parser.add_argument("--mix", action="store_true",
+                        help="also the hot loop's instruction mix (loop instructions, FFMA share, MOV, memory, "
+                             "conversion instructions)")
+    parser.add_argument("--only", metavar="REGEX", help="only the configurations whose name matches")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled for a GPU")
-    rows = [compile_config(cfg, arch) for cfg in all_configs() for arch in args.arch]
+    configs = [c for c in all_configs() if not args.only or re.search(args.only, c["name"])]
+    rows = [compile_config(cfg, arch, args.mix) for cfg in configs for arch in args.arch]
     if args.json:
         print(json.dumps(rows))
     else:
-        print(f"{'kernel config':60s} {'sm':>3s} {'regs':>5s} {'stack':>6s} {'smem':>7s}")
+        head = f"{'kernel config':60s} {'sm':>3s} {'regs':>5s} {'stack':>6s} {'smem':>7s}"
+        if args.mix:
+            head += f" {'loop':>5s} {'FFMA%':>6s} {'MOV':>4s} {'mem':>4s} {'cvt':>4s}"
+        print(head)
         for r in rows:
-            print(f"{r['name']:60s} {r['arch']:>3d} {r['registers']:>5d} {r['stack_bytes']:>6d} {r['shared_bytes']:>7d}")
+            line = (f"{r['name']:60s} {r['arch']:>3d} {r['registers']:>5d} {r['stack_bytes']:>6d} "
+                    f"{r['shared_bytes']:>7d}")
+            if args.mix and r["loop_instructions"]:
+                line += (f" {r['loop_instructions']:>5d} {100 * r['loop_ffma_share']:>5.1f}% {r['loop_mov']:>4d} "
+                         f"{r['loop_memory']:>4d} {r['loop_convert']:>4d}")
+            print(line)
     return 1 if any(r["spills"] for r in rows) else 0
 
 

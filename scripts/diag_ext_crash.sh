@@ -21,7 +21,12 @@ C
 CC="$(command -v gcc || echo /opt/gcc/bin/gcc)"
 "$CC" -shared -fPIC -o /tmp/libsegv.so /tmp/segv.c || echo "could not build the SIGSEGV handler"
 DEMANGLE="$(command -v c++filt || command -v cat)"
-for cxx in /opt/gcc/bin/g++ g++ "${CXX:-}"; do [ -n "$cxx" ] && command -v "$cxx" >/dev/null && echo "$cxx: $("$cxx" --version | head -1)"; done
+for cxx in /opt/gcc/bin/g++ g++ "${CXX:-}"; do
+    [ -n "$cxx" ] && command -v "$cxx" >/dev/null || continue
+    # the C++ ABI macros pybind11 builds its internals id from, and the default std::string ABI
+    echo "$cxx: $("$cxx" --version | head -1); $(echo '#include <string>' | "$cxx" -dM -E -x c++ - | grep -E "define (__GXX_ABI_VERSION|_GLIBCXX_USE_CXX11_ABI) " | tr '\n' ' ')"
+done
+"$PY" -c "import torch; print('torch built with _GLIBCXX_USE_CXX11_ABI', int(torch._C._GLIBCXX_USE_CXX11_ABI))"
 SO=$(ls convnext_fast/_C*.so); strings -a "$SO" | grep "GCC:" | sort -u | head -3
 ldd "$SO" | grep -E "stdc|gcc_s|c10|torch_python"
 $PY - <<'P'

@@ -23,9 +23,11 @@
 # Environment knobs (all optional):
 #   STEPS            steps to run, in order (default "build info diag testfiles"; also "tests" (the suite in
 #                    one process, junit.xml), "host", "bench", "pybench", "tune"). On a bare machine the
-#                    test files alone take ~7 minutes (Triton compiles every kernel variant first), so
-#                    the benchmark needs a call of its own: STEPS="build host bench"
+#                    test files one after another took ~7 minutes (Triton compiles every kernel variant
+#                    first; `testfiles` now runs TEST_JOBS of them at once), so the benchmark gets a
+#                    call of its own: STEPS="build host bench"
 #   TEST_FILES, FILE_TIMEOUT_S  order of the test files and the cap on each (default 180 s), for `testfiles`
+#   TEST_JOBS        test files run at once by `testfiles` (default 4)
 #   TOTAL_S          wall-time budget for the whole script (default 570: the tool stops at 600)
 #   BUILD_TIMEOUT_S  cap on the build step (default 240)
 #   TESTS_TIMEOUT_S  cap on the test step (default 200)
@@ -132,32 +134,49 @@ step_tests() {
 
 step_testfiles() {
     # The suite one file per pytest process: a crash (segfault) in one file costs only that file,
-    # and SIGINT on time-out still makes pytest print its tracebacks and summary. TEST_FILES sets
-    # the order (default: the files that exercise the GPU kernels first, then every other
+    # and SIGINT on time-out still makes pytest print its tracebacks and summary. TEST_JOBS files
+    # run at once (default 4): on a bare machine most of a file's time is Triton compiling kernel
+    # variants on one CPU core, and the machine has 16; the GPU work of the tests is small. TEST_FILES
+    # sets the order (default: the files that exercise the GPU kernels first, then every other
     # tests/test_*.py: what CI already checks on CPU goes last); each file gets at most
-    # FILE_TIMEOUT_S and never more than what is left of the budget; a file reached with no time
-    # left is listed as not run (run it in the next call with TEST_FILES). Tracebacks go to
-    # tests_by_file.txt.
-    local f cap rc worst=0 files="${TEST_FILES:-}"
+    # FILE_TIMEOUT_S and never more than what is left of the budget when it starts; a file reached
+    # with no time left is listed as not run (run it in the next call with TEST_FILES). Outputs
+    # with tracebacks go to tests_by_file.txt, in TEST_FILES order.
+    local f cap i=0 n=0 worst=0 files="${TEST_FILES:-}" jobs="${TEST_JOBS:-4}"
     if [ -z "$files" ]; then
         local first="tests/test_depthwise_conv.py tests/test_dwconv_layer_norm.py tests/test_layer_norm.py
                      tests/test_api.py tests/test_extension.py tests/test_models.py tests/test_training.py"
         for f in $first; do [ -f "$f" ] && files="$files $f"; done
         for f in tests/test_*.py; do case " $files " in *" $f "*) ;; *) files="$files $f" ;; esac; done
     fi
-    local txt="$OUT/tests_by_file.txt"
-    : >"$txt"
+    local tmp txt="$OUT/tests_by_file.txt"
+    tmp=$(mktemp -d)
     for f in $files; do
+        i=$(( i + 1 ))
+        while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
         cap=$(( $(remaining) - 20 ))
         [ "$cap" -gt "${FILE_TIMEOUT_S:-180}" ] && cap="${FILE_TIMEOUT_S:-180}"
-        if [ "$cap" -lt 10 ]; then echo "$f: not run (no time left)" | tee -a "$txt"; worst=1; continue; fi
-        printf '\n######## %s (cap %ss)\n' "$f" "$cap" >>"$txt"
-        # shellcheck disable=SC2086
-        timeout -s INT -k 15 "$cap" "$PY" -m pytest "$f" -q -rfE --tb=short --durations=5 -p no:cacheprovider >>"$txt" 2>&1
-        rc=$?
-        echo "$f rc=$rc $(tail -n 1 "$txt")"
-        [ $rc -eq 0 ] || [ $rc -eq 5 ] || worst=1
+        if [ "$cap" -lt 10 ]; then
+            echo "$f: not run (no time left)" | tee "$tmp/$i.txt"; echo 1 >"$tmp/$i.rc"; continue
+        fi
+        n=$(( n + 1 ))
+        (
+            printf '\n######## %s (cap %ss, started t=%ss)\n' "$f" "$cap" "$(elapsed)" >"$tmp/$i.txt"
+            timeout -s INT -k 15 "$cap" "$PY" -m pytest "$f" -q -rfE --tb=short --durations=5 \
+                -p no:cacheprovider >>"$tmp/$i.txt" 2>&1
+            rc=$?
+            echo "$rc" >"$tmp/$i.rc"
+            echo "$f rc=$rc t=$(elapsed)s $(tail -n 1 "$tmp/$i.txt")"
+        ) &
     done
+    wait
+    : >"$txt"
+    for (( j = 1; j <= i; j++ )); do
+        cat "$tmp/$j.txt" >>"$txt" 2>/dev/null
+        case "$(cat "$tmp/$j.rc" 2>/dev/null)" in 0|5) ;; *) worst=1 ;; esac
+    done
+    rm -rf "$tmp"
+    echo "$n test files run, ${jobs} at a time"
     return $worst
 }
 

@@ -45,9 +45,43 @@ def test_roofline_percentages():
     assert r["pct_roofline"] == pytest.approx(50.0)
     assert r["bound"] == "memory"
     compute = roofline.roofline(roofline.Work(bytes=1, flops=10**12), 20.0, ceil, "float16")
-    assert compute["bound"] == "compute"  # fp16 falls back to the bf16 rate: 10 ms floor
+    assert compute["bound"] == "tensor cores"  # fp16 falls back to the bf16 rate: 10 ms floor
     assert compute["pct_roofline"] == pytest.approx(50.0)
     assert roofline.roofline(work, 2.0, None, "bfloat16")["pct_roofline"] is None
+
+
+def test_fp32_fma_floor_of_a_bf16_7x7_depthwise_conv():
+    # ConvNeXt-T stage 1 at batch 128, bf16, with H100-like ceilings (3000 GB/s copy, 738 TFLOP/s
+    # bf16 matmul, 51.7 TFLOP/s fp32 FMA): 98 flops per output at the fp32 rate outlast the bytes.
+    ceil = roofline.Ceilings(copy_gbps=3000.0, matmul_tflops={"bfloat16": 738.0}, fp32_fma_tflops=51.7)
+    act = 128 * 96 * 56 * 56
+    w = roofline.dwconv_work((128, 96, 56, 56), 7, "bfloat16", "fwd")
+    assert w.fp32_flops == w.flops == 98 * act
+    mem_ms, fma_ms = w.bytes / 3e12 * 1e3, 98 * act / 51.7e12 * 1e3
+    r = roofline.roofline(w, 0.2, ceil, "bfloat16")
+    assert r["bound"] == "fp32 FMA"
+    assert r["floor_ms"] == pytest.approx(fma_ms)
+    assert r["pct_bandwidth"] == pytest.approx(100 * mem_ms / 0.2)
+    assert r["pct_bandwidth_max"] == pytest.approx(100 * mem_ms / fma_ms)  # ~70%: 85% is out of reach
+    assert 69 < r["pct_bandwidth_max"] < 72
+    # without a separate fp32 FMA ceiling the float32 matmul rate stands in for it
+    legacy = roofline.Ceilings(copy_gbps=3000.0, matmul_tflops={"bfloat16": 738.0, "float32": 51.7})
+    assert roofline.roofline(w, 0.2, legacy, "bfloat16")["floor_ms"] == pytest.approx(fma_ms)
+
+
+def test_block_flops_split_between_tensor_cores_and_fp32():
+    shape, c = (2, 8, 4, 4), 8
+    rows = 2 * 4 * 4
+    mlp = 2 * rows * c * 4 * c * 2
+    fwd = roofline.block_work(shape, 7, "bfloat16", "fwd")
+    assert fwd.flops - fwd.fp32_flops == mlp
+    train = roofline.block_work(shape, 7, "bfloat16", "fwdbwd")
+    assert train.flops - train.fp32_flops == 3 * mlp
+    model = roofline.model_work(2, "bfloat16", "infer")
+    assert model.fp32_flops == 2 * roofline.convnext_dwconv_flops_per_image()
+    # 18 blocks' 7x7 taps: 2 * 49 * (3*56*56*96 + 3*28*28*192 + 9*14*14*384 + 3*7*7*768) per image
+    assert roofline.convnext_dwconv_flops_per_image() == 98 * (3 * 56 * 56 * 96 + 3 * 28 * 28 * 192
+                                                               + 9 * 14 * 14 * 384 + 3 * 7 * 7 * 768)
 
 
 def _row(op, mode, shape, provider, t, **kw):
@@ -94,6 +128,17 @@ def test_target_verdicts():
     assert t["model_infer_vs_compile"]["verdict"] == "not measured"
     assert t["model_train_vs_eager"]["verdict"] == "met"  # 100 / 70 = 1.43x
     assert t["model_train_peak_mem"]["verdict"] == "met"  # 15000 / 16000 <= 1
+
+
+def test_bandwidth_target_detail_says_when_arithmetic_caps_it():
+    rows = _fake_rows()
+    for r in rows:
+        if r["op"] == "dwconv" and r["provider"] == "triton":
+            r.update(pct_bandwidth_max=70.4, bound="fp32 FMA")
+    t = {x["id"]: x for x in aggregate.evaluate_targets(rows)}["dwconv_roofline"]
+    assert "128x96x56x56: 90.0% (triton, at most 70.4% (fp32 FMA bound))" in t["detail"]
+    plain = {x["id"]: x for x in aggregate.evaluate_targets(_fake_rows())}["dwconv_roofline"]
+    assert "at most" not in plain["detail"]
 
 
 def test_parity_failure_fails_the_target():
@@ -160,6 +205,18 @@ def test_report_flags_host_bound_calls():
     assert "host-bound" not in lines[0] and "| 0.005 |" in lines[0]
     assert lines[1].rstrip().endswith("host-bound |")  # 0.09 >= 80% of 0.10
     assert "host-bound" not in lines[2]  # 0.09 < 80% of 0.13
+
+
+def test_report_names_an_arithmetic_floor_and_the_fp32_ceiling():
+    rows = [_row("dwconv", "fwd", (128, 96, 56, 56), "triton", 0.2, bound="fp32 FMA"),
+            _row("layer_norm", "fwd", (128, 96, 56, 56), "triton", 0.1, bound="memory")]
+    data = _fake_results("cuda", "2026-01-01T00:00:00Z", rows)
+    data["ceilings"]["fp32_fma_tflops"] = 51.7
+    md = render_markdown(data)
+    assert "fp32 FMA 51.7 TFLOP/s." in md
+    dw, = (ln for ln in md.splitlines() if ln.startswith("| dwconv | fwd |"))
+    ln_, = (ln for ln in md.splitlines() if ln.startswith("| layer_norm | fwd |"))
+    assert dw.rstrip().endswith("floor: fp32 FMA |") and "floor" not in ln_
 
 
 def test_cpu_timing_has_no_host_issue_time():

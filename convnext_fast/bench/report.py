@@ -4,7 +4,8 @@ Order of work (each step recorded in ``results.json``):
 
 1. parity: our providers against a float64 reference on the same random inputs (a provider that
    fails is marked, never fatal);
-2. the two ceilings: device-to-device copy bandwidth (bytes read + written) and the matmul rate;
+2. the ceilings: device-to-device copy bandwidth (bytes read + written), the matmul rate per dtype
+   and the fp32 FMA rate (see ``roofline.py``);
 3. the standard set, most important first (dwconv 7x7 fwd, fused dwconv+LN, LN, block, model,
    kernel-size sweep, other dtypes); a case that would run past ``--budget-s`` is skipped with a note;
 4. ``results.json`` (raw), ``report.md`` (tables), PNG plots.
@@ -73,8 +74,10 @@ class _Progress:
 # ------------------------------------------------------------------------------------------------
 
 def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
-    """Copy bandwidth (GB/s, read + write) and matmul TFLOP/s per dtype, measured here and now."""
-    out: dict = {"copy_gbps": None, "matmul_tflops": {}, "notes": []}
+    """Copy bandwidth (GB/s, read + write), matmul TFLOP/s per dtype and the fp32 FMA rate (an fp32
+    matmul with TF32 off: the rate of the CUDA cores, which the depthwise taps, LayerNorm and GELU
+    run on), measured here and now."""
+    out: dict = {"copy_gbps": None, "matmul_tflops": {}, "fp32_fma_tflops": None, "notes": []}
     if device.type == "cuda":
         nbytes = 1 << 30  # 1 GiB each way: far beyond L2
         src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
@@ -82,13 +85,20 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
         t = measure(lambda: dst.copy_(src), device, rep_ms=200)
         out["copy_gbps"] = 2 * nbytes / (t.median_ms / 1e3) / 1e9
         del src, dst
-        for dt, n in (("bfloat16", 8192), ("float32", 8192 if not quick else 4096)):
-            a = torch.randn(n, n, device=device, dtype=getattr(torch, dt))
-            b = torch.randn(n, n, device=device, dtype=getattr(torch, dt))
-            t = measure(lambda: torch.mm(a, b), device, rep_ms=200)
-            out["matmul_tflops"][dt] = 2 * n ** 3 / (t.median_ms / 1e3) / 1e12
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on the CUDA cores, whatever the caller set
+        try:
+            for dt, n in (("bfloat16", 8192), ("float32", 8192 if not quick else 4096)):
+                a = torch.randn(n, n, device=device, dtype=getattr(torch, dt))
+                b = torch.randn(n, n, device=device, dtype=getattr(torch, dt))
+                t = measure(lambda: torch.mm(a, b), device, rep_ms=200)
+                out["matmul_tflops"][dt] = 2 * n ** 3 / (t.median_ms / 1e3) / 1e12
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        out["fp32_fma_tflops"] = out["matmul_tflops"]["float32"]
         out["notes"].append("copy: 1 GiB uint8 device-to-device, bytes read + written; matmul: 8192^3 torch.mm; "
-                            f"float32 matmul with allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
+                            "float32 matmul with TF32 off, which is also the fp32 FMA ceiling of the depthwise "
+                            "taps, LayerNorm and GELU (no tensor cores)")
     else:
         nbytes = 256 << 20
         src = torch.empty(nbytes, dtype=torch.uint8).random_(0, 255)
@@ -99,6 +109,7 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
         a, b = torch.randn(n, n), torch.randn(n, n)
         t = measure(lambda: torch.mm(a, b), device, rep_ms=300)
         out["matmul_tflops"]["float32"] = 2 * n ** 3 / (t.median_ms / 1e3) / 1e12
+        out["fp32_fma_tflops"] = out["matmul_tflops"]["float32"]
         out["notes"].append(f"CPU: 256 MiB memcpy (read + write), {n}^3 fp32 torch.mm on "
                             f"{torch.get_num_threads()} threads")
     return out
@@ -275,7 +286,7 @@ def run(args: argparse.Namespace) -> dict:
         ceil = measure_ceilings(device, args.quick)
     except Exception as exc:  # noqa: BLE001
         ceil = {"copy_gbps": None, "matmul_tflops": {}, "notes": [f"ceiling measurement failed: {exc}"]}
-    ceilings = roofline.Ceilings(ceil["copy_gbps"] or 0.0, dict(ceil["matmul_tflops"]))
+    ceilings = roofline.Ceilings(ceil["copy_gbps"] or 0.0, dict(ceil["matmul_tflops"]), ceil.get("fp32_fma_tflops"))
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     checkpoint(force=True)
@@ -363,13 +374,16 @@ HOST_BOUND_FRACTION = 0.8
 
 
 def _row_note(row: dict) -> str:
-    """The note column: failed parity, and calls whose time is mostly the host issuing them."""
+    """The note column: failed parity, calls whose time is mostly the host issuing them, and the
+    ceiling that sets the roofline floor when it is not memory (``roofline.roofline``'s ``bound``)."""
     notes = []
     if row.get("parity") == "failed":
         notes.append("PARITY FAILED")
     host = row.get("host_ms")
     if host is not None and row.get("time_ms") and host >= HOST_BOUND_FRACTION * row["time_ms"]:
         notes.append("host-bound")
+    if row.get("bound") not in (None, "memory"):
+        notes.append(f"floor: {row['bound']}")
     return "; ".join(notes)
 
 
@@ -389,15 +403,17 @@ def render_markdown(data: dict) -> str:
     out.append("")
     gb = ceil.get("copy_gbps")
     mm = ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in (ceil.get("matmul_tflops") or {}).items())
-    out.append(f"**Measured ceilings:** copy {gb:.0f} GB/s (read + write); matmul {mm}." if gb else
+    fma = f"; fp32 FMA {ceil['fp32_fma_tflops']:.1f} TFLOP/s" if ceil.get("fp32_fma_tflops") else ""
+    out.append(f"**Measured ceilings:** copy {gb:.0f} GB/s (read + write); matmul {mm}{fma}." if gb else
                "**Measured ceilings:** not measured.")
     for n in ceil.get("notes", []):
         out.append(f"- {n}")
     out += ["", "Timing: median of CUDA-event-timed calls with an L2 flush between calls (GPU) or host-clock "
             "medians (CPU), after warm-up and compilation. *Eager* = PyTorch as timm runs ConvNeXt (channels_last, "
             "depthwise `F.conv2d`, permute, `F.layer_norm`, Linear MLP); *compile* = the same under `torch.compile`. "
-            "% roofline = max(min bytes / copy bandwidth, flops / matmul rate) / time; bytes = inputs read once + "
-            "outputs written once. *host ms* (GPU) = median host time to issue one call from an idle stream; "
+            "% roofline = max(min bytes / copy bandwidth, tensor-core flops / matmul rate, fp32 flops / fp32 FMA "
+            "rate) / time, where fp32 flops are the depthwise taps, LayerNorm and GELU (CUDA cores, fp32 "
+            "accumulation); bytes = inputs read once + outputs written once. *host ms* (GPU) = median host time to issue one call from an idle stream; "
             f"*host-bound* marks calls where it is at least {HOST_BOUND_FRACTION:.0%} of the measured time (the GPU "
             "waits for Python and launches, so the time is not the kernels').", ""]
 

@@ -10,10 +10,17 @@ Conventions (METHOD.md, "two numbers first"):
   are *not* counted: they are what a fused implementation avoids, so counting them would flatter
   the slow path.
 * flops: multiply-adds count 2. Depthwise conv 2*K^2 per output element; a Linear 2*in*out per row;
-  elementwise work (LayerNorm, GELU, residual) is counted roughly but never dominates the floor.
-* floor time = max(bytes / copy bandwidth, flops / matmul rate); % of roofline = floor / measured.
-  The two ceilings are measured on the machine itself (a device-to-device copy counting read +
-  write; a large matrix product), never taken from a datasheet.
+  elementwise work (LayerNorm, GELU, residual) is counted roughly.
+* Two kinds of flops. The Linear layers and the stem/downsampling convolutions run on tensor
+  cores (the matmul rate of the dtype). The depthwise taps, LayerNorm and GELU have no tensor-core
+  formulation in any provider measured here: they are fp32 FMAs on the CUDA cores (the kernels
+  accumulate in fp32 whatever the input dtype), so they are held to the fp32 FMA rate, measured as
+  an fp32 matrix product with TF32 off. That matters: a bf16 7x7 depthwise conv does 98 flops per
+  2 bytes of x, and on an H100 its fp32 FMAs alone take longer than moving its bytes.
+* floor time = max(bytes / copy bandwidth, tensor-core flops / matmul rate, fp32 flops / fp32 FMA
+  rate) (a lower bound: the three can overlap); % of roofline = floor / measured. The ceilings are
+  measured on the machine itself (a device-to-device copy counting read + write; large matrix
+  products), never taken from a datasheet.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ __all__ = [
     "Ceilings",
     "Work",
     "block_work",
+    "convnext_dwconv_flops_per_image",
     "convnext_flops_per_image",
     "dwconv_ln_work",
     "dwconv_work",
@@ -44,18 +52,30 @@ _GELU_FLOPS = 8
 
 @dataclass(frozen=True)
 class Work:
-    """Minimum bytes moved through memory and arithmetic operations for one call of a case."""
+    """Minimum bytes moved through memory and arithmetic operations for one call of a case.
+
+    ``fp32_flops`` is the part of ``flops`` that runs as fp32 FMAs on the CUDA cores (depthwise
+    taps, normalization, activation); the rest runs on tensor cores.
+    """
 
     bytes: int
     flops: int
+    fp32_flops: int = 0
 
 
 @dataclass(frozen=True)
 class Ceilings:
-    """The two measured ceilings: copy bandwidth in GB/s (read + write) and matmul rate per dtype."""
+    """The measured ceilings: copy bandwidth in GB/s (read + write), matmul rate per dtype, and the
+    fp32 FMA rate of the CUDA cores (``fp32_fma_tflops``; None: the float32 matmul rate, which is
+    the same thing when TF32 was off)."""
 
     copy_gbps: float
     matmul_tflops: dict  # dtype name -> TFLOP/s
+    fp32_fma_tflops: Optional[float] = None
+
+    def fp32_rate(self) -> Optional[float]:
+        """TFLOP/s of fp32 FMAs without tensor cores."""
+        return self.fp32_fma_tflops or self.matmul_tflops.get("float32")
 
     def tflops_for(self, dtype: str) -> Optional[float]:
         """The matmul rate for ``dtype``; fp16 falls back to bf16 (same tensor-core rate on H100)."""
@@ -82,10 +102,10 @@ def dwconv_work(shape: Sequence[int], k: int, dtype: str, mode: str) -> Work:
     act, params = _numel(shape), c * k * k + c
     fwd_b, fwd_f = (2 * act + params) * e, 2 * act * k * k
     if mode == "fwd":
-        return Work(fwd_b, fwd_f)
+        return Work(fwd_b, fwd_f, fwd_f)
     if mode == "fwdbwd":
         # backward: grad-input is a (flipped) depthwise conv, grad-weight a K^2 reduction: 2x fwd flops
-        return Work(fwd_b + (3 * act + 2 * params) * e, 3 * fwd_f)
+        return Work(fwd_b + (3 * act + 2 * params) * e, 3 * fwd_f, 3 * fwd_f)
     raise ValueError(f"dwconv has modes fwd/fwdbwd, got {mode!r}")
 
 
@@ -98,12 +118,12 @@ def layer_norm_work(shape: Sequence[int], dtype: str, mode: str) -> Work:
     act = _numel(shape)
     rows = act // c
     if mode == "fwd":
-        return Work((2 * act + 2 * c) * e, _LN_FWD_FLOPS * act)
+        return Work((2 * act + 2 * c) * e, _LN_FWD_FLOPS * act, _LN_FWD_FLOPS * act)
     if mode == "bwd":
-        return Work((3 * act + 3 * c) * e + 2 * rows * 4, _LN_BWD_FLOPS * act)
+        return Work((3 * act + 3 * c) * e + 2 * rows * 4, _LN_BWD_FLOPS * act, _LN_BWD_FLOPS * act)
     if mode == "fwdbwd":
         fwd, bwd = layer_norm_work(shape, dtype, "fwd"), layer_norm_work(shape, dtype, "bwd")
-        return Work(fwd.bytes + bwd.bytes, fwd.flops + bwd.flops)
+        return Work(fwd.bytes + bwd.bytes, fwd.flops + bwd.flops, fwd.fp32_flops + bwd.fp32_flops)
     raise ValueError(f"layer_norm has modes fwd/bwd/fwdbwd, got {mode!r}")
 
 
@@ -115,10 +135,11 @@ def dwconv_ln_work(shape: Sequence[int], k: int, dtype: str, mode: str) -> Work:
     fwd_f = 2 * act * k * k + _LN_FWD_FLOPS * act
     fwd_b = (2 * act + params) * e
     if mode == "fwd":
-        return Work(fwd_b, fwd_f)
+        return Work(fwd_b, fwd_f, fwd_f)
     if mode == "fwdbwd":
         # backward recomputes the conv (1x) then grad-input and grad-weight (2x)
-        return Work(fwd_b + (3 * act + 2 * params) * e, fwd_f + 3 * 2 * act * k * k + _LN_BWD_FLOPS * act)
+        flops = fwd_f + 3 * 2 * act * k * k + _LN_BWD_FLOPS * act
+        return Work(fwd_b + (3 * act + 2 * params) * e, flops, flops)
     raise ValueError(f"dwconv_ln has modes fwd/fwdbwd, got {mode!r}")
 
 
@@ -137,9 +158,9 @@ def block_work(shape: Sequence[int], k: int, dtype: str, mode: str, mlp_ratio: f
     fwd_f = 2 * act * k * k + _LN_FWD_FLOPS * act + mlp_f + _GELU_FLOPS * rows * hidden + 2 * act
     fwd_b = (2 * act + params) * e
     if mode == "fwd":
-        return Work(fwd_b, fwd_f)
+        return Work(fwd_b, fwd_f, fwd_f - mlp_f)
     if mode == "fwdbwd":
-        return Work(fwd_b + (3 * act + 2 * params) * e, 3 * fwd_f)
+        return Work(fwd_b + (3 * act + 2 * params) * e, 3 * fwd_f, 3 * (fwd_f - mlp_f))
     raise ValueError(f"block has modes fwd/fwdbwd, got {mode!r}")
 
 
@@ -160,17 +181,29 @@ def convnext_flops_per_image(depths: Sequence[int] = (3, 3, 9, 3), dims: Sequenc
     return flops + 2 * dims[-1] * num_classes
 
 
+def convnext_dwconv_flops_per_image(depths: Sequence[int] = (3, 3, 9, 3), dims: Sequence[int] = (96, 192, 384, 768),
+                                    kernel_size: int = 7, image_size: int = 224) -> int:
+    """The depthwise-conv part of :func:`convnext_flops_per_image` (fp32 FMAs, no tensor cores)."""
+    hw, flops = image_size // 4, 0
+    for i, (depth, dim) in enumerate(zip(depths, dims)):
+        if i > 0:
+            hw //= 2
+        flops += depth * 2 * hw * hw * dim * kernel_size ** 2
+    return flops
+
+
 def model_work(batch: int, dtype: str, mode: str, kernel_size: int = 7, image_size: int = 224,
                n_params: int = 28_589_128) -> Work:
     """convnext_tiny: images in + logits out + parameters (training: + gradients, read twice)."""
     e = DTYPE_BYTES[dtype]
     fwd_f = batch * convnext_flops_per_image(kernel_size=kernel_size, image_size=image_size)
+    dw_f = batch * convnext_dwconv_flops_per_image(kernel_size=kernel_size, image_size=image_size)
     io = batch * 3 * image_size * image_size * e + batch * 1000 * e
     if mode == "infer":
-        return Work(io + n_params * e, fwd_f)
+        return Work(io + n_params * e, fwd_f, dw_f)
     if mode == "train":
         # fp32 master weights: read (fwd, bwd), gradient written, updated weight written
-        return Work(io + 4 * n_params * 4, 3 * fwd_f)
+        return Work(io + 4 * n_params * 4, 3 * fwd_f, 3 * dw_f)
     raise ValueError(f"model has modes infer/train, got {mode!r}")
 
 
@@ -192,6 +225,9 @@ def op_work(op: str, shape: Sequence[int], k: int, dtype: str, mode: str) -> Wor
 def roofline(work: Work, time_ms: float, ceilings: Optional[Ceilings], dtype: str) -> dict:
     """Achieved GB/s and TFLOP/s, the floor time and the % of roofline (floor / measured).
 
+    ``bound`` names the ceiling that sets the floor ('memory', 'tensor cores' or 'fp32 FMA');
+    ``pct_bandwidth_max`` is the highest % of the bandwidth roofline (``pct_bandwidth``) an
+    implementation can reach at all when the floor is set by arithmetic rather than bytes.
     Returns a dict of plain floats (None where a ceiling is unknown), ready for JSON/extra_info.
     """
     seconds = time_ms / 1e3
@@ -203,16 +239,20 @@ def roofline(work: Work, time_ms: float, ceilings: Optional[Ceilings], dtype: st
         "floor_ms": None,
         "pct_roofline": None,
         "pct_bandwidth": None,
+        "pct_bandwidth_max": None,
         "bound": None,
     }
     if ceilings is None or seconds <= 0:
         return out
     mem_ms = work.bytes / (ceilings.copy_gbps * 1e9) * 1e3 if ceilings.copy_gbps else 0.0
     rate = ceilings.tflops_for(dtype)
-    cmp_ms = work.flops / (rate * 1e12) * 1e3 if rate else 0.0
-    floor = max(mem_ms, cmp_ms)
+    fp32_rate = ceilings.fp32_rate() or rate
+    mma_ms = (work.flops - work.fp32_flops) / (rate * 1e12) * 1e3 if rate else 0.0
+    fp32_ms = work.fp32_flops / (fp32_rate * 1e12) * 1e3 if fp32_rate else 0.0
+    floor = max(mem_ms, mma_ms, fp32_ms)
     out["floor_ms"] = floor
     out["pct_roofline"] = 100.0 * floor / time_ms if floor > 0 else None
     out["pct_bandwidth"] = 100.0 * mem_ms / time_ms if mem_ms > 0 else None
-    out["bound"] = "memory" if mem_ms >= cmp_ms else "compute"
+    out["pct_bandwidth_max"] = 100.0 * mem_ms / floor if mem_ms > 0 else None
+    out["bound"] = "memory" if mem_ms >= max(mma_ms, fp32_ms) else ("fp32 FMA" if fp32_ms >= mma_ms else "tensor cores")
     return out
