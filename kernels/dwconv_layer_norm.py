@@ -42,7 +42,7 @@ import triton.language as tl
 
 from convnext_fast.layout import empty_channels_last, stats_dtype, stats_shape
 
-from .depthwise_conv import _blocked_taps, dwconv_backward
+from .depthwise_conv import dwconv_backward
 from .layer_norm import (_TRITON_DTYPE, CONVNEXT_CHANNELS, MAX_BLOCK_C, MAX_BLOCK_C_FP64, _add_to_partial,
                          _chan_combine, _ln_bwd_chunk, _mean_div, divisibility_attrs, num_partials,
                          reduce_partials)
@@ -168,20 +168,26 @@ def _dwconv_ln_fwd_kernel(
 @triton.jit
 def _conv_strip(
     x_img,  # pointer to image n of the input; element (c, h, w) at c*s_c + h*s_h + w*s_w
-    w_ptr,  # (K*K, BLOCK_C) weights in the compute dtype, tap-major, zero-padded past C
+    w_ptr,  # (K*K, BLOCK_C) weights in the compute dtype, tap-major: tap t of channel c at t*BLOCK_C + c;
+    # columns C .. BLOCK_C - 1 uninitialized (_tap_major(w, BLOCK_C))
     h, g0, c, c_mask,
     valid,  # scalar: False for a program's slot past the last strip (then nothing is loaded)
     H, W, s_c, s_h, s_w,
     K: tl.constexpr, PW: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, acc_t: tl.constexpr,
 ):
     """Depthwise conv (no bias) of output row h at columns g0[:, None] + 0 .. PW-1, channels c: a tuple
-    of PW [BLOCK_G, BLOCK_C] tiles in acc_t. Per input row kh (a runtime loop) a thread loads the
-    PW + K - 1 input columns its group needs once, converts each once, and loads each of the K
-    weight vectors of the row once, for PW outputs; all K*PW*K multiply-adds of the row are
-    unrolled (see _dwconv_ln_fwd_px_kernel)."""
+    of PW [BLOCK_G, BLOCK_C] tiles in acc_t; lanes c >= C hold garbage (see the weight tile below).
+    Per input row kh (a runtime loop) a thread loads the PW + K - 1 input columns its group needs
+    once, converts each once, and loads each of the K weight vectors of the row once, for PW
+    outputs; all K*PW*K multiply-adds of the row are unrolled (see _dwconv_ln_fwd_px_kernel)."""
     P: tl.constexpr = K // 2
     # Weight tile [BLOCK_G, BLOCK_C] (the same vector for every group, loaded as a 2-D tile so it gets
-    # the accumulators' layout: no layout conversion through shared memory); unmasked (zero-padded).
+    # the accumulators' layout: no layout conversion through shared memory). Unmasked, at immediate
+    # offsets (tap stride BLOCK_C): lanes past C read uninitialized weight columns, multiply them by
+    # input lanes loaded as 0, and the callers keep those lanes out of every sum with tl.where (a
+    # product with garbage may be NaN). On sm_90 masked weight loads cost ~9% more instructions in
+    # this loop and a runtime tap stride C ~4%; zero-filling the padding would cost the launcher
+    # two more kernels per call at every ConvNeXt width (C is never a power of two).
     w_tile = w_ptr + (g0 * 0)[:, None] + c[None, :]
     zero = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
     accs = ()
@@ -211,8 +217,8 @@ def _conv_strip(
 def _dwconv_ln_fwd_px_kernel(
     x_ptr,  # input (N, C, H, W), element (n, c, h, w) at n*s_n + c*s_c + h*s_h + w*s_w; the offset of
     # one element within its image, w*s_w + c*s_c, must fit in int32 (the launcher checks)
-    w_ptr,  # (K*K, BLOCK_C) depthwise weight in the compute dtype, tap-major, zero-padded past C:
-    # tap t = kh*K + kw of channel c at t*BLOCK_C + c (depthwise_conv._blocked_taps with BLOCK_C)
+    w_ptr,  # (K*K, BLOCK_C) depthwise weight in the compute dtype, tap-major: tap t = kh*K + kw of
+    # channel c at t*BLOCK_C + c; columns past C uninitialized (_tap_major(dw_weight, BLOCK_C))
     db_ptr,  # (C,) depthwise bias, or any pointer when not HAS_BIAS
     lw_ptr,  # (C,) LayerNorm weight
     lb_ptr,  # (C,) LayerNorm bias
@@ -259,8 +265,7 @@ def _dwconv_ln_fwd_px_kernel(
         ow = g0 + p
         w_ok = ow < W
         pix = row.to(tl.int64) * W + ow
-        # Channels past C are exactly 0 (zero-padded weights, masked loads and bias): plain sum.
-        z = accs[p] + bias[None, :]
+        z = tl.where(c_mask[None, :], accs[p] + bias[None, :], 0.0)  # lanes past C: garbage (_conv_strip)
         mean = _mean_div(tl.sum(z, axis=1), C, inv_C)
         zc = tl.where(c_mask[None, :], z - mean[:, None], 0.0)
         rstd = 1.0 / tl.sqrt(_mean_div(tl.sum(zc * zc, axis=1), C, inv_C) + eps)
@@ -276,7 +281,7 @@ def _dwconv_ln_bwd_px_kernel(
     gy_ptr,  # incoming gradient of y (N, C, H, W), any strides incl. expanded stride 0 (sg_*); the
     # offset of one element within its image row, w*sg_w + c*sg_c, must fit in int32 (launcher checks)
     x_ptr,  # forward input (N, C, H, W), any strides (sx_*), same int32 condition as the forward
-    w_ptr,  # (K*K, BLOCK_C) depthwise weight, compute dtype, tap-major, zero-padded (_blocked_taps)
+    w_ptr,  # (K*K, BLOCK_C) depthwise weight, compute dtype, tap-major, columns past C uninitialized
     db_ptr,  # (C,) depthwise bias, or any pointer when not HAS_BIAS
     lw_ptr,  # (C,) LayerNorm weight
     mean_ptr,  # (N*H*W,) saved mean (compute dtype)
@@ -515,12 +520,16 @@ def fused_px_config(c: int, w: int, k: int, dtype: torch.dtype,
     return pw, block_g, block_c, num_warps
 
 
-def _tap_major(dw_weight: torch.Tensor) -> torch.Tensor:
-    """(C, 1, K, K) -> (K*K, C) contiguous in the compute dtype: the C weights of one tap become one
-    coalesced load, and no conversion is repeated per tile (the weights are a few KB)."""
+def _tap_major(dw_weight: torch.Tensor, block_c: int = 0) -> torch.Tensor:
+    """(C, 1, K, K) -> (K*K, max(C, block_c)) contiguous in the compute dtype: the C weights of one
+    tap become one coalesced load, and no conversion is repeated per tile (the weights are a few
+    KB). Columns C .. block_c - 1 are left uninitialized, so that a px kernel loads whole BLOCK_C
+    vectors at immediate offsets without a mask (``_conv_strip``); one copy kernel either way."""
     c, k = dw_weight.shape[0], dw_weight.shape[-1]
-    out = torch.empty((k * k, c), dtype=stats_dtype(dw_weight.dtype), device=dw_weight.device)
-    return out.copy_(dw_weight.reshape(c, k * k).t())  # one launch: transpose and convert together
+    out = torch.empty((k * k, max(c, block_c)), dtype=stats_dtype(dw_weight.dtype), device=dw_weight.device)
+    # one launch: transpose and convert together
+    (out[:, :c] if block_c > c else out).copy_(dw_weight.reshape(c, k * k).t())
+    return out
 
 
 def dwconv_ln_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[torch.Tensor],
@@ -539,7 +548,7 @@ def dwconv_ln_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optiona
         pw, block_g, block_c, num_warps = px
         num_wb = triton.cdiv(w, block_g * pw)
         _dwconv_ln_fwd_px_kernel[(n * h * num_wb,)](
-            x, _blocked_taps(dw_weight, False, block_c), dw_bias if dw_bias is not None else ln_bias,
+            x, _tap_major(dw_weight, block_c), dw_bias if dw_bias is not None else ln_bias,
             ln_weight, ln_bias, y, mean, rstd, h, w, c, num_wb, s_n, s_c, s_h, s_w, float(eps), 1.0 / c,
             K=k, HAS_BIAS=dw_bias is not None, PW=pw, BLOCK_G=block_g, BLOCK_C=block_c, num_warps=num_warps)
         return y, mean, rstd
@@ -575,7 +584,7 @@ def dwconv_ln_backward(grad_y: torch.Tensor, x: torch.Tensor, dw_weight: torch.T
         g = num_partials(num_strips)
         part = torch.empty((g, 3 * c), dtype=acc, device=x.device)  # every program writes its row
         _dwconv_ln_bwd_px_kernel[(g,)](
-            grad_y, x, _blocked_taps(dw_weight, False, block_c), dw_bias if dw_bias is not None else ln_weight,
+            grad_y, x, _tap_major(dw_weight, block_c), dw_bias if dw_bias is not None else ln_weight,
             ln_weight, mean.contiguous(), rstd.contiguous(), gz, part, h, w, c, num_wb, num_strips,
             *x.stride(), *grad_y.stride(), g, triton.cdiv(num_strips, g), 1.0 / c,
             K=k, HAS_BIAS=dw_bias is not None, PW=pw, BLOCK_G=block_g, BLOCK_C=block_c, num_warps=num_warps)

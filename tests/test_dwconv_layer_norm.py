@@ -246,3 +246,30 @@ def test_triton_backward_with_several_tiles_per_program(device, monkeypatch, cas
     for name, o, r in zip(("y", "grad_x", "grad_ln_weight", "grad_ln_bias"), (ln_ours[0], ln_ours[1], *ln_ours[4:]),
                           (ln_ref[0], ln_ref[1], *ln_ref[4:])):
         assert_matches_reference(o, r, name=name, atol=1e-5 * max(1.0, (n * h * w) ** 0.5))
+
+
+@pytest.mark.parametrize("case", [(2, 37, 5, 6, 7, True), (1, 13, 4, 7, 5, False)], ids=case_id)
+def test_triton_px_kernels_ignore_the_weight_padding(device, monkeypatch, case):
+    """The px kernels load BLOCK_C weights per tap from a (K*K, BLOCK_C) buffer whose columns past C
+    are left uninitialized (one copy kernel instead of zero fill + copy); lanes past C must stay out
+    of every channel sum. Filling those columns with NaN must change nothing."""
+    if "triton" not in kernel_backends():
+        pytest.skip("triton backend unavailable here")
+    from convnext_fast.kernels import dwconv_layer_norm as fused_kernels
+
+    n, c, h, w, k, bias = case
+    assert fused_kernels.fused_px_config(c, w, k, torch.float32) is not None  # the px path runs
+    tap_major = fused_kernels._tap_major
+
+    def nan_padded(dw_weight, block_c=0):
+        out = tap_major(dw_weight, block_c)
+        out[:, dw_weight.shape[0]:] = float("nan")
+        return out
+
+    monkeypatch.setattr(fused_kernels, "_tap_major", nan_padded)
+    x = make_input((n, c, h, w), "channels_last", torch.float32, device)
+    params = make_params(c, k, bias, torch.float32, device)
+    gy = torch.randn((n, c, h, w), dtype=torch.float32, device=device)
+    with convnext_fast.use_backend("triton"):
+        ours = run_ours(x, *params, gy)
+    check_all(ours, run_reference64(x, *params, gy), reduce_atol=1e-5 * max(1.0, (n * h * w) ** 0.5))
