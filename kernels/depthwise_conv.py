@@ -149,7 +149,7 @@ def _dwconv_fwd_kernel(
 @triton.jit
 def _dwconv_fwd_px_kernel(
     x_ptr,  # input (N, C, H, W), element (n, c, h, w) at n*sxn + c*sxc + h*sxh + w*sxw
-    w_ptr,  # weights [cdiv(C, BLOCK_C), K*K, BLOCK_C] contiguous, zero-padded past C, in the
+    w_ptr,  # weights [cdiv(C, BLOCK_C), K*K, BLOCK_C] contiguous, lanes past C uninitialized, in the
     # accumulation dtype: tap t = kh*K + kw of channel c at ((c // BLOCK_C)*K*K + t)*BLOCK_C + c % BLOCK_C
     b_ptr,  # bias (C,) (read only when HAS_BIAS)
     y_ptr,  # output (N, C, H, W) channels_last
@@ -558,21 +558,21 @@ def _wgrad_px_config(c: int, w: int, k: int, dtype: torch.dtype) -> Optional[tup
 
 
 def _blocked_taps(weight: torch.Tensor, flip: bool, block_c: int) -> torch.Tensor:
-    """weight (C, 1, K, K) -> [cdiv(C, block_c), K*K, block_c] contiguous in the accumulation dtype,
-    zero-padded past C (flipped if asked): the weight layout of _dwconv_fwd_px_kernel."""
+    """weight (C, 1, K, K) -> [cdiv(C, block_c), K*K, block_c] contiguous in the accumulation dtype
+    (flipped if asked): the weight layout of _dwconv_fwd_px_kernel. Lanes past C in the last block
+    are left uninitialized: the kernel masks those channels' input loads and output stores, so
+    their values never reach memory (a zero fill would be one more kernel launch per call)."""
     c, _, k, _ = weight.shape
-    nb = triton.cdiv(c, block_c)
-    w = weight.flip(-1, -2) if flip else weight
-    acc = _acc_dtype(weight.dtype)
-    if c % block_c == 0:
-        # The common case (every ConvNeXt width): one strided copy with the dtype conversion, not
-        # zero fill + copy + transpose copy. Each launch costs host time on every call.
-        out = torch.empty((nb, k * k, block_c), dtype=acc, device=weight.device)
-        out.copy_(w.reshape(nb, block_c, k * k).transpose(1, 2))
-        return out
-    out = torch.zeros((nb * block_c, k * k), dtype=acc, device=weight.device)
-    out[:c] = w.reshape(c, k * k)
-    return out.view(nb, block_c, k * k).transpose(1, 2).contiguous()
+    nb, full = triton.cdiv(c, block_c), c // block_c
+    w = (weight.flip(-1, -2) if flip else weight).reshape(c, k * k)
+    out = torch.empty((nb, k * k, block_c), dtype=_acc_dtype(weight.dtype), device=weight.device)
+    # One strided copy with the dtype conversion per part: the full blocks (every ConvNeXt width
+    # is only those), then the partial last block. Each launch costs host time on every call.
+    if full:
+        out[:full].copy_(w[:full * block_c].view(full, block_c, k * k).transpose(1, 2))
+    if full < nb:
+        out[full, :, :c - full * block_c].copy_(w[full * block_c:].t())
+    return out
 
 
 def _launch_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], flip: bool) -> torch.Tensor:

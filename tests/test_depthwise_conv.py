@@ -186,3 +186,33 @@ def test_empty_batch(kernel_backend, device):
     y.sum().backward()
     assert x.grad.shape == x.shape
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("shape,k", [((2, 40, 9, 11), 7), ((1, 37, 5, 14), 5)])
+def test_triton_px_kernel_ignores_the_weight_padding(device, monkeypatch, shape, k):
+    """The px forward (also the input gradient) reads weights in blocks of BLOCK_C channels whose
+    lanes past C are left uninitialized; those lanes' outputs must never be stored. Filling them
+    with NaN must change nothing (C = 40 and 37 are not multiples of the px kernel's BLOCK_C)."""
+    from conftest import kernel_backends
+    from convnext_fast.kernels import depthwise_conv as dw_kernels
+
+    if "triton" not in kernel_backends():
+        pytest.skip("triton backend unavailable here")
+    px = dw_kernels._px_config(shape[1], shape[3], k, torch.float32)
+    assert px is not None and shape[1] % px[2] != 0  # the px path runs with a partial channel block
+    blocked_taps = dw_kernels._blocked_taps
+
+    def nan_padded(weight, flip, block_c):
+        out = blocked_taps(weight, flip, block_c)
+        c = weight.shape[0]
+        out[c // block_c, :, c % block_c:] = float("nan")
+        return out
+
+    monkeypatch.setattr(dw_kernels, "_blocked_taps", nan_padded)
+    x = _make_x(shape, torch.float32, device, "channels_last")
+    w = torch.randn((shape[1], 1, k, k), device=device) / k
+    b = torch.randn(shape[1], device=device)
+    gy = torch.randn(shape, device=device)
+    with convnext_fast.use_backend("triton"):
+        ours = _ours(x, w, b, gy)
+    _check_all(ours, _reference64(x, w, b, gy), atol=1e-5)
