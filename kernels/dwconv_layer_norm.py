@@ -21,8 +21,8 @@ iterations of 7 independent loads, and K = 31 does not blow up the code.
 
 Fast path. For K <= 7, C <= 1024 and fp16/bf16/fp32, ``_dwconv_ln_fwd_px_kernel`` and
 ``_dwconv_ln_bwd_px_kernel`` replace the tile kernels: each thread owns PW consecutive output pixels
-x 4 channels, so per input row a loaded input column and a weight vector serve PW outputs (see
-``fused_px_config``); both compute the conv with the same code (``_conv_strip``).
+x 4 channels (2 in the backward), so per input row a loaded input column and a weight vector serve
+PW outputs (see ``fused_px_config``); both compute the conv with the same code (``_conv_strip``).
 
 Channel chunks. When C exceeds one register tile (C > 1024, ConvNeXt-V2-H's 1408 / 2816), the forward
 pass loops over channel chunks, merging chunk mean / sum of squared deviations with Chan's parallel
