@@ -12,7 +12,8 @@ loops (a branch back to an earlier label), and counts the opcodes of the hot one
 see :func:`hot_loop_mix`). Counts are static: a conditional block inside the loop counts as if it
 always ran, and a loop nested in the hot loop counts once (so the mix of a kernel whose FMAs sit in
 an inner loop that runs many times per outer iteration, like the fused backward's conv recompute,
-understates its FFMA share). ``python -m convnext_fast.aot_check --mix`` prints the table for every kernel configuration.
+understates its FFMA share). ``python -m convnext_fast.aot_check --mix`` prints the table for every
+kernel configuration.
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ class LoopMix:
     def as_dict(self) -> dict:
         return {"loop_instructions": self.instructions, "loop_ffma": self.ffma,
                 "loop_ffma_share": round(self.ffma_share, 4), "loop_mov": self.opcodes["MOV"],
-                "loop_memory": self.count(MEMORY_OPS), "loop_convert": self.count(CONVERT_OPS)}
+                "loop_memory": self.count(MEMORY_OPS), "loop_convert": self.count(CONVERT_OPS),
+                "loop_barriers": self.opcodes["BAR"], "loop_shuffles": self.opcodes["SHFL"]}
 
 
 def _parse(sass: str) -> tuple[list[tuple[str, str]], dict[str, int]]:

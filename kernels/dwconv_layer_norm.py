@@ -503,8 +503,9 @@ def fused_px_config(c: int, w: int, k: int, dtype: torch.dtype,
     channels x PW columns: PW accumulators and PW + K - 1 converted input columns of PX_CPT
     values, ~(2*PW + K - 1) * 4 = 80 registers at PW = K = 7. PW = 7 when W is a multiple of 7
     (every ConvNeXt stage: no half-empty groups), else 4; BLOCK_G groups take the rest of
-    PX_THREADS threads, at most the whole row (C = 768: one group, 8 warps). K > 7 (code size: K*K*PW unrolled multiply-adds per
-    input row, K + PW - 1 live columns), fp64 and C > MAX_BLOCK_C keep _dwconv_ln_fwd_kernel.
+    PX_THREADS threads, at most the whole row (C = 768: one group, 8 warps). K > 7 (code size:
+    K*K*PW unrolled multiply-adds per input row, K + PW - 1 live columns), fp64 and C > MAX_BLOCK_C
+    keep _dwconv_ln_fwd_kernel.
     The backward holds three more tile-shaped accumulators per output: it takes PW = 4 and twice
     the warps (2 channels per thread). With 4 channels per thread ptxas spilled 8-16 B at PW = 7
     and at PW = 4 (Triton 3.6, sm_80 and sm_90; 3.8 only at PW = 7), at 128-168 registers; with 2

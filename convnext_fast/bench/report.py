@@ -413,7 +413,8 @@ def render_markdown(data: dict) -> str:
             "depthwise `F.conv2d`, permute, `F.layer_norm`, Linear MLP); *compile* = the same under `torch.compile`. "
             "% roofline = max(min bytes / copy bandwidth, tensor-core flops / matmul rate, fp32 flops / fp32 FMA "
             "rate) / time, where fp32 flops are the depthwise taps, LayerNorm and GELU (CUDA cores, fp32 "
-            "accumulation); bytes = inputs read once + outputs written once. *host ms* (GPU) = median host time to issue one call from an idle stream; "
+            "accumulation); bytes = inputs read once + outputs written once. *host ms* (GPU) = median host time "
+            "to issue one call from an idle stream; "
             f"*host-bound* marks calls where it is at least {HOST_BOUND_FRACTION:.0%} of the measured time (the GPU "
             "waits for Python and launches, so the time is not the kernels').", ""]
 

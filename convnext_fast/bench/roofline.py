@@ -16,7 +16,8 @@ Conventions (METHOD.md, "two numbers first"):
   formulation in any provider measured here: they are fp32 FMAs on the CUDA cores (the kernels
   accumulate in fp32 whatever the input dtype), so they are held to the fp32 FMA rate, measured as
   an fp32 matrix product with TF32 off. That matters: a bf16 7x7 depthwise conv does 98 flops per
-  2 bytes of x, and on an H100 its fp32 FMAs alone take longer than moving its bytes.
+  output for 4 bytes moved (x in, y out), and on an H100 its fp32 FMAs alone take longer than
+  moving its bytes.
 * floor time = max(bytes / copy bandwidth, tensor-core flops / matmul rate, fp32 flops / fp32 FMA
   rate) (a lower bound: the three can overlap); % of roofline = floor / measured. The ceilings are
   measured on the machine itself (a device-to-device copy counting read + write; large matrix
