@@ -277,6 +277,31 @@ def _dwconv_ln_fwd_px_kernel(
 
 
 @triton.jit
+def _channel_sums_x8(zhats, gys, lw, PW: tl.constexpr):
+    """(sum_c zhat*lw*gy, sum_c lw*gy) of each of the PW <= 4 [BLOCK_G, BLOCK_C] pixel tiles, as
+    a tuple of 2*PW [BLOCK_G] vectors, from one tl.sum over a [BLOCK_G, BLOCK_C, 2, 2, 2] join of
+    them (missing pixels are zeros)."""
+    tl.static_assert(PW <= 4, "the fused backward px kernel takes at most 4 columns per thread")
+    zero = zhats[0] * 0.0
+    t = ()
+    for p in tl.static_range(4):
+        if p < PW:
+            wdy = gys[p] * lw
+            t = t + (tl.join(zhats[p] * wdy, wdy),)
+        else:
+            t = t + (tl.join(zero, zero),)
+    s = tl.sum(tl.join(tl.join(t[0], t[1]), tl.join(t[2], t[3])), axis=1)  # [BLOCK_G, 2, 2, 2]
+    s01, s23 = tl.split(s)
+    s0, s1 = tl.split(s01)
+    s2, s3 = tl.split(s23)
+    a0, b0 = tl.split(s0)
+    a1, b1 = tl.split(s1)
+    a2, b2 = tl.split(s2)
+    a3, b3 = tl.split(s3)
+    return a0, b0, a1, b1, a2, b2, a3, b3
+
+
+@triton.jit
 def _dwconv_ln_bwd_px_kernel(
     gy_ptr,  # incoming gradient of y (N, C, H, W), any strides incl. expanded stride 0 (sg_*); the
     # offset of one element within its image row, w*sg_w + c*sg_c, must fit in int32 (launcher checks)
@@ -300,9 +325,12 @@ def _dwconv_ln_bwd_px_kernel(
     recomputed strip by strip exactly as the forward computes it (_conv_strip), then
     gz = rstd * (lw*gy - zhat*mean_c(zhat*lw*gy) - mean_c(lw*gy)) per pixel, and the partial sums of
     gy*zhat, gy and gz (the fp32 gz, before rounding) accumulate in tile-shaped registers, summed
-    over the program's pixels once at the end. Per-channel vectors (bias, LayerNorm weight) and
-    per-pixel statistics are loaded as [BLOCK_G, BLOCK_C] tiles (repeated addresses, from L1) so
-    that they arrive in the accumulators' register layout: no conversion through shared memory."""
+    over the program's pixels once at the end. Per-channel vectors (bias, LayerNorm weight) are
+    loaded as [BLOCK_G, BLOCK_C] tiles (repeated addresses, from L1) so that they arrive in the
+    accumulators' register layout. The per-pixel statistics are loaded as [BLOCK_G] vectors and
+    broadcast: as tiles, Triton 3.6 gave them a layout of their own and converted them and zhat
+    through shared memory three times per pixel (sm_90 loop: 862 instructions, 48 barriers per
+    strip at C = 96 bf16; with vectors and the batched sums below, 677 and 3)."""
     acc_t: tl.constexpr = mean_ptr.dtype.element_ty
     pid = tl.program_id(0)
     gi = tl.arange(0, BLOCK_G)
@@ -328,22 +356,34 @@ def _dwconv_ln_bwd_px_kernel(
         accs = _conv_strip(x_ptr + n.to(tl.int64) * sx_n, w_ptr, h, g0, c, c_mask, valid, H, W, sx_c, sx_h, sx_w,
                            K, PW, BLOCK_G, BLOCK_C, acc_t)
         gy_row = gy_ptr + (n.to(tl.int64) * sg_n + h.to(tl.int64) * sg_h)
+        zhats = ()
+        gys = ()
+        rstds = ()
+        for p in tl.static_range(PW):
+            ow = g0 + p
+            w_ok = (ow < W) & valid
+            m = w_ok[:, None] & c_mask_tile
+            pix = row.to(tl.int64) * W + ow
+            mean = tl.load(mean_ptr + pix, mask=w_ok, other=0.0)[:, None]
+            rstd = tl.load(rstd_ptr + pix, mask=w_ok, other=0.0)[:, None]
+            zhats = zhats + (tl.where(m, (accs[p] + bias - mean) * rstd, 0.0),)
+            gys = gys + (tl.load(gy_row + (ow[:, None] * sg_w + c[None, :] * sg_c), mask=m, other=0.0).to(acc_t),)
+            rstds = rstds + (rstd,)
+        # The 2*PW per-pixel channel sums in one reduction: a pixel's channels span warps here (2
+        # channels per thread), and each separate tl.sum paid its own shared-memory round trip
+        # with two barriers (16 per strip).
+        sums = _channel_sums_x8(zhats, gys, lw, PW)
         for p in tl.static_range(PW):
             ow = g0 + p
             m = ((ow < W) & valid)[:, None] & c_mask_tile
             pix = row.to(tl.int64) * W + ow
-            pix_tile = pix[:, None] + (c * 0)[None, :]
-            mean = tl.load(mean_ptr + pix_tile, mask=m, other=0.0)
-            rstd = tl.load(rstd_ptr + pix_tile, mask=m, other=0.0)
-            zhat = tl.where(m, (accs[p] + bias - mean) * rstd, 0.0)
-            gy = tl.load(gy_row + (ow[:, None] * sg_w + c[None, :] * sg_c), mask=m, other=0.0).to(acc_t)
-            wdy = gy * lw
-            c1 = _mean_div(tl.sum(zhat * wdy, axis=1), C, inv_C)
-            c2 = _mean_div(tl.sum(wdy, axis=1), C, inv_C)
-            gz = tl.where(m, (wdy - zhat * c1[:, None] - c2[:, None]) * rstd, 0.0)
+            wdy = gys[p] * lw
+            c1 = _mean_div(sums[2 * p], C, inv_C)
+            c2 = _mean_div(sums[2 * p + 1], C, inv_C)
+            gz = tl.where(m, (wdy - zhats[p] * c1[:, None] - c2[:, None]) * rstds[p], 0.0)
             tl.store(gz_ptr + (pix[:, None] * C + c[None, :]), gz.to(gz_ptr.dtype.element_ty), mask=m)
-            acc_w += gy * zhat
-            acc_b += gy
+            acc_w += gys[p] * zhats[p]
+            acc_b += gys[p]
             acc_db += gz
     part_row = part_ptr + pid.to(tl.int64) * (3 * C)
     tl.store(part_row + c, tl.sum(acc_w, axis=0), mask=c_mask)
