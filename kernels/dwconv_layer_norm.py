@@ -261,44 +261,74 @@ def _dwconv_ln_fwd_px_kernel(
         bias = tl.zeros((BLOCK_C,), dtype=acc_t)
     lw = tl.load(lw_ptr + c, mask=c_mask, other=0.0).to(acc_t)
     lb = tl.load(lb_ptr + c, mask=c_mask, other=0.0).to(acc_t)
+    # The PW pixels' means in one joined sum, then their variances in another, and the statistics
+    # stored from the joined [BLOCK_G, 2, 2, 2] form: per-pixel sums and stores cost a shared-memory
+    # round trip each where a pixel's channels span warps (C >= 192) and for every store.
+    zs = ()
+    for p in tl.static_range(PW):
+        zs = zs + (tl.where(c_mask[None, :], accs[p] + bias[None, :], 0.0),)  # lanes past C: garbage
+    mean8 = _mean_div(_joined_channel_sums(zs, PW), C, inv_C)
+    means = _split8(mean8)
+    zcs = ()
+    squares = ()
+    for p in tl.static_range(PW):
+        zc = tl.where(c_mask[None, :], zs[p] - means[p][:, None], 0.0)
+        zcs = zcs + (zc,)
+        squares = squares + (zc * zc,)
+    rstd8 = 1.0 / tl.sqrt(_mean_div(_joined_channel_sums(squares, PW), C, inv_C) + eps)
+    rstds = _split8(rstd8)
     for p in tl.static_range(PW):
         ow = g0 + p
-        w_ok = ow < W
         pix = row.to(tl.int64) * W + ow
-        z = tl.where(c_mask[None, :], accs[p] + bias[None, :], 0.0)  # lanes past C: garbage (_conv_strip)
-        mean = _mean_div(tl.sum(z, axis=1), C, inv_C)
-        zc = tl.where(c_mask[None, :], z - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(_mean_div(tl.sum(zc * zc, axis=1), C, inv_C) + eps)
-        y = zc * rstd[:, None] * lw[None, :] + lb[None, :]
+        y = zcs[p] * rstds[p][:, None] * lw[None, :] + lb[None, :]
         tl.store(y_ptr + (pix[:, None] * C + c[None, :]), y.to(y_ptr.dtype.element_ty),
-                 mask=w_ok[:, None] & c_mask[None, :])
-        tl.store(mean_ptr + pix, mean, mask=w_ok)
-        tl.store(rstd_ptr + pix, rstd, mask=w_ok)
+                 mask=(ow < W)[:, None] & c_mask[None, :])
+    i2 = tl.arange(0, 2)
+    p8 = i2[None, :, None, None] + 2 * i2[None, None, :, None] + 4 * i2[None, None, None, :]  # pixel of s[g, ...]
+    ow8 = g0[:, None, None, None] + p8
+    pix8 = row.to(tl.int64) * W + ow8
+    ok8 = (p8 < PW) & (ow8 < W)
+    tl.store(mean_ptr + pix8, mean8, mask=ok8)
+    tl.store(rstd_ptr + pix8, rstd8, mask=ok8)
 
 
 @triton.jit
-def _channel_sums_x8(zhats, gys, lw, PW: tl.constexpr):
-    """(sum_c zhat*lw*gy, sum_c lw*gy) of each of the PW <= 4 [BLOCK_G, BLOCK_C] pixel tiles, as
-    a tuple of 2*PW [BLOCK_G] vectors, from one tl.sum over a [BLOCK_G, BLOCK_C, 2, 2, 2] join of
-    them (missing pixels are zeros)."""
-    tl.static_assert(PW <= 4, "the fused backward px kernel takes at most 4 columns per thread")
-    zero = zhats[0] * 0.0
+def _joined_channel_sums(tiles, N: tl.constexpr):
+    """Sums over axis 1 of the first N <= 8 [BLOCK_G, BLOCK_C] tiles of ``tiles`` as one
+    [BLOCK_G, 2, 2, 2] tensor: s[g, i0, i1, i2] sums tile i0 + 2*i1 + 4*i2 (zeros past N), from one
+    tl.sum over their join. Where a pixel's channels span warps, every tl.sum is a shared-memory
+    round trip with two barriers; one joined sum pays that once for all of them (the shuffles stay
+    per value). ``_split8`` takes the result apart."""
+    tl.static_assert(N <= 8, "at most 8 tiles per joined sum")
+    zero = tiles[0] * 0.0
     t = ()
-    for p in tl.static_range(4):
-        if p < PW:
-            wdy = gys[p] * lw
-            t = t + (tl.join(zhats[p] * wdy, wdy),)
+    for i in tl.static_range(8):
+        if i < N:
+            t = t + (tiles[i],)
         else:
-            t = t + (tl.join(zero, zero),)
-    s = tl.sum(tl.join(tl.join(t[0], t[1]), tl.join(t[2], t[3])), axis=1)  # [BLOCK_G, 2, 2, 2]
-    s01, s23 = tl.split(s)
-    s0, s1 = tl.split(s01)
-    s2, s3 = tl.split(s23)
-    a0, b0 = tl.split(s0)
-    a1, b1 = tl.split(s1)
-    a2, b2 = tl.split(s2)
-    a3, b3 = tl.split(s3)
-    return a0, b0, a1, b1, a2, b2, a3, b3
+            t = t + (zero,)
+    # join stacks on a new last dimension
+    return tl.sum(tl.join(tl.join(tl.join(t[0], t[1]), tl.join(t[2], t[3])),
+                          tl.join(tl.join(t[4], t[5]), tl.join(t[6], t[7]))), axis=1)
+
+
+@triton.jit
+def _split8(s):
+    """[BLOCK_G, 2, 2, 2] -> the 8 [BLOCK_G] vectors s[:, i0, i1, i2] in the order i0 + 2*i1 + 4*i2."""
+    lo, hi = tl.split(s)
+    q0, q1 = tl.split(lo)
+    q2, q3 = tl.split(hi)
+    r0, r1 = tl.split(q0)
+    r2, r3 = tl.split(q1)
+    r4, r5 = tl.split(q2)
+    r6, r7 = tl.split(q3)
+    return r0, r1, r2, r3, r4, r5, r6, r7
+
+
+@triton.jit
+def _channel_sums8(tiles, N: tl.constexpr):
+    """The N <= 8 sums of ``_joined_channel_sums`` as a tuple of 8 [BLOCK_G] vectors."""
+    return _split8(_joined_channel_sums(tiles, N))
 
 
 @triton.jit
@@ -372,7 +402,11 @@ def _dwconv_ln_bwd_px_kernel(
         # The 2*PW per-pixel channel sums in one reduction: a pixel's channels span warps here (2
         # channels per thread), and each separate tl.sum paid its own shared-memory round trip
         # with two barriers (16 per strip).
-        sums = _channel_sums_x8(zhats, gys, lw, PW)
+        terms = ()
+        for p in tl.static_range(PW):
+            wdy = gys[p] * lw
+            terms = terms + (zhats[p] * wdy, wdy)
+        sums = _channel_sums8(terms, 2 * PW)
         for p in tl.static_range(PW):
             ow = g0 + p
             m = ((ow < W) & valid)[:, None] & c_mask_tile
