@@ -49,6 +49,8 @@ import triton.language as tl
 
 from convnext_fast.layout import empty_channels_last
 
+from .joined_sums import joined_sums, slot8
+
 __all__ = ["dwconv_forward", "dwconv_backward", "aot_configs"]
 
 # Programs to aim for in the weight-gradient pass: enough to fill an H100 (132 SMs, several 2-warp
@@ -431,10 +433,19 @@ def _dwconv_bwd_weight_px_kernel(
                     updated = updated + a
                 accs = updated
 
-    part_row = part_ptr + tl.cast(pid, tl.int64) * (KK + 1) * C + c
-    for t in tl.static_range(KK):
-        tl.store(part_row + t * C, tl.sum(accs[t], axis=0), mask=c_mask)
-    tl.store(part_row + KK * C, tl.sum(gsum, axis=0), mask=c_mask)
+    totals = accs + (gsum,)  # tap t = 0 .. K*K - 1, then the bias at t = K*K
+    if BLOCK_G == 1:  # one column group: the sums over it are the registers themselves
+        part_row = part_ptr + tl.cast(pid, tl.int64) * (KK + 1) * C + c
+        for t in tl.static_range(KK + 1):
+            tl.store(part_row + t * C, tl.sum(totals[t], axis=0), mask=c_mask)
+    else:
+        # The groups span warps: eight sums per tl.sum (joined_sums.py; 50 separate sums at K = 7
+        # cost 99-299 barriers per program on sm_90), stored from the joined form.
+        part_row = part_ptr + tl.cast(pid, tl.int64) * (KK + 1) * C + c[:, None, None, None]
+        for base in tl.static_range(0, KK + 1, 8):
+            tap = base + slot8()[None, :, :, :]
+            tl.store(part_row + tap * C, joined_sums(totals[base:base + 8], min(8, KK + 1 - base), 0),
+                     mask=c_mask[:, None, None, None] & (tap <= KK))
 
 
 @triton.jit

@@ -43,6 +43,7 @@ import triton.language as tl
 from convnext_fast.layout import empty_channels_last, stats_dtype, stats_shape
 
 from .depthwise_conv import dwconv_backward
+from .joined_sums import joined_sums, slot8, split8
 from .layer_norm import (_TRITON_DTYPE, CONVNEXT_CHANNELS, MAX_BLOCK_C, MAX_BLOCK_C_FP64, _add_to_partial,
                          _chan_combine, _ln_bwd_chunk, _mean_div, divisibility_attrs, num_partials,
                          reduce_partials)
@@ -261,74 +262,34 @@ def _dwconv_ln_fwd_px_kernel(
         bias = tl.zeros((BLOCK_C,), dtype=acc_t)
     lw = tl.load(lw_ptr + c, mask=c_mask, other=0.0).to(acc_t)
     lb = tl.load(lb_ptr + c, mask=c_mask, other=0.0).to(acc_t)
-    # The PW pixels' means in one joined sum, then their variances in another, and the statistics
-    # stored from the joined [BLOCK_G, 2, 2, 2] form: per-pixel sums and stores cost a shared-memory
-    # round trip each where a pixel's channels span warps (C >= 192) and for every store.
+    # The PW pixels' means in one joined sum, then their variances in another (joined_sums.py), and
+    # the statistics stored from the joined form: per-pixel sums and stores each cost a round trip
+    # through shared memory, the sums where a pixel's channels span warps (C >= 192).
     zs = ()
     for p in tl.static_range(PW):
         zs = zs + (tl.where(c_mask[None, :], accs[p] + bias[None, :], 0.0),)  # lanes past C: garbage
-    mean8 = _mean_div(_joined_channel_sums(zs, PW), C, inv_C)
-    means = _split8(mean8)
+    mean8 = _mean_div(joined_sums(zs, PW, 1), C, inv_C)  # [BLOCK_G, 2, 2, 2], pixel p at slot8() == p
+    means = split8(mean8)
     zcs = ()
     squares = ()
     for p in tl.static_range(PW):
         zc = tl.where(c_mask[None, :], zs[p] - means[p][:, None], 0.0)
         zcs = zcs + (zc,)
         squares = squares + (zc * zc,)
-    rstd8 = 1.0 / tl.sqrt(_mean_div(_joined_channel_sums(squares, PW), C, inv_C) + eps)
-    rstds = _split8(rstd8)
+    rstd8 = 1.0 / tl.sqrt(_mean_div(joined_sums(squares, PW, 1), C, inv_C) + eps)
+    rstds = split8(rstd8)
     for p in tl.static_range(PW):
         ow = g0 + p
         pix = row.to(tl.int64) * W + ow
         y = zcs[p] * rstds[p][:, None] * lw[None, :] + lb[None, :]
         tl.store(y_ptr + (pix[:, None] * C + c[None, :]), y.to(y_ptr.dtype.element_ty),
                  mask=(ow < W)[:, None] & c_mask[None, :])
-    i2 = tl.arange(0, 2)
-    p8 = i2[None, :, None, None] + 2 * i2[None, None, :, None] + 4 * i2[None, None, None, :]  # pixel of s[g, ...]
+    p8 = slot8()[None, :, :, :]
     ow8 = g0[:, None, None, None] + p8
     pix8 = row.to(tl.int64) * W + ow8
     ok8 = (p8 < PW) & (ow8 < W)
     tl.store(mean_ptr + pix8, mean8, mask=ok8)
     tl.store(rstd_ptr + pix8, rstd8, mask=ok8)
-
-
-@triton.jit
-def _joined_channel_sums(tiles, N: tl.constexpr):
-    """Sums over axis 1 of the first N <= 8 [BLOCK_G, BLOCK_C] tiles of ``tiles`` as one
-    [BLOCK_G, 2, 2, 2] tensor: s[g, i0, i1, i2] sums tile i0 + 2*i1 + 4*i2 (zeros past N), from one
-    tl.sum over their join. Where a pixel's channels span warps, every tl.sum is a shared-memory
-    round trip with two barriers; one joined sum pays that once for all of them (the shuffles stay
-    per value). ``_split8`` takes the result apart."""
-    tl.static_assert(N <= 8, "at most 8 tiles per joined sum")
-    zero = tiles[0] * 0.0
-    t = ()
-    for i in tl.static_range(8):
-        if i < N:
-            t = t + (tiles[i],)
-        else:
-            t = t + (zero,)
-    # join stacks on a new last dimension
-    return tl.sum(tl.join(tl.join(tl.join(t[0], t[1]), tl.join(t[2], t[3])),
-                          tl.join(tl.join(t[4], t[5]), tl.join(t[6], t[7]))), axis=1)
-
-
-@triton.jit
-def _split8(s):
-    """[BLOCK_G, 2, 2, 2] -> the 8 [BLOCK_G] vectors s[:, i0, i1, i2] in the order i0 + 2*i1 + 4*i2."""
-    lo, hi = tl.split(s)
-    q0, q1 = tl.split(lo)
-    q2, q3 = tl.split(hi)
-    r0, r1 = tl.split(q0)
-    r2, r3 = tl.split(q1)
-    r4, r5 = tl.split(q2)
-    r6, r7 = tl.split(q3)
-    return r0, r1, r2, r3, r4, r5, r6, r7
-
-
-@triton.jit
-def _channel_sums8(tiles, N: tl.constexpr):
-    """The N <= 8 sums of ``_joined_channel_sums`` as a tuple of 8 [BLOCK_G] vectors."""
-    return _split8(_joined_channel_sums(tiles, N))
 
 
 @triton.jit
@@ -399,14 +360,13 @@ def _dwconv_ln_bwd_px_kernel(
             zhats = zhats + (tl.where(m, (accs[p] + bias - mean) * rstd, 0.0),)
             gys = gys + (tl.load(gy_row + (ow[:, None] * sg_w + c[None, :] * sg_c), mask=m, other=0.0).to(acc_t),)
             rstds = rstds + (rstd,)
-        # The 2*PW per-pixel channel sums in one reduction: a pixel's channels span warps here (2
-        # channels per thread), and each separate tl.sum paid its own shared-memory round trip
-        # with two barriers (16 per strip).
+        # The 2*PW per-pixel channel sums in one reduction (joined_sums.py): a pixel's channels
+        # span warps here (2 channels per thread), and separate sums cost 16 barriers per strip.
         terms = ()
         for p in tl.static_range(PW):
             wdy = gys[p] * lw
             terms = terms + (zhats[p] * wdy, wdy)
-        sums = _channel_sums8(terms, 2 * PW)
+        sums = split8(joined_sums(terms, 2 * PW, 1))
         for p in tl.static_range(PW):
             ow = g0 + p
             m = ((ow < W) & valid)[:, None] & c_mask_tile
