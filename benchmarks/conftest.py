@@ -46,11 +46,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(scope="session")
 def ceilings() -> roofline.Ceilings:
-    """The two measured ceilings of this machine (copy GB/s, matmul TFLOP/s), once per session."""
+    """The measured ceilings of this machine (copy GB/s, matmul and fp32 FMA TFLOP/s), once per session."""
     from convnext_fast.bench.report import measure_ceilings
 
     c = measure_ceilings(DEVICE, quick=True)
-    return roofline.Ceilings(c["copy_gbps"] or 0.0, dict(c["matmul_tflops"]))
+    return roofline.Ceilings(c["copy_gbps"] or 0.0, dict(c["matmul_tflops"]), c.get("fp32_fma_tflops"))
 
 
 @pytest.fixture

@@ -228,6 +228,15 @@ def test_cpu_timing_has_no_host_issue_time():
     assert t.host_ms is None and t.median_ms > 0 and t.reps >= 5
 
 
+def test_cpu_ceilings_include_the_fp32_fma_rate():
+    import torch
+
+    from convnext_fast.bench.report import measure_ceilings
+
+    c = measure_ceilings(torch.device("cpu"), quick=True)
+    assert c["copy_gbps"] > 0 and c["fp32_fma_tflops"] == c["matmul_tflops"]["float32"] > 0
+
+
 def test_standard_cases_most_important_first():
     gpu = standard_cases("cuda")
     assert gpu[0] == Case("dwconv", "fwd", (128, 96, 56, 56), "bfloat16", 7)
