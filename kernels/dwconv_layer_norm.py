@@ -256,18 +256,22 @@ def _dwconv_ln_fwd_px_kernel(
     x_img = x_ptr + n.to(tl.int64) * s_n
     accs = _conv_strip(x_img, w_ptr, h, g0, c, c_mask, True, H, W, s_c, s_h, s_w, K, PW, BLOCK_G, BLOCK_C, acc_t)
 
+    # Per-channel vectors as [BLOCK_G, BLOCK_C] tiles (repeated addresses, from L1): they arrive in
+    # the accumulators' register layout, where 1-D loads needed a conversion through shared memory.
+    c_tile = c[None, :] + (g0 * 0)[:, None]
+    c_mask_tile = c_tile < C
     if HAS_BIAS:
-        bias = tl.load(db_ptr + c, mask=c_mask, other=0.0).to(acc_t)
+        bias = tl.load(db_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
     else:
-        bias = tl.zeros((BLOCK_C,), dtype=acc_t)
-    lw = tl.load(lw_ptr + c, mask=c_mask, other=0.0).to(acc_t)
-    lb = tl.load(lb_ptr + c, mask=c_mask, other=0.0).to(acc_t)
+        bias = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
+    lw = tl.load(lw_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
+    lb = tl.load(lb_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
     # The PW pixels' means in one joined sum, then their variances in another (joined_sums.py), and
     # the statistics stored from the joined form: per-pixel sums and stores each cost a round trip
     # through shared memory, the sums where a pixel's channels span warps (C >= 192).
     zs = ()
     for p in tl.static_range(PW):
-        zs = zs + (tl.where(c_mask[None, :], accs[p] + bias[None, :], 0.0),)  # lanes past C: garbage
+        zs = zs + (tl.where(c_mask_tile, accs[p] + bias, 0.0),)  # lanes past C: garbage
     mean8 = _mean_div(joined_sums(zs, PW, 1), C, inv_C)  # [BLOCK_G, 2, 2, 2], pixel p at slot8() == p
     means = split8(mean8)
     zcs = ()
@@ -281,7 +285,7 @@ def _dwconv_ln_fwd_px_kernel(
     for p in tl.static_range(PW):
         ow = g0 + p
         pix = row.to(tl.int64) * W + ow
-        y = zcs[p] * rstds[p][:, None] * lw[None, :] + lb[None, :]
+        y = zcs[p] * rstds[p][:, None] * lw + lb
         tl.store(y_ptr + (pix[:, None] * C + c[None, :]), y.to(y_ptr.dtype.element_ty),
                  mask=(ow < W)[:, None] & c_mask[None, :])
     p8 = slot8()[None, :, :, :]
