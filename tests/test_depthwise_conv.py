@@ -188,11 +188,12 @@ def test_empty_batch(kernel_backend, device):
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
 
 
-@pytest.mark.parametrize("shape,k", [((2, 40, 9, 11), 7), ((1, 37, 5, 14), 5)])
+@pytest.mark.parametrize("shape,k", [((2, 40, 9, 11), 7), ((1, 37, 5, 14), 5), ((1, 100, 3, 14), 5)])
 def test_triton_px_kernel_ignores_the_weight_padding(device, monkeypatch, shape, k):
     """The px forward (also the input gradient) reads weights in blocks of BLOCK_C channels whose
     lanes past C are left uninitialized; those lanes' outputs must never be stored. Filling them
-    with NaN must change nothing (C = 40 and 37 are not multiples of the px kernel's BLOCK_C)."""
+    with NaN must change nothing (C = 40, 37 and 100 are not multiples of the px kernel's BLOCK_C;
+    100 = one full block of 64 and a partial one)."""
     from conftest import kernel_backends
     from convnext_fast.kernels import depthwise_conv as dw_kernels
 
