@@ -12,8 +12,11 @@
 // The conv kernels work on bands of up to 8 output rows of one image (parallel tasks are bands)
 // with channel-blocked ring rows (16 channels of a row contiguous), K = 3/5/7 compiled with the
 // kernel row's weights and a block of output pixels x channel chunks in registers, each input
-// vector loaded once per pixel block (sliding window). Scratch buffers are per thread and reused
-// across calls (no allocation or zero-fill per call), 64-byte aligned.
+// vector loaded once per pixel block (sliding window); the weight gradient's row kernel likewise
+// keeps the K tap sums of a kernel row in registers while a block of gradient pixels slides over
+// the input. Where the pixel block divides W and C needs no padding, the conv writes its output
+// rows straight into the result. Scratch buffers are per thread and reused across calls (no
+// allocation or zero-fill per call), 64-byte aligned.
 //
 // The row kernels (conv_row, wgrad_row, ln_fwd_row, ln_bwd_row, load_blocked) use GCC vector
 // extensions and are compiled three times: AVX-512 (V = 16 floats), AVX2+FMA (V = 8) and baseline
@@ -37,6 +40,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <memory>
 #include <new>
 #include <cmath>
 #include <cstdlib>
@@ -144,7 +148,10 @@ CF_AI void prefetch_part(const Prefetch* pf, const PrefetchSplit& sp, int64_t k)
 // load-bound. Each accumulator is a chain of K*K dependent FMAs (4-cycle latency): NC * WB >= 14
 // independent chains keep both FMA ports busy where WB alone (7 or 8) left them half idle.
 // Processes channels [c0, c0 + NC * V); pk counts prefetch slots (one per kernel row).
-template <class A, int V, int KK, int WB, int NC>
+// ROW: the block is the whole row (W == WB). Then the first and last KK/2 padded input columns
+// are zeros by construction, and their loads and FMAs are skipped: at W = 7 that is 12 of the 49
+// taps per output on average (adding 0 * w leaves the sum's bits unchanged for finite w).
+template <class A, int V, int KK, int WB, int NC, bool ROW = false>
 CF_AI void conv_chunks(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp, int64_t Lp,
                        int64_t c0, const Prefetch* pf, const PrefetchSplit& pfs, int64_t& pk, int64_t R,
                        int64_t ors) {
@@ -187,6 +194,7 @@ CF_AI void conv_chunks(const A* const* rows, const A* wt, const A* bias, A* out,
       }
 #pragma GCC unroll 64
       for (int i = 0; i < WB + KK - 1; ++i) {
+        if (ROW && (i < KK / 2 || i >= WB + KK / 2)) continue;  // compile-time: padding column
 #pragma GCC unroll 4
         for (int n = 0; n < NC; ++n) {
           const vec xv = ld<vec>(xp[n] + i * kCAlign);
@@ -211,15 +219,16 @@ CF_AI void conv_chunks(const A* const* rows, const A* wt, const A* bias, A* out,
 // (R + K - 1) rows x (WB + K - 1) pixels slice they read stays in L1: each input line comes from
 // L2 about (WB + K - 1) / WB times per band instead of K times (once per output row; the ring of a
 // 768-channel row is 300 KB and lives in L2).
-template <class A, int V, int KK, int WB, int NC>
+template <class A, int V, int KK, int WB, int NC, bool ROW = false>
 CF_AI void conv_row_fixed(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
                           int64_t Lp, const Prefetch* pf, int64_t R, int64_t ors) {
   const int64_t nch = Cp / V, groups = nch / NC + nch % NC, nwb = (W + WB - 1) / WB;
   const PrefetchSplit pfs = prefetch_split(pf, groups * nwb * KK * R);
   int64_t pk = 0, c0 = 0;
   for (; c0 + NC * V <= Cp; c0 += NC * V)
-    conv_chunks<A, V, KK, WB, NC>(rows, wt, bias, out, W, Cp, Lp, c0, pf, pfs, pk, R, ors);
-  for (; c0 < Cp; c0 += V) conv_chunks<A, V, KK, WB, 1>(rows, wt, bias, out, W, Cp, Lp, c0, pf, pfs, pk, R, ors);
+    conv_chunks<A, V, KK, WB, NC, ROW>(rows, wt, bias, out, W, Cp, Lp, c0, pf, pfs, pk, R, ors);
+  for (; c0 < Cp; c0 += V)
+    conv_chunks<A, V, KK, WB, 1, ROW>(rows, wt, bias, out, W, Cp, Lp, c0, pf, pfs, pk, R, ors);
 }
 
 // Any K: kWB output pixels x V channels of accumulators across all K*K taps, weights reloaded.
@@ -259,24 +268,45 @@ CF_AI void conv_row_any(const A* const* rows, const A* wt, const A* bias, A* out
     conv_row_any1<A, V>(rows + rr, wt, bias, out + rr * ors, W, Cp, K, Lp, rr == 0 ? pf : nullptr);
 }
 
-// Picks the variant: register blocks sized to the vector register file (32 for V = 16 / AVX-512,
-// 16 otherwise) and, for K = 7, to W (W = 7, 14, 28 use 7-pixel blocks: no wasted columns).
+// Output pixels per register block of conv_row_impl for this W and K: sized to the vector register
+// file (32 registers for V = 16 / AVX-512, 16 otherwise) and, for K = 7, to W (multiples of 14 and
+// 7, e.g. ConvNeXt's 56, 28, 14, 7, use 14- and 7-pixel blocks: no wasted columns). The conv writes
+// round_up(W, block) pixels per output row; conv_rows writes straight into y when block divides W.
+template <int V>
+int conv_pixel_block(int64_t W, int64_t K) {
+  if (K != 7) return kWB;  // K = 3, 5 and conv_row_any
+  if (V != 16) return 4;
+  if (W % 14 == 0) return 14;
+  if (W % 7 == 0) return 7;
+  if (W % 16 == 0) return 16;
+  return kWB;
+}
+
+// Runs the variant conv_pixel_block picked. K = 7, V = 16 blocks of 7 or 14 pixels (2 or 1 chunks
+// of channels: 14 accumulators either way) that cover the whole row skip its padding columns.
 template <class A, int V>
 CF_AI void conv_row_impl(const A* const* rows, const A* wt, const A* bias, A* out, int64_t W, int64_t Cp,
                          int64_t K, int64_t Lp, const Prefetch* pf, int64_t R, int64_t ors) {
-  if (K == 7) {
-    if (V == 16) {
-      if (W % 7 == 0)
-        conv_row_fixed<A, V, 7, 7, 2>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
-      else
-        conv_row_fixed<A, V, 7, 8, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
-    } else {
-      conv_row_fixed<A, V, 7, 4, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
-    }
+  const int wb = conv_pixel_block<V>(W, K);
+  if (K == 7 && V == 16) {
+    if (wb == 14 && W == 14)
+      conv_row_fixed<A, V, 7, 14, 1, true>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
+    else if (wb == 14)
+      conv_row_fixed<A, V, 7, 14, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
+    else if (wb == 7 && W == 7)
+      conv_row_fixed<A, V, 7, 7, 2, true>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
+    else if (wb == 7)
+      conv_row_fixed<A, V, 7, 7, 2>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
+    else if (wb == 16)
+      conv_row_fixed<A, V, 7, 16, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
+    else
+      conv_row_fixed<A, V, 7, kWB, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
+  } else if (K == 7) {
+    conv_row_fixed<A, V, 7, 4, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
   } else if (K == 3) {
-    conv_row_fixed<A, V, 3, 8, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
+    conv_row_fixed<A, V, 3, kWB, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
   } else if (K == 5) {
-    conv_row_fixed<A, V, 5, 8, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
+    conv_row_fixed<A, V, 5, kWB, 1>(rows, wt, bias, out, W, Cp, Lp, pf, R, ors);
   } else {
     conv_row_any<A, V>(rows, wt, bias, out, W, Cp, K, Lp, pf, R, ors);
   }
@@ -284,9 +314,12 @@ CF_AI void conv_row_impl(const A* const* rows, const A* wt, const A* bias, A* ou
 
 // part[kh][kw][c] += sum_w g[w][c] * rows[kh][w + kw][c] (kw padded to Kp = round_up(K, kKB); the
 // extra taps read zeros and are ignored), partb[c] += sum_w g[w][c].
+// g holds round_up(W, kWB) pixels (stride Cp), zero past W; rows are pixel-major padded rows.
+//
+// Any K: kKB tap sums in registers per pass over the row; every tap re-loads its input vector.
 template <class A, int V>
-CF_AI void wgrad_row_impl(const A* g, const A* const* rows, A* part, A* partb, int64_t W, int64_t Cp,
-                          int64_t K) {
+CF_AI void wgrad_row_any(const A* g, const A* const* rows, A* part, A* partb, int64_t W, int64_t Cp,
+                         int64_t K) {
   typedef typename Vec<A, V>::type vec;
   const int64_t Kp = round_up(K, kKB);
   for (int64_t c0 = 0; c0 < Cp; c0 += V) {
@@ -309,6 +342,80 @@ CF_AI void wgrad_row_impl(const A* g, const A* const* rows, A* part, A* partb, i
         for (int t = 0; t < kKB; ++t) st(pp + t * Cp, acc[t]);
       }
     }
+  }
+}
+
+// Fixed K (the fast path; the same sums in another order): per V-channel chunk and kernel row, the K tap sums stay in
+// registers while WB pixels of g (a sliding window) meet the WB + K - 1 input vectors they touch:
+// each input and gradient vector is loaded once per pixel block and feeds up to K FMAs, where
+// wgrad_row_any loads an input vector per FMA. NS sets of tap sums (pixels alternate between them)
+// make NS * K independent FMA chains; the sets are added at the end of the row, in a fixed order.
+// Pixels past W have g = 0 (and padded input 0), so blocks may run past the row.
+template <class A, int V, int KK, int WB, int NS>
+CF_AI void wgrad_row_fixed(const A* g, const A* const* rows, A* part, A* partb, int64_t W, int64_t Cp) {
+  typedef typename Vec<A, V>::type vec;
+  const int64_t Kp = round_up(KK, kKB);
+  for (int64_t c0 = 0; c0 < Cp; c0 += V) {
+    vec sb = ld<vec>(partb + c0);
+    for (int64_t w = 0; w < W; ++w) sb += ld<vec>(g + w * Cp + c0);
+    st(partb + c0, sb);
+    for (int kh = 0; kh < KK; ++kh) {
+      const A* r = rows[kh];
+      if (!r) continue;
+      A* pp = part + kh * Kp * Cp + c0;
+      vec acc[NS][KK];
+#pragma GCC unroll 32
+      for (int kw = 0; kw < KK; ++kw) {
+        acc[0][kw] = ld<vec>(pp + kw * Cp);
+#pragma GCC unroll 4
+        for (int n = 1; n < NS; ++n) acc[n][kw] = vec{};
+      }
+      for (int64_t w0 = 0; w0 < W; w0 += WB) {
+        const A* gp = g + w0 * Cp + c0;
+        const A* xp = r + w0 * Cp + c0;
+        vec gv[WB];
+#pragma GCC unroll 32
+        for (int j = 0; j < WB; ++j) gv[j] = ld<vec>(gp + j * Cp);
+#pragma GCC unroll 64
+        for (int i = 0; i < WB + KK - 1; ++i) {
+          const vec xv = ld<vec>(xp + i * Cp);
+#pragma GCC unroll 32
+          for (int kw = 0; kw < KK; ++kw) {
+            const int j = i - kw;
+            if (j >= 0 && j < WB) acc[j % NS][kw] += gv[j] * xv;
+          }
+        }
+      }
+#pragma GCC unroll 32
+      for (int kw = 0; kw < KK; ++kw) {
+        vec t = acc[0][kw];
+#pragma GCC unroll 4
+        for (int n = 1; n < NS; ++n) t += acc[n][kw];
+        st(pp + kw * Cp, t);
+      }
+    }
+  }
+}
+
+// Picks the variant: with 32 vector registers (V = 16) two sets of tap sums and 7- or 8-pixel
+// blocks (K = 7: 14 sums + 8 gradients + 1 input = 23 registers); with 16, one set of 4 pixels.
+template <class A, int V>
+CF_AI void wgrad_row_impl(const A* g, const A* const* rows, A* part, A* partb, int64_t W, int64_t Cp,
+                          int64_t K) {
+  constexpr bool wide = V == 16;
+  if (K == 7) {
+    if (wide && W % 7 == 0)
+      wgrad_row_fixed<A, V, 7, 7, 2>(g, rows, part, partb, W, Cp);
+    else if (wide)
+      wgrad_row_fixed<A, V, 7, 8, 2>(g, rows, part, partb, W, Cp);
+    else
+      wgrad_row_fixed<A, V, 7, 4, 1>(g, rows, part, partb, W, Cp);
+  } else if (K == 5) {
+    wgrad_row_fixed<A, V, 5, wide ? 8 : 4, wide ? 2 : 1>(g, rows, part, partb, W, Cp);
+  } else if (K == 3) {
+    wgrad_row_fixed<A, V, 3, wide ? 8 : 4, wide ? 2 : 1>(g, rows, part, partb, W, Cp);
+  } else {
+    wgrad_row_any<A, V>(g, rows, part, partb, W, Cp, K);
   }
 }
 
@@ -439,6 +546,7 @@ struct RowOps {
   void (*ln_bwd_row)(const A*, const A*, const A*, const A*, const A*, const A*, int64_t, int64_t, int64_t, A*,
                      A*, A*);
   void (*load_blocked)(const A*, int64_t, int64_t, A*, int64_t, int64_t);
+  int (*conv_block)(int64_t, int64_t);
   const char* name;
 };
 
@@ -462,8 +570,9 @@ struct RowOps {
   ATTR void load_blocked_##NAME(const A* s, int64_t W, int64_t C, A* d, int64_t Lp, int64_t p) {         \
     load_blocked_impl<A, V>(s, W, C, d, Lp, p);                                                          \
   }                                                                                                      \
-  const RowOps<A> row_ops_##NAME = {conv_row_##NAME,    wgrad_row_##NAME,    ln_fwd_row_##NAME,          \
-                                    ln_bwd_row_##NAME,  load_blocked_##NAME, #NAME};
+  const RowOps<A> row_ops_##NAME = {conv_row_##NAME,    wgrad_row_##NAME,        ln_fwd_row_##NAME,      \
+                                    ln_bwd_row_##NAME,  load_blocked_##NAME,     conv_pixel_block<V>,    \
+                                    #NAME};
 
 CF_DEFINE_ROW_OPS(generic, , float, 4)
 CF_DEFINE_ROW_OPS(f64, , double, 2)
@@ -535,6 +644,31 @@ A* scratch(size_t n) {
   }
   return buf.data();
 }
+
+// A whole-tensor temporary of the calling thread (the fused backward's gradient of the conv output,
+// one activation). Fresh memory of that size costs a page fault per 4 KB and a zero fill on every
+// call: at ConvNeXt-T stage 1, batch 8, fp32 (9.6 MB) that was half of the fused backward's time
+// (11.9 -> 6.2 ms on the 2-core dev machine). Up to kKeepWorkspaceBytes the buffer is kept for the
+// next call (scratch slot 3: the calling thread's, never a worker's); larger ones are allocated,
+// uninitialized, per call, so one huge call does not pin its memory for the life of the thread.
+constexpr size_t kKeepWorkspaceBytes = size_t(256) << 20;
+template <class A>
+struct Workspace {
+  struct Free {
+    void operator()(A* p) const { std::free(p); }
+  };
+  std::unique_ptr<A, Free> owned;
+  A* ptr;
+  explicit Workspace(size_t n) {
+    if (n * sizeof(A) <= kKeepWorkspaceBytes) {
+      ptr = scratch<A, 3>(n);
+    } else {
+      owned.reset(AlignedAlloc<A>().allocate(n));
+      ptr = owned.get();
+    }
+  }
+  A* data() const { return ptr; }
+};
 
 // f(begin, end) over [0, n) split into one contiguous range per thread (torch's intra-op thread
 // count). The split does not affect results: every kernel's reductions are shape-only.
@@ -776,16 +910,20 @@ void reduce_partials(const A* part, int64_t nblk, int64_t stride, int64_t n, A* 
 // For every output row r = n*H + h: out = conv of src rows (padded ring) with wt (+ bias), then
 // epi(r, out) consumes the row buffer (W pixels x Cp channels).
 // out_base/out_row_bytes: where epi writes row r (out_base + r * out_row_bytes), for prefetching.
-// out_base/out_row_bytes: where epi writes row r (out_base + r * out_row_bytes), for prefetching.
+// direct: if not null, the (N, H, W, C) output in the accumulation type with C == Cp; when the
+// conv's pixel block divides W the conv then writes its rows there and epi is not called (one pass
+// over the output instead of a row buffer copied out: a plain memcpy of the whole output was 16%
+// of the CPU conv backward's time).
 // Work is split into bands of R output rows of one image (see band_rows); epi(r, row) is called
 // for every output row r = n*H + h of the band, in order, after the whole band is convolved.
 template <class S, class A, class Epi>
 void conv_rows(const S* src, const A* wt, const A* bias, const Shape& s, int64_t Cp, const void* out_base,
-               int64_t out_row_bytes, Epi epi) {
+               int64_t out_row_bytes, Epi epi, A* direct = nullptr) {
   const RowOps<A>& ops = row_ops<A>();
   const int64_t rows = s.N * s.H, in_row = s.W * s.C;
   const int64_t R = band_rows(s.H), nb = (s.H + R - 1) / R;
   const int64_t ors = round_up(s.W, kWB) * Cp;
+  const bool to_out = direct != nullptr && s.W % ops.conv_block(s.W, s.K) == 0;
   par_for(s.N * nb, [&](int64_t b, int64_t e) {
     const ConvBuffers<A> sb = conv_scratch<A>(s.W, s.C, Cp, s.K, R);
     BlockRing<S, A> ring(src, s.H, s.W, s.C, Cp, s.K, s.K + R - 1, sb.ring, sb.held, sb.ptrs);
@@ -797,6 +935,10 @@ void conv_rows(const S* src, const A* wt, const A* bias, const Shape& s, int64_t
       const Prefetch pf{reinterpret_cast<const char*>(src + nxt * in_row), nrd * in_row * int64_t(sizeof(S)),
                         static_cast<const char*>(out_base) + r0 * out_row_bytes, Rb * out_row_bytes};
       const A* const* rp = ring.rows_for_band(n, h0, Rb);
+      if (to_out) {
+        ops.conv_row(rp, wt, bias, direct + r0 * in_row, s.W, Cp, s.K, ring.Lp, &pf, Rb, in_row);
+        continue;
+      }
       ops.conv_row(rp, wt, bias, sb.out, s.W, Cp, s.K, ring.Lp, &pf, Rb, ors);
       for (int64_t rr = 0; rr < Rb; ++rr) epi(r0 + rr, sb.out + rr * ors);
     }
@@ -814,7 +956,8 @@ void dwconv_wgrad(const S* gy, const T* x, const Shape& s, int64_t Cp, T* gw, T*
   std::vector<A> part(static_cast<size_t>(blk.count * stride), A(0));
   par_for(blk.count, [&](int64_t b, int64_t e) {
     RowRing<T, A> ring(x, s.H, s.W, s.C, Cp, K);
-    std::vector<A> g(static_cast<size_t>(s.W * Cp), A(0));
+    // round_up(W, kWB) pixels, zero past W: wgrad_row_fixed's pixel blocks may run past the row.
+    std::vector<A> g(static_cast<size_t>(round_up(s.W, kWB) * Cp), A(0));
     for (int64_t bi = b; bi < e; ++bi) {
       A* pp = part.data() + bi * stride;
       const int64_t r1 = std::min(s.N * s.H, (bi + 1) * blk.rows_per);
@@ -837,8 +980,9 @@ void dwconv_wgrad(const S* gy, const T* x, const Shape& s, int64_t Cp, T* gw, T*
 template <class T, class S, class A>
 void dwconv_igrad(const S* gy, const T* w, const Shape& s, int64_t Cp, T* gx) {
   const avec<A> wt = prep_weight<T, A>(w, s.C, Cp, s.K, /*flip=*/true);
+  A* direct = std::is_same<T, A>::value && Cp == s.C ? reinterpret_cast<A*>(gx) : nullptr;
   conv_rows<S, A>(gy, wt.data(), nullptr, s, Cp, gx, s.W * s.C * int64_t(sizeof(T)),
-                  [&](int64_t r, const A* out) { store_row(out, s.W, s.C, Cp, gx + r * s.W * s.C); });
+                  [&](int64_t r, const A* out) { store_row(out, s.W, s.C, Cp, gx + r * s.W * s.C); }, direct);
 }
 
 template <class T>
@@ -847,8 +991,9 @@ void dwconv_forward_t(const T* x, const T* w, const T* b, T* y, const Shape& s) 
   const int64_t Cp = round_up(s.C, kCAlign);
   const avec<A> wt = prep_weight<T, A>(w, s.C, Cp, s.K, false);
   const avec<A> bias = prep_vec<T, A>(b, s.C, Cp);
+  A* direct = std::is_same<T, A>::value && Cp == s.C ? reinterpret_cast<A*>(y) : nullptr;
   conv_rows<T, A>(x, wt.data(), b ? bias.data() : nullptr, s, Cp, y, s.W * s.C * int64_t(sizeof(T)),
-                  [&](int64_t r, const A* out) { store_row(out, s.W, s.C, Cp, y + r * s.W * s.C); });
+                  [&](int64_t r, const A* out) { store_row(out, s.W, s.C, Cp, y + r * s.W * s.C); }, direct);
 }
 
 template <class T>
@@ -1009,7 +1154,8 @@ void dwconv_ln_backward_t(const T* gy, const T* x, const T* dw_w, const T* dw_b,
   const avec<A> wt = prep_weight<T, A>(dw_w, s.C, Cp, s.K, false);
   const avec<A> bias = prep_vec<T, A>(dw_b, s.C, Cp);
   // Gradient with respect to the conv output, kept in the accumulation type (not rounded to T).
-  std::vector<A> gz(static_cast<size_t>(s.N * s.H * s.W * s.C));
+  // Every element is written by ln_backward_rows before igrad and wgrad read it.
+  const Workspace<A> gz(static_cast<size_t>(s.N * s.H * s.W * s.C));
   ln_backward_rows<T, A>(gy, ln_w, mean, rstd, s, Cp, g_ln_w, g_ln_b,
                          ConvRows<T, A>{x, wt.data(), dw_b ? bias.data() : nullptr, s, Cp},
                          [&](int64_t r, const A* g) { store_row(g, s.W, s.C, Cp, gz.data() + r * s.W * s.C); },

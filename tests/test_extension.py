@@ -204,6 +204,15 @@ def test_every_cpu_instruction_set_variant(isa):
         "reference.dwconv_layer_norm(*ref).backward(gy.double())\n"
         "for o, t in zip(extension.dwconv_ln_backward(gy, x, w, b, g, m, r), ref):\n"
         "    torch.testing.assert_close(o.double(), t.grad, atol=1e-3, rtol=1e-4)\n"
+        # C = 32 (no channel padding) and W = 8 (a multiple of the 4-pixel blocks of AVX2 and
+        # baseline): the conv writes its output rows in place.
+        "x = torch.randn(2, 32, 6, 8).contiguous(memory_format=torch.channels_last)\n"
+        "w = torch.randn(32, 1, 7, 7) / 7; b = torch.randn(32); gy = torch.randn(2, 32, 6, 8)\n"
+        "ref = [t.double().requires_grad_() for t in (x, w, b)]\n"
+        "y = reference.depthwise_conv2d(*ref); y.backward(gy.double())\n"
+        "torch.testing.assert_close(extension.dwconv_forward(x, w, b).double(), y.detach(), atol=1e-4, rtol=1e-4)\n"
+        "for o, t in zip(extension.dwconv_backward(gy, x, w), ref):\n"
+        "    torch.testing.assert_close(o.double(), t.grad, atol=1e-3, rtol=1e-4)\n"
         "print(extension.build_info()['cpu_isa'])\n"
     )
     env = dict(os.environ, CONVNEXT_FAST_CPU_ISA=isa)
@@ -211,6 +220,32 @@ def test_every_cpu_instruction_set_variant(isa):
     assert out.returncode == 0, out.stderr
     used = out.stdout.strip().splitlines()[-1]
     assert used in (isa, "generic"), used  # a CPU without AVX2 falls back to generic
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("width", [7, 14, 16, 21, 28, 32, 9])
+def test_every_cpu_conv_register_block(width):
+    """The CPU conv picks its register block from W at K = 7 (csrc/cpu_kernels.cpp, conv_row_impl):
+    W = 7 and 14 (a block is the whole row: the padding columns' FMAs are skipped), other multiples
+    of 14 and 7, multiples of 16, and 8-pixel blocks otherwise; the weight gradient likewise
+    (7-pixel blocks when 7 divides W, else 8). Each against the float64 reference: forward, every
+    gradient (the input gradient is the same conv with the flipped kernel) and fused forward.
+    C = 48: three 16-channel chunks, so the 2-chunk blocks also run their 1-chunk remainder; and
+    C is a multiple of 16, so where the block divides W the conv writes straight into the output."""
+    shape = (2, 48, 5, width, 7)
+    x, dw_w, dw_b, ln_w, ln_b, gy = _inputs(shape, torch.float32)
+    ref = [t.double().requires_grad_() for t in (x, dw_w, dw_b)]
+    y_ref = reference.depthwise_conv2d(*ref)
+    y_ref.backward(gy.double())
+    assert_matches_reference(extension.dwconv_forward(x, dw_w, dw_b), y_ref.detach(), name=f"y (W={width})")
+    grads = extension.dwconv_backward(gy, x, dw_w)
+    for name, ours, theirs in zip(("grad_x", "grad_w", "grad_b"), grads, (t.grad for t in ref)):
+        # grad_w / grad_b sum N*H*W products: the reduction's rounding grows with its length.
+        atol = 1e-5 if name == "grad_x" else 1e-5 * (2 * 5 * width) ** 0.5
+        assert_matches_reference(ours, theirs, name=f"{name} (W={width})", atol=atol)
+    fused_ref = reference.dwconv_layer_norm(*[t.double() for t in (x, dw_w, dw_b, ln_w, ln_b)])
+    fused = extension.dwconv_ln_forward(x, dw_w, dw_b, ln_w, ln_b, 1e-6)[0]
+    assert_matches_reference(fused, fused_ref, name=f"fused y (W={width})", atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ determinism
