@@ -248,6 +248,35 @@ def test_every_cpu_conv_register_block(width):
     assert_matches_reference(fused, fused_ref, name=f"fused y (W={width})", atol=1e-4)
 
 
+@needs_cpu_ext
+@pytest.mark.parametrize("channels", [48, 13], ids=["C48", "C13"])
+def test_cpu_bf16_conversions_round_like_torch(channels):
+    """bf16 rows are widened and narrowed with vector code (csrc/cpu_kernels.cpp, "bf16 rows"); it
+    must give c10::BFloat16's bits: a conv whose only tap is the centre one computes x * w rounded
+    once to fp32 (like torch's fp32 product) and then rounded to bf16 (nearest even), so the result
+    is bit-equal to ``(x.float() * w.float()).to(bfloat16)``. Forward (load and store of blocked
+    rows) and input gradient (pixel-major rows); C = 13 runs the scalar tails only, C = 48 the
+    vectors; a NaN stores the canonical 0x7FC0."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, channels, 5, 9, generator=g) * 3).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(channels, 1, 7, 7, dtype=torch.bfloat16)
+    centre = (torch.rand(channels, generator=g) + 0.1).to(torch.bfloat16)
+    w[:, 0, 3, 3] = centre
+    expected = (x.float() * centre.float().view(1, -1, 1, 1)).to(torch.bfloat16)
+    y = extension.dwconv_forward(x, w, None)
+    assert torch.equal(y.view(torch.int16), expected.view(torch.int16))
+    gy = (torch.randn(2, channels, 5, 9, generator=g) * 3).to(torch.bfloat16)
+    gx = extension.dwconv_backward(gy, x, w)[0]
+    assert torch.equal(gx.view(torch.int16), (gy.float() * centre.float().view(1, -1, 1, 1)).to(torch.bfloat16)
+                       .view(torch.int16))
+    x_nan = x.clone()
+    x_nan[0, 0, 2, 4] = float("nan")
+    y_nan = extension.dwconv_forward(x_nan, w, None)
+    assert y_nan.view(torch.int16)[0, 0, 2, 4].item() == 0x7FC0
+    assert torch.equal(y_nan.view(torch.int16)[1], expected.view(torch.int16)[1])
+
+
 # ------------------------------------------------------------------------------------------ determinism
 
 
