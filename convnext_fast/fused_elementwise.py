@@ -6,8 +6,9 @@ memory-bound steps that eager PyTorch runs as separate kernels:
 * bias + GELU after the first pointwise layer (``Linear(C, 4C)``);
 * layer scale ``gamma``, stochastic depth and the residual add after the second one.
 
-The functions here express each step in the fewest PyTorch passes (the bias rides in the GEMM
-epilogue of ``addmm``; ``addcmul`` does scale + residual in one pass), in plain differentiable
+The functions here express each step in the fewest PyTorch passes (on CUDA the bias rides in the
+GEMM epilogue of ``addmm``, in CPU inference bias and GELU go in place onto the GEMM output;
+``addcmul`` does scale + residual in one pass), in plain differentiable
 PyTorch that ``torch.compile`` fuses further and that a later Triton kernel can take over behind
 the same signature. ConvNeXt V2's Global Response Normalization (Woo et al., "ConvNeXt V2:
 Co-designing and Scaling ConvNets with Masked Autoencoders", CVPR 2023) lives here too.

@@ -347,10 +347,11 @@ CF_AI void wgrad_row_any(const A* g, const A* const* rows, A* part, A* partb, in
   }
 }
 
-// Fixed K (the fast path; the same sums in another order): per V-channel chunk and kernel row, the K tap sums stay in
-// registers while WB pixels of g (a sliding window) meet the WB + K - 1 input vectors they touch:
-// each input and gradient vector is loaded once per pixel block and feeds up to K FMAs, where
-// wgrad_row_any loads an input vector per FMA. NS sets of tap sums (pixels alternate between them)
+// Fixed K (the fast path; the same sums in another order): per V-channel chunk and kernel row, the
+// K tap sums stay in registers while WB pixels of g (a sliding window) meet the WB + K - 1 input
+// vectors they touch: each input and gradient vector is loaded once per pixel block and feeds up
+// to K FMAs, where wgrad_row_any loads an input vector per FMA. NS sets of tap sums (pixels
+// alternate between them)
 // make NS * K independent FMA chains; the sets are added at the end of the row, in a fixed order.
 // Pixels past W have g = 0 (and padded input 0), so blocks may run past the row.
 // The input rows are channel-blocked (BlockRing, Lp padded pixels; see conv_row_fixed): a chunk's
