@@ -315,19 +315,15 @@ CF_AI void conv_row_impl(const A* const* rows, const A* wt, const A* bias, A* ou
 }
 
 // part[kh][kw][c] += sum_w g[w][c] * rows[kh][w + kw][c] (kw padded to Kp = round_up(K, kKB); the
-// extra taps read zeros and are ignored), partb[c] += sum_w g[w][c].
+// extra taps read zeros and are ignored); the bias partial is wgrad_row_impl's.
 // g holds round_up(W, kWB) pixels (stride Cp), zero past W; rows are pixel-major padded rows.
 //
 // Any K: kKB tap sums in registers per pass over the row; every tap re-loads its input vector.
 template <class A, int V>
-CF_AI void wgrad_row_any(const A* g, const A* const* rows, A* part, A* partb, int64_t W, int64_t Cp,
-                         int64_t K) {
+CF_AI void wgrad_row_any(const A* g, const A* const* rows, A* part, int64_t W, int64_t Cp, int64_t K) {
   typedef typename Vec<A, V>::type vec;
   const int64_t Kp = round_up(K, kKB);
   for (int64_t c0 = 0; c0 < Cp; c0 += V) {
-    vec sb = ld<vec>(partb + c0);
-    for (int64_t w = 0; w < W; ++w) sb += ld<vec>(g + w * Cp + c0);
-    st(partb + c0, sb);
     for (int64_t kh = 0; kh < K; ++kh) {
       const A* r = rows[kh];
       if (!r) continue;
@@ -358,14 +354,10 @@ CF_AI void wgrad_row_any(const A* g, const A* const* rows, A* part, A* partb, in
 // pixels are consecutive 64-byte lines. Pixel-major rows put them C * 4 bytes apart, which for
 // C = 384 / 768 maps the 7 rows' lines onto 8 / 4 of the 64 L1 sets (every load from L2).
 template <class A, int V, int KK, int WB, int NS>
-CF_AI void wgrad_row_fixed(const A* g, const A* const* rows, A* part, A* partb, int64_t W, int64_t Cp,
-                           int64_t Lp) {
+CF_AI void wgrad_row_fixed(const A* g, const A* const* rows, A* part, int64_t W, int64_t Cp, int64_t Lp) {
   typedef typename Vec<A, V>::type vec;
   const int64_t Kp = round_up(KK, kKB);
   for (int64_t c0 = 0; c0 < Cp; c0 += V) {
-    vec sb = ld<vec>(partb + c0);
-    for (int64_t w = 0; w < W; ++w) sb += ld<vec>(g + w * Cp + c0);
-    st(partb + c0, sb);
     for (int kh = 0; kh < KK; ++kh) {
       const A* r = rows[kh];
       if (!r) continue;
@@ -410,23 +402,30 @@ inline bool wgrad_fixed_k(int64_t K) { return K == 3 || K == 5 || K == 7; }
 
 // Picks the variant: with 32 vector registers (V = 16) two sets of tap sums and 7- or 8-pixel
 // blocks (K = 7: 14 sums + 8 gradients + 1 input = 23 registers); with 16, one set of 4 pixels.
+// The bias partial (partb[c] += sum_w g[w][c]) is summed here, then the taps by either kernel.
 template <class A, int V>
 CF_AI void wgrad_row_impl(const A* g, const A* const* rows, A* part, A* partb, int64_t W, int64_t Cp,
                           int64_t K, int64_t Lp) {
+  typedef typename Vec<A, V>::type vec;
+  for (int64_t c0 = 0; c0 < Cp; c0 += V) {
+    vec sb = ld<vec>(partb + c0);
+    for (int64_t w = 0; w < W; ++w) sb += ld<vec>(g + w * Cp + c0);
+    st(partb + c0, sb);
+  }
   constexpr bool wide = V == 16;
   if (K == 7) {
     if (wide && W % 7 == 0)
-      wgrad_row_fixed<A, V, 7, 7, 2>(g, rows, part, partb, W, Cp, Lp);
+      wgrad_row_fixed<A, V, 7, 7, 2>(g, rows, part, W, Cp, Lp);
     else if (wide)
-      wgrad_row_fixed<A, V, 7, 8, 2>(g, rows, part, partb, W, Cp, Lp);
+      wgrad_row_fixed<A, V, 7, 8, 2>(g, rows, part, W, Cp, Lp);
     else
-      wgrad_row_fixed<A, V, 7, 4, 1>(g, rows, part, partb, W, Cp, Lp);
+      wgrad_row_fixed<A, V, 7, 4, 1>(g, rows, part, W, Cp, Lp);
   } else if (K == 5) {
-    wgrad_row_fixed<A, V, 5, wide ? 8 : 4, wide ? 2 : 1>(g, rows, part, partb, W, Cp, Lp);
+    wgrad_row_fixed<A, V, 5, wide ? 8 : 4, wide ? 2 : 1>(g, rows, part, W, Cp, Lp);
   } else if (K == 3) {
-    wgrad_row_fixed<A, V, 3, wide ? 8 : 4, wide ? 2 : 1>(g, rows, part, partb, W, Cp, Lp);
+    wgrad_row_fixed<A, V, 3, wide ? 8 : 4, wide ? 2 : 1>(g, rows, part, W, Cp, Lp);
   } else {
-    wgrad_row_any<A, V>(g, rows, part, partb, W, Cp, K);
+    wgrad_row_any<A, V>(g, rows, part, W, Cp, K);
   }
 }
 
