@@ -123,18 +123,20 @@ def _unavailable_reason(backend: str, device_type: str) -> str:
 
 
 # `auto` on CUDA: triton or cuda per op, pass and feature-map size (H*W), from the H100 bf16 timings
-# of 2026-11-22 at batch 128 (benchmarks/results/nvidia-h100-80gb-hbm3/2026-11-22/report.md; backward
-# = fwd+bwd minus fwd). Depthwise conv forward: Triton down to 14x14, the CUDA extension at 7x7;
-# its backward: Triton at 56x56 and 28x28 (a tie there), CUDA below. Fused dwconv+LN forward: Triton
-# at every stage (1.9x to 3.4x faster than the CUDA kernel); its backward: Triton at 56x56, CUDA
-# below (9% faster at 28x28). LayerNorm: the final Triton kernel (timed by its author after that report) beats the CUDA
-# one at 56x56, 14x14 and 7x7 and is within 10% at 28x28, so it is used everywhere. Those timings
-# predate the current Triton kernels: re-derive this table from the next GPU report. On CPU the
-# compiled extension runs; the Triton interpreter is never chosen automatically.
+# of 2026-11-23 at batch 128 (benchmarks/results/nvidia-h100-80gb-hbm3/2026-11-23/report.md, commit
+# 6be4d4f; backward = fwd+bwd minus fwd). Forward of every op: Triton at every stage (depthwise conv
+# 1.5x to 2.4x faster than the CUDA kernel, fused dwconv+LN 4.6x to 7.6x, LayerNorm 1.05x to 2.8x).
+# Backward of the depthwise conv: Triton down to 14x14 (0.55 vs 0.60 ms there), CUDA at 7x7 (0.40 vs
+# 0.76 ms). Backward of the fused op: Triton at 56x56 and 28x28 (1.0 vs 1.55 ms), a tie at 14x14
+# (0.96 vs 0.95 ms) decided for CUDA by the whole block (fwd+bwd 2.24 ms on CUDA vs 2.47 on Triton,
+# whose backward launches cost more host time), CUDA at 7x7. Backward of LayerNorm: Triton at 56x56
+# and 28x28, CUDA at 14x14 and 7x7 (0.12 vs 0.14 ms, 0.09 vs 0.14 ms). At 14x14 and 7x7 both
+# backends are host-bound at batch 128, so these choices follow launch cost more than kernel speed.
+# On CPU the compiled extension runs; the Triton interpreter is never chosen automatically.
 _MIN_HW_TRITON = {  # (op, backward) -> smallest H*W at which auto prefers triton over cuda on CUDA
-    ("depthwise_conv2d", False): 14 * 14, ("depthwise_conv2d", True): 28 * 28,
-    ("dwconv_layer_norm", False): 0, ("dwconv_layer_norm", True): 56 * 56,
-    ("layer_norm_2d", False): 0, ("layer_norm_2d", True): 0,
+    ("depthwise_conv2d", False): 0, ("depthwise_conv2d", True): 14 * 14,
+    ("dwconv_layer_norm", False): 0, ("dwconv_layer_norm", True): 28 * 28,
+    ("layer_norm_2d", False): 0, ("layer_norm_2d", True): 28 * 28,
 }
 
 

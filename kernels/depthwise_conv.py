@@ -49,6 +49,7 @@ import triton.language as tl
 
 from convnext_fast.layout import empty_channels_last
 
+from .host_math import cdiv, next_power_of_2
 from .joined_sums import joined_sums, slot8
 
 __all__ = ["dwconv_forward", "dwconv_backward", "aot_configs"]
@@ -497,17 +498,17 @@ def _tile_config(c: int, w: int, k: int, dtype: torch.dtype, wgrad: bool = False
     if dtype == torch.float64:
         per_thread //= 2
     elems = per_thread * 32 * _NUM_WARPS
-    block_w = min(16, triton.next_power_of_2(w))
-    block_c = max(1, min(32, elems // block_w, triton.next_power_of_2(c)))
+    block_w = min(16, next_power_of_2(w))
+    block_c = max(1, min(32, elems // block_w, next_power_of_2(c)))
     return block_w, block_c
 
 
 def _fwd_rows(n: int, h: int, w: int, c: int, block_w: int, block_c: int) -> int:
     """Output rows per forward program: the whole column (no halo rows re-read) unless that leaves
     fewer than _FWD_TARGET_PROGRAMS programs; then split H into segments of equal length."""
-    base = n * triton.cdiv(w, block_w) * triton.cdiv(c, block_c)
-    segs = min(h, max(1, triton.cdiv(_FWD_TARGET_PROGRAMS, base)))
-    return triton.cdiv(h, segs)
+    base = n * cdiv(w, block_w) * cdiv(c, block_c)
+    segs = min(h, max(1, cdiv(_FWD_TARGET_PROGRAMS, base)))
+    return cdiv(h, segs)
 
 
 def _channel_vectorizable(t: torch.Tensor) -> torch.Tensor:
@@ -542,8 +543,8 @@ def _px_config(c: int, w: int, k: int, dtype: torch.dtype) -> Optional[tuple[int
     else:
         pw, cpt = max(1, min(8, 112 // (k * 4))), 4
     elems = cpt * 32 * _NUM_WARPS
-    block_g = min(triton.next_power_of_2(triton.cdiv(w, pw)), elems // cpt)
-    block_c = max(1, min(elems // block_g, triton.next_power_of_2(c)))
+    block_g = min(next_power_of_2(cdiv(w, pw)), elems // cpt)
+    block_c = max(1, min(elems // block_g, next_power_of_2(c)))
     return pw, block_g, block_c
 
 
@@ -563,8 +564,8 @@ def _wgrad_px_config(c: int, w: int, k: int, dtype: torch.dtype) -> Optional[tup
     cpt = 2 if k <= 7 else 1
     pw = 7 if (w % 7 == 0 and k != 11) else min(5 if k in (7, 11) else 8, w)
     elems = cpt * 32 * _NUM_WARPS
-    block_g = min(triton.next_power_of_2(triton.cdiv(w, pw)), elems // cpt)
-    block_c = max(1, min(elems // block_g, triton.next_power_of_2(c)))
+    block_g = min(next_power_of_2(cdiv(w, pw)), elems // cpt)
+    block_c = max(1, min(elems // block_g, next_power_of_2(c)))
     return pw, block_g, block_c
 
 
@@ -574,7 +575,7 @@ def _blocked_taps(weight: torch.Tensor, flip: bool, block_c: int) -> torch.Tenso
     are left uninitialized: the kernel masks those channels' input loads and output stores, so
     their values never reach memory (a zero fill would be one more kernel launch per call)."""
     c, _, k, _ = weight.shape
-    nb, full = triton.cdiv(c, block_c), c // block_c
+    nb, full = cdiv(c, block_c), c // block_c
     w = (weight.flip(-1, -2) if flip else weight).reshape(c, k * k)
     out = torch.empty((nb, k * k, block_c), dtype=_acc_dtype(weight.dtype), device=weight.device)
     # One strided copy with the dtype conversion per part: the full blocks (every ConvNeXt width
@@ -596,8 +597,8 @@ def _launch_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
             raise ValueError(f"depthwise conv: H = {h} must be below 2**30")
         pw, block_g, block_c = px
         rows = _fwd_rows(n, h, w, c, block_g * pw, block_c)
-        num_segs, num_wblocks = triton.cdiv(h, rows), triton.cdiv(w, block_g * pw)
-        grid = (n * num_segs * num_wblocks, triton.cdiv(c, block_c))
+        num_segs, num_wblocks = cdiv(h, rows), cdiv(w, block_g * pw)
+        grid = (n * num_segs * num_wblocks, cdiv(c, block_c))
         w_taps = _blocked_taps(weight, flip, block_c)
         _dwconv_fwd_px_kernel[grid](
             x, w_taps, bias if bias is not None else w_taps, y,
@@ -609,8 +610,8 @@ def _launch_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     w_taps = _transposed_taps(weight, flip)
     block_w, block_c = _tile_config(c, w, k, x.dtype)
     rows = _fwd_rows(n, h, w, c, block_w, block_c)
-    num_segs, num_wblocks = triton.cdiv(h, rows), triton.cdiv(w, block_w)
-    grid = (n * num_segs * num_wblocks, triton.cdiv(c, block_c))
+    num_segs, num_wblocks = cdiv(h, rows), cdiv(w, block_w)
+    grid = (n * num_segs * num_wblocks, cdiv(c, block_c))
     _dwconv_fwd_kernel[grid](
         x, w_taps, bias if bias is not None else w_taps, y,
         c, h, w, *x.stride(), rows, num_segs, num_wblocks,
@@ -657,12 +658,12 @@ def dwconv_backward(grad_y: torch.Tensor, x: torch.Tensor,
     px = _wgrad_px_config(c, w, k, x.dtype)
     if px is not None:
         pw, block_g, block_c = px
-        num_cblocks = triton.cdiv(c, block_c)
+        num_cblocks = cdiv(c, block_c)
         rows = _fwd_rows(n, h, w, c, block_g * pw, block_c)
-        num_segs, num_wblocks = triton.cdiv(h, rows), triton.cdiv(w, block_g * pw)
+        num_segs, num_wblocks = cdiv(h, rows), cdiv(w, block_g * pw)
         num_units = n * num_segs * num_wblocks
-        units_per_prog = max(1, triton.cdiv(num_units, max(1, _WGRAD_TARGET_PROGRAMS // num_cblocks)))
-        num_parts = triton.cdiv(num_units, units_per_prog)
+        units_per_prog = max(1, cdiv(num_units, max(1, _WGRAD_TARGET_PROGRAMS // num_cblocks)))
+        num_parts = cdiv(num_units, units_per_prog)
         # Every program writes all of its partials rows: no zero fill.
         partials = torch.empty((num_parts, k * k + 1, c), dtype=acc_dtype, device=x.device)
         if num_parts > 0:
@@ -677,7 +678,7 @@ def dwconv_backward(grad_y: torch.Tensor, x: torch.Tensor,
     grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
     grad_b = torch.empty((c,), dtype=weight.dtype, device=weight.device)
     block = 256
-    _dwconv_bwd_weight_reduce_kernel[(triton.cdiv((k * k + 1) * c, block),)](
+    _dwconv_bwd_weight_reduce_kernel[(cdiv((k * k + 1) * c, block),)](
         partials, grad_w, grad_b, num_parts, c, K=k, BLOCK=block, num_warps=4,
     )
     return grad_x, grad_w, grad_b
@@ -688,11 +689,11 @@ def _launch_wgrad_tiles(grad_y: torch.Tensor, x: torch.Tensor, k: int,
     """_dwconv_bwd_weight_kernel (large K, fp64): returns (partials, num_parts)."""
     n, c, h, w = x.shape
     block_w, block_c = _tile_config(c, w, k, x.dtype, wgrad=True)
-    num_segs, num_wblocks = triton.cdiv(h, _WGRAD_TILE_ROWS), triton.cdiv(w, block_w)
+    num_segs, num_wblocks = cdiv(h, _WGRAD_TILE_ROWS), cdiv(w, block_w)
     num_tiles = n * num_segs * num_wblocks
-    num_cblocks = triton.cdiv(c, block_c)
-    tiles_per_prog = triton.cdiv(num_tiles, max(1, _WGRAD_TARGET_PROGRAMS // num_cblocks))
-    num_parts = triton.cdiv(num_tiles, tiles_per_prog)
+    num_cblocks = cdiv(c, block_c)
+    tiles_per_prog = cdiv(num_tiles, max(1, _WGRAD_TARGET_PROGRAMS // num_cblocks))
+    num_parts = cdiv(num_tiles, tiles_per_prog)
     partials = torch.zeros((num_parts, k * k + 1, c), dtype=acc_dtype, device=x.device)
     _dwconv_bwd_weight_kernel[(num_parts, num_cblocks)](
         grad_y, x, partials, c, h, w, *grad_y.stride(), *x.stride(),
@@ -771,9 +772,9 @@ def aot_configs() -> list[dict]:
         wpx = _wgrad_px_config(c, hw, k, dtype)
         if wpx is not None:
             pw, block_g, block_c_px = wpx
-            num_wblocks = triton.cdiv(hw, block_g * pw)
+            num_wblocks = cdiv(hw, block_g * pw)
             values["rows"] = rows = _fwd_rows(n, hw, hw, c, block_g * pw, block_c_px)
-            values["num_units"] = n * triton.cdiv(hw, rows) * num_wblocks
+            values["num_units"] = n * cdiv(hw, rows) * num_wblocks
             constexprs = {"sgc": 1, "sxc": 1, "K": k, "EVEN_C": c % block_c_px == 0,
                           "EVEN_W": hw == num_wblocks * block_g * pw, "PW": pw, "BLOCK_G": block_g,
                           "BLOCK_C": block_c_px}

@@ -43,6 +43,7 @@ import triton.language as tl
 from convnext_fast.layout import empty_channels_last, stats_dtype, stats_shape
 
 from .depthwise_conv import dwconv_backward
+from .host_math import cdiv, next_power_of_2
 from .joined_sums import joined_sums, slot8, split8
 from .layer_norm import (_TRITON_DTYPE, CONVNEXT_CHANNELS, MAX_BLOCK_C, MAX_BLOCK_C_FP64, _add_to_partial,
                          _chan_combine, _ln_bwd_chunk, _mean_div, divisibility_attrs, num_partials,
@@ -510,8 +511,8 @@ def fused_blocks(c: int, w: int, dtype: torch.dtype, tile: int) -> tuple[int, in
     max_c = MAX_BLOCK_C_FP64 if dtype == torch.float64 else MAX_BLOCK_C
     if c > max_c:
         block_w, block_c, num_warps = CHUNKED_BLOCKS[("fwd" if tile == TILE_FWD else "bwd", size)]
-        return min(block_w, triton.next_power_of_2(w)), block_c, False, num_warps
-    block_c = triton.next_power_of_2(c)
+        return min(block_w, next_power_of_2(w)), block_c, False, num_warps
+    block_c = next_power_of_2(c)
     if tile == TILE_FWD and block_c > 256:
         tile = TILE_FWD_WIDE
     elif tile == TILE_BWD and block_c > 512:
@@ -519,7 +520,7 @@ def fused_blocks(c: int, w: int, dtype: torch.dtype, tile: int) -> tuple[int, in
     # The K in-flight tap loads per kernel row scale with the element size: halve the tile for
     # 32-bit input, quarter it for 64-bit, to stay spill-free (but not below 1024 elements).
     tile = max(1024, tile // {2: 1, 4: 2, 8: 4}[size])
-    block_w = max(1, min(tile // block_c, triton.next_power_of_2(w)))
+    block_w = max(1, min(tile // block_c, next_power_of_2(w)))
     return block_w, block_c, True, NUM_WARPS
 
 
@@ -552,9 +553,9 @@ def fused_px_config(c: int, w: int, k: int, dtype: torch.dtype,
     if k > 7 or dtype == torch.float64 or c > MAX_BLOCK_C:
         return None
     pw = min(w, 4 if backward or w % 7 else 7)
-    block_c = triton.next_power_of_2(c)
+    block_c = next_power_of_2(c)
     lanes_c = max(1, block_c // PX_CPT)  # threads across the channels of one group
-    block_g = max(1, min(triton.next_power_of_2(triton.cdiv(w, pw)), PX_THREADS // lanes_c))
+    block_g = max(1, min(next_power_of_2(cdiv(w, pw)), PX_THREADS // lanes_c))
     num_warps = max(1, block_g * lanes_c // 32) * (2 if backward else 1)
     return pw, block_g, block_c, num_warps
 
@@ -585,14 +586,14 @@ def dwconv_ln_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optiona
     px = fused_px_config(c, w, k, x.dtype)
     if px is not None and _row_offsets_fit_int32(x):
         pw, block_g, block_c, num_warps = px
-        num_wb = triton.cdiv(w, block_g * pw)
+        num_wb = cdiv(w, block_g * pw)
         _dwconv_ln_fwd_px_kernel[(n * h * num_wb,)](
             x, _tap_major(dw_weight, block_c), dw_bias if dw_bias is not None else ln_bias,
             ln_weight, ln_bias, y, mean, rstd, h, w, c, num_wb, s_n, s_c, s_h, s_w, float(eps), 1.0 / c,
             K=k, HAS_BIAS=dw_bias is not None, PW=pw, BLOCK_G=block_g, BLOCK_C=block_c, num_warps=num_warps)
         return y, mean, rstd
     block_w, block_c, single, num_warps = fused_blocks(c, w, x.dtype, TILE_FWD)
-    num_wb = triton.cdiv(w, block_w)
+    num_wb = cdiv(w, block_w)
     _dwconv_ln_fwd_kernel[(n * h * num_wb,)](
         x, _tap_major(dw_weight), dw_bias if dw_bias is not None else ln_bias, ln_weight, ln_bias, y, mean, rstd,
         h, w, c, num_wb, s_n, s_c, s_h, s_w, float(eps), 1.0 / c,
@@ -618,18 +619,18 @@ def dwconv_ln_backward(grad_y: torch.Tensor, x: torch.Tensor, dw_weight: torch.T
     px = fused_px_config(c, w, k, x.dtype, backward=True)
     if px is not None and _row_offsets_fit_int32(x) and _row_offsets_fit_int32(grad_y):
         pw, block_g, block_c, num_warps = px
-        num_wb = triton.cdiv(w, block_g * pw)
+        num_wb = cdiv(w, block_g * pw)
         num_strips = n * h * num_wb
         g = num_partials(num_strips)
         part = torch.empty((g, 3 * c), dtype=acc, device=x.device)  # every program writes its row
         _dwconv_ln_bwd_px_kernel[(g,)](
             grad_y, x, _tap_major(dw_weight, block_c), dw_bias if dw_bias is not None else ln_weight,
             ln_weight, mean.contiguous(), rstd.contiguous(), gz, part, h, w, c, num_wb, num_strips,
-            *x.stride(), *grad_y.stride(), g, triton.cdiv(num_strips, g), 1.0 / c,
+            *x.stride(), *grad_y.stride(), g, cdiv(num_strips, g), 1.0 / c,
             K=k, HAS_BIAS=dw_bias is not None, PW=pw, BLOCK_G=block_g, BLOCK_C=block_c, num_warps=num_warps)
         return _finish_backward(part, gz, x, dw_weight, ln_weight)
     block_w, block_c, single, num_warps = fused_blocks(c, w, x.dtype, TILE_BWD)
-    num_wb = triton.cdiv(w, block_w)
+    num_wb = cdiv(w, block_w)
     num_tiles = n * h * num_wb
     g = num_partials(num_tiles)
     # The chunked path read-modify-writes its partial row, so it starts from zeros.
@@ -639,7 +640,7 @@ def dwconv_ln_backward(grad_y: torch.Tensor, x: torch.Tensor, dw_weight: torch.T
     _dwconv_ln_bwd_kernel[(g,)](
         grad_y, x, _tap_major(dw_weight), dw_bias if dw_bias is not None else ln_weight, ln_weight,
         mean.contiguous(), rstd.contiguous(), gz, part, h, w, c, num_wb, n * h,
-        sx_n, sx_c, sx_h, sx_w, sg_n, sg_c, sg_h, sg_w, g, triton.cdiv(num_tiles, g), 1.0 / c,
+        sx_n, sx_c, sx_h, sx_w, sg_n, sg_c, sg_h, sg_w, g, cdiv(num_tiles, g), 1.0 / c,
         K=k, HAS_BIAS=dw_bias is not None, SINGLE_TILE=single, BLOCK_W=block_w, BLOCK_C=block_c,
         num_warps=num_warps)
     return _finish_backward(part, gz, x, dw_weight, ln_weight)

@@ -32,6 +32,8 @@ import triton.language as tl
 
 from convnext_fast.layout import empty_channels_last, stats_dtype, stats_shape
 
+from .host_math import cdiv, next_power_of_2
+
 __all__ = ["layer_norm_forward", "layer_norm_backward", "aot_configs"]
 
 # Largest channel tile held in registers (next power of two of C); above it the chunk loop runs.
@@ -333,7 +335,7 @@ def ln_blocks(c: int, dtype: torch.dtype, tile: int) -> tuple[int, int, bool, in
     max_c = MAX_BLOCK_C_FP64 if dtype == torch.float64 else MAX_BLOCK_C
     if dtype == torch.float64:
         tile //= 2
-    block_c = min(triton.next_power_of_2(c), max_c)
+    block_c = min(next_power_of_2(c), max_c)
     block_p = max(1, tile // block_c)
     return block_p, block_c, c <= block_c, NUM_WARPS
 
@@ -347,7 +349,7 @@ def reduce_partials(part: torch.Tensor, r: int, dtype: torch.dtype) -> list[torc
     """Sum a (G, r*C) partial buffer over G in a fixed order into r separate (C,) tensors of ``dtype``."""
     g, c = part.shape[0], part.shape[1] // r
     outs = [torch.empty(c, dtype=dtype, device=part.device) for _ in range(r)]
-    _param_grad_reduce_kernel[(triton.cdiv(c, REDUCE_BLOCK_C), r)](
+    _param_grad_reduce_kernel[(cdiv(c, REDUCE_BLOCK_C), r)](
         part, outs[0], outs[1], outs[-1], g, c, R=r, BLOCK_G=REDUCE_BLOCK_G, BLOCK_C=REDUCE_BLOCK_C, num_warps=4)
     return outs
 
@@ -363,7 +365,7 @@ def layer_norm_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     linear, s_n, s_c, s_h, s_w = pixel_strides(x)
     block_p, block_c, single, num_warps = ln_blocks(c, x.dtype, TILE_FWD)
     nhw = n * h * w
-    _layer_norm_fwd_kernel[(triton.cdiv(nhw, block_p),)](
+    _layer_norm_fwd_kernel[(cdiv(nhw, block_p),)](
         x, weight, bias, y, mean, rstd, nhw, c, h * w, w, s_n, s_c, s_h, s_w, float(eps), 1.0 / c,
         X_LINEAR=linear, SINGLE_TILE=single, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
     return y, mean, rstd
@@ -378,7 +380,7 @@ def layer_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Ten
     gx = empty_channels_last(x.shape, x.dtype, x.device)
     acc = _compute_dtype(x.dtype)
     block_p, block_c, single, num_warps = ln_blocks(c, x.dtype, TILE_BWD)
-    num_tiles = triton.cdiv(nhw, block_p)
+    num_tiles = cdiv(nhw, block_p)
     g = num_partials(num_tiles)
     # The chunked path read-modify-writes its partial row, so it starts from zeros.
     part = (torch.empty if single else torch.zeros)((g, 2 * c), dtype=acc, device=x.device)
@@ -386,7 +388,7 @@ def layer_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Ten
     g_lin, sg_n, sg_c, sg_h, sg_w = pixel_strides(grad_y)
     _layer_norm_bwd_kernel[(g,)](
         grad_y, x, weight, mean.contiguous(), rstd.contiguous(), gx, part, nhw, c, h * w, w,
-        sx_n, sx_c, sx_h, sx_w, sg_n, sg_c, sg_h, sg_w, g, triton.cdiv(num_tiles, g), 1.0 / c,
+        sx_n, sx_c, sx_h, sx_w, sg_n, sg_c, sg_h, sg_w, g, cdiv(num_tiles, g), 1.0 / c,
         X_LINEAR=x_lin, GY_LINEAR=g_lin, SINGLE_TILE=single, BLOCK_P=block_p, BLOCK_C=block_c,
         num_warps=num_warps)
     gw, gb = reduce_partials(part, 2, weight.dtype)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Diagnosis for the open crash of 2026-11-22
-# (benchmarks/results/nvidia-h100-80gb-hbm3/2026-11-22-tests/NOTE.md): on the GPU machine the
-# first TORCH_CHECK thrown inside convnext_fast._C killed the process with SIGSEGV (not reproduced
-# with torch 2.11.0+cu130 and gcc 12 on the dev machine: the crash needs something of the GPU
-# machine's, e.g. its /opt/gcc or its runtime). Prints the compilers, the libstdc++ / libgcc_s the
+# Diagnosis of the crash of 2026-11-22 (benchmarks/results/nvidia-h100-80gb-hbm3/2026-11-22-tests/NOTE.md):
+# on the GPU machine the first TORCH_CHECK thrown inside convnext_fast._C killed the process with
+# SIGSEGV. Its output of 2026-11-23 found the cause, a static copy of libstdc++ inside _C (that
+# machine's /opt/gcc/bin/g++ links it so); setup.py now links the shared one
+# (benchmarks/results/nvidia-h100-80gb-hbm3/2026-11-23-tests/NOTE.md). Kept for the next such crash.
+# Prints the compilers, the libstdc++ / libgcc_s the
 # extension links and the process loads, pybind11's ABI tags, then triggers three C++ errors (CPU
 # 3-D input, CPU bad weight shape, CUDA bad weight shape), each in its own process with a SIGSEGV
 # handler that prints the native backtrace, and the CPU one again under cuda-gdb where it exists

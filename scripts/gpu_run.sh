@@ -15,19 +15,21 @@
 #   host_profile.txt   cProfile of those calls: where the host time goes (`host` step)
 #   bench_pytest.json  only with the optional `pybench` step (then 9 files: leave out `host`)
 #   tests_by_file.txt with the `testfiles` step (each test file in its own process)
-#   diag.txt      `diag` step (scripts/diag_ext_crash.sh: the open extension crash of 2026-11-22)
+#   diag.txt      optional `diag` step (scripts/diag_ext_crash.sh: how the extension links libstdc++, and a
+#                 native backtrace of a C++ error; the crash of 2026-11-22, fixed on 2026-11-23)
 #   tune.json, tune.md only with the optional `tune` step (run it in a call of its own:
 #                      STEPS="build tune"; it sweeps the Triton launchers' constants)
 # Copy them to benchmarks/results/<device-slug>/<date>/ (the summary prints the exact folder).
 #
 # Environment knobs (all optional):
-#   STEPS            steps to run, in order (default "build info diag testfiles"; also "tests" (the suite in
+#   STEPS            steps to run, in order (default "build info testfiles"; also "tests" (the suite in
 #                    one process, junit.xml), "host", "bench", "pybench", "tune"). On a bare machine the
 #                    test files one after another took ~7 minutes (Triton compiles every kernel variant
 #                    first; `testfiles` now runs TEST_JOBS of them at once), so the benchmark gets a
 #                    call of its own: STEPS="build host bench"
-#   TEST_FILES, FILE_TIMEOUT_S  order of the test files and the cap on each (default 180 s), for `testfiles`
-#   TEST_JOBS        test files run at once by `testfiles` (default 4)
+#   TEST_FILES, FILE_TIMEOUT_S  order of the test files and the cap on each (default 460 s), for `testfiles`
+#   TEST_JOBS        test files run at once by `testfiles` (default 8: on 2026-11-23, 6 at once, the
+#                    longest file, test_aot_compile, took 420 s, the others 230-370 s)
 #   TOTAL_S          wall-time budget for the whole script (default 570: the tool stops at 600)
 #   BUILD_TIMEOUT_S  cap on the build step (default 240)
 #   TESTS_TIMEOUT_S  cap on the test step (default 200)
@@ -50,7 +52,7 @@ export PYTHONUNBUFFERED=1
 export MAX_JOBS="${MAX_JOBS:-16}"
 # Benchmarks and tests run on the GPU; never through the Triton interpreter.
 unset TRITON_INTERPRET
-STEPS="${STEPS:-build info diag testfiles}"
+STEPS="${STEPS:-build info testfiles}"
 TOTAL_S="${TOTAL_S:-570}"
 BUILD_TIMEOUT_S="${BUILD_TIMEOUT_S:-240}"
 TESTS_TIMEOUT_S="${TESTS_TIMEOUT_S:-200}"
@@ -135,16 +137,17 @@ step_tests() {
 step_testfiles() {
     # The suite one file per pytest process: a crash (segfault) in one file costs only that file,
     # and SIGINT on time-out still makes pytest print its tracebacks and summary. TEST_JOBS files
-    # run at once (default 4): on a bare machine most of a file's time is Triton compiling kernel
+    # run at once (default 8): on a bare machine most of a file's time is Triton compiling kernel
     # variants on one CPU core, and the machine has 16; the GPU work of the tests is small. TEST_FILES
     # sets the order (default: the files that exercise the GPU kernels first, then every other
     # tests/test_*.py: what CI already checks on CPU goes last); each file gets at most
     # FILE_TIMEOUT_S and never more than what is left of the budget when it starts; a file reached
     # with no time left is listed as not run (run it in the next call with TEST_FILES). Outputs
     # with tracebacks go to tests_by_file.txt, in TEST_FILES order.
-    local f cap i=0 n=0 worst=0 files="${TEST_FILES:-}" jobs="${TEST_JOBS:-4}"
+    local f cap i=0 n=0 worst=0 files="${TEST_FILES:-}" jobs="${TEST_JOBS:-8}"
     if [ -z "$files" ]; then
-        local first="tests/test_depthwise_conv.py tests/test_dwconv_layer_norm.py tests/test_layer_norm.py
+        # test_aot_compile first: the longest file (420 s on 2026-11-23), so it must start at once
+        local first="tests/test_aot_compile.py tests/test_depthwise_conv.py tests/test_dwconv_layer_norm.py tests/test_layer_norm.py
                      tests/test_api.py tests/test_extension.py tests/test_models.py tests/test_training.py"
         for f in $first; do [ -f "$f" ] && files="$files $f"; done
         for f in tests/test_*.py; do case " $files " in *" $f "*) ;; *) files="$files $f" ;; esac; done
@@ -155,7 +158,7 @@ step_testfiles() {
         i=$(( i + 1 ))
         while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
         cap=$(( $(remaining) - 20 ))
-        [ "$cap" -gt "${FILE_TIMEOUT_S:-180}" ] && cap="${FILE_TIMEOUT_S:-180}"
+        [ "$cap" -gt "${FILE_TIMEOUT_S:-460}" ] && cap="${FILE_TIMEOUT_S:-460}"
         if [ "$cap" -lt 10 ]; then
             echo "$f: not run (no time left)" | tee "$tmp/$i.txt"; echo 1 >"$tmp/$i.rc"; continue
         fi

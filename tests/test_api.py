@@ -68,12 +68,14 @@ def test_auto_policy_on_cuda_is_per_pass():
     first = lambda op, hw, bwd: backend._auto_candidates(op, "cuda", hw, bwd)[0]  # noqa: E731
     assert first("dwconv_layer_norm", 7 * 7, False) == "triton"
     assert first("dwconv_layer_norm", 7 * 7, True) == "cuda"
-    assert first("dwconv_layer_norm", 56 * 56, True) == "triton"
-    assert first("dwconv_layer_norm", 28 * 28, True) == "cuda"
-    assert first("depthwise_conv2d", 14 * 14, False) == "triton"
-    assert first("depthwise_conv2d", 7 * 7, False) == "cuda"
-    assert first("depthwise_conv2d", 14 * 14, True) == "cuda"
-    assert first("layer_norm_2d", 7 * 7, True) == "triton"
+    assert first("dwconv_layer_norm", 14 * 14, True) == "cuda"
+    assert first("dwconv_layer_norm", 28 * 28, True) == "triton"
+    assert first("depthwise_conv2d", 7 * 7, False) == "triton"
+    assert first("depthwise_conv2d", 14 * 14, True) == "triton"
+    assert first("depthwise_conv2d", 7 * 7, True) == "cuda"
+    assert first("layer_norm_2d", 7 * 7, False) == "triton"
+    assert first("layer_norm_2d", 28 * 28, True) == "triton"
+    assert first("layer_norm_2d", 14 * 14, True) == "cuda"
     assert backend._auto_candidates("dwconv_layer_norm", "cpu", 49, True) == ("cpu", "reference")
 
 

@@ -371,9 +371,22 @@ def test_cpp_checks_raise_instead_of_crashing():
     """Bad input given to _C directly raises RuntimeError with a message (Python validates first in
     normal use). In a subprocess: on the 2026-11-22 GPU machine (torch 2.11, extension built with
     /opt/gcc) the first TORCH_CHECK thrown killed the process with SIGSEGV, which took the whole
-    pytest session with it; here it fails this test instead, with the last call reached."""
+    pytest session with it; here it fails this test instead, with the last call reached. The cause
+    was a static copy of libstdc++ inside _C (see test_extension_links_the_shared_libstdcxx)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _CPP_CHECKS_SCRIPT], capture_output=True,
                           text=True, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.rstrip().endswith("ok"), (
         f"exit code {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}")
+
+
+@pytest.mark.skipif(not INFO["built"], reason="extension not built")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("ldd") is None, reason="needs Linux and ldd")
+def test_extension_links_the_shared_libstdcxx():
+    """_C must use the libstdc++.so.6 torch has loaded, not a private static copy: a compiler that
+    links libstdc++ statically (the GPU machine's /opt/gcc/bin/g++) gave a _C whose first TORCH_CHECK
+    message crashed the process (2026-11-22/23). setup.py links the libstdc++.so.6 of the building
+    process by its path; this checks the built file."""
+    so = extension._ext().__file__
+    out = subprocess.run(["ldd", so], capture_output=True, text=True, timeout=60).stdout
+    assert "libstdc++.so" in out, f"{so} does not link libstdc++ dynamically:\n{out}"
