@@ -22,10 +22,10 @@ import subprocess
 import sys
 import warnings
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join(ROOT, "csrc")
+CSRC = os.path.join(ROOT, "convnext_fast", "csrc")
 GEN_DIR = os.path.join(ROOT, "build", "cf_generated")
 
 
@@ -175,14 +175,14 @@ def _extension_setup():
         nvcc_flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
     if archs:  # also embed PTX of the newest arch so newer GPUs can JIT it
         nvcc_flags += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
-    sources = [os.path.join("csrc", "ext.cpp")]
+    sources = [os.path.join("convnext_fast", "csrc", "ext.cpp")]
     include_dirs = [CSRC, GEN_DIR]
     library_dirs, libraries, link_args = [], [], []
     if build_cpu:
-        sources.append(os.path.join("csrc", "cpu_kernels.cpp"))
+        sources.append(os.path.join("convnext_fast", "csrc", "cpu_kernels.cpp"))
         cxx_flags += openmp
     if build_cuda:
-        sources.append(os.path.join("csrc", "cuda_kernels.cu"))
+        sources.append(os.path.join("convnext_fast", "csrc", "cuda_kernels.cu"))
         include_dirs.append(_cuda_include_dir(cpp_extension.CUDA_HOME, nvcc))
         libraries.append("c10_cuda")
         library_dirs, link_args = _cudart_link_args(torch)
@@ -237,8 +237,7 @@ setup(
     name="convnext_fast",
     version="0.1.0",
     description="Fused Triton/CUDA kernels for ConvNeXt: depthwise conv, channels-first LayerNorm, models",
-    packages=["convnext_fast", "convnext_fast.kernels"],
-    package_dir={"convnext_fast": "convnext_fast", "convnext_fast.kernels": "kernels"},
+    packages=find_packages(include=["convnext_fast", "convnext_fast.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "numpy"],
     extras_require={

@@ -200,7 +200,7 @@ def implementation(backend: str) -> ModuleType:
     if module is not None:  # every op call comes here: a dict lookup, not an import statement
         return module
     if backend == "triton":
-        from . import kernels as module
+        from .kernels import launchers as module
     elif backend in ("cuda", "cpu"):
         from . import extension as module
     else:

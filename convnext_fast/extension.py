@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .layout import empty_channels_last, stats_dtype, stats_shape
+from .kernels.layout import empty_channels_last, stats_dtype, stats_shape
 
 __all__ = [
     "build_info",

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .backend import implementation
-from .layout import empty_channels_last, stats_dtype, stats_shape
+from .kernels.layout import empty_channels_last, stats_dtype, stats_shape
 
 __all__ = ["dwconv_fwd", "dwconv_bwd", "ln_fwd", "ln_bwd", "dwconv_ln_fwd", "dwconv_ln_bwd",
            "run_dwconv_fwd", "run_dwconv_bwd", "run_ln_fwd", "run_ln_bwd", "run_dwconv_ln_fwd", "run_dwconv_ln_bwd"]

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from convnext_fast.layout import empty_channels_last, stats_dtype, stats_shape
+from .layout import empty_channels_last, stats_dtype, stats_shape
 
 from .depthwise_conv import dwconv_backward
 from .host_math import cdiv, next_power_of_2

@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from convnext_fast.layout import empty_channels_last
+from .layout import empty_channels_last
 
 from .host_math import cdiv, next_power_of_2
 from .joined_sums import joined_sums, slot8

@@ -1,6 +1,8 @@
-"""Triton kernels and their host launchers (installed as ``convnext_fast.kernels``).
+"""The Triton backend's launchers, one import away (``backend.implementation("triton")``).
 
-Launcher contract: see ``convnext_fast/ops.py``.
+Contract (every backend module provides the same functions): see ``convnext_fast/kernels/layout.py``
+for the allocation rules and each op module (``convnext_fast/depthwise_conv.py`` ...) for the
+signatures.
 """
 from .depthwise_conv import dwconv_backward, dwconv_forward
 from .dwconv_layer_norm import dwconv_ln_backward, dwconv_ln_forward
