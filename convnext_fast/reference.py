@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm"]
+__all__ = ["depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm", "pointwise_mlp"]
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -47,3 +47,42 @@ def dwconv_layer_norm(
 ) -> torch.Tensor:
     """The first half of a ConvNeXt block: LayerNorm over C of the depthwise conv of ``x``."""
     return layer_norm_2d(depthwise_conv2d(x, dw_weight, dw_bias), ln_weight, ln_bias, eps)
+
+
+def pointwise_mlp(
+    x: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: Optional[torch.Tensor],
+    fc2_weight: torch.Tensor,
+    fc2_bias: Optional[torch.Tensor],
+    gamma: Optional[torch.Tensor] = None,
+    shortcut: Optional[torch.Tensor] = None,
+    grn_weight: Optional[torch.Tensor] = None,
+    grn_bias: Optional[torch.Tensor] = None,
+    drop_scale: Optional[torch.Tensor] = None,
+    grn_eps: float = 1e-6,
+) -> torch.Tensor:
+    """The second half of a ConvNeXt block on an (N, C, H, W) tensor:
+    ``shortcut + drop_scale * gamma * fc2(GRN(GELU(fc1(x))))``, the Linear layers acting on channels.
+
+    fc1_weight is (4C, C) or (4C, C, 1, 1), fc2_weight (C, 4C) or (C, 4C, 1, 1); GELU is the exact
+    (erf) one; GRN (ConvNeXt V2) runs when ``grn_weight`` is given; ``drop_scale`` is the
+    per-sample stochastic-depth factor, shape (N,). Each optional term is skipped when None.
+    Returns (N, C, H, W), computed in x's dtype.
+    """
+    t = x.permute(0, 2, 3, 1)
+    h = F.gelu(F.linear(t, fc1_weight.flatten(1), fc1_bias))
+    if grn_weight is not None:
+        compute = torch.float64 if h.dtype == torch.float64 else torch.float32
+        hc = h.to(compute)
+        g = torch.linalg.vector_norm(hc, ord=2, dim=(1, 2), keepdim=True)
+        n = g / (g.mean(dim=-1, keepdim=True) + grn_eps)
+        h = (hc + grn_bias.to(compute) + grn_weight.to(compute) * (hc * n)).to(h.dtype)
+    y = F.linear(h, fc2_weight.flatten(1), fc2_bias)
+    if gamma is not None:
+        y = y * gamma
+    if drop_scale is not None:
+        y = y * drop_scale.reshape(-1, 1, 1, 1).to(y.dtype)
+    if shortcut is not None:
+        y = y + shortcut.permute(0, 2, 3, 1)
+    return y.permute(0, 3, 1, 2)
