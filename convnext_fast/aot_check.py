@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from .sass_mix import disassemble, hot_loop_mix
+from .shapes import AOT_STAGES
 
 KERNEL_MODULES = (
     "convnext_fast.kernels.depthwise_conv",
@@ -80,7 +81,7 @@ def compile_config(cfg: dict, arch: int, mix: bool = False) -> dict:
 def all_configs() -> list[dict]:
     configs: list[dict] = []
     for name in KERNEL_MODULES:
-        configs.extend(importlib.import_module(name).aot_configs())
+        configs.extend(importlib.import_module(name).aot_configs(AOT_STAGES))
     return configs
 
 

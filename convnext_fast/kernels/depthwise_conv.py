@@ -706,8 +706,6 @@ def _launch_wgrad_tiles(grad_y: torch.Tensor, x: torch.Tensor, k: int,
 # --------------------------------------------------------------------------------- AOT check list
 
 _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
-# (C, H = W) of the four ConvNeXt stages (ConvNeXt-T widths; wider models hit the same configs).
-_CONVNEXT_STAGES = ((96, 56), (192, 28), (384, 14), (768, 7))
 
 
 def _signature(kernel, types: dict, constexprs: dict) -> dict:
@@ -724,17 +722,18 @@ def _divisible_attrs(kernel, values: dict, pointers: tuple) -> dict:
     return attrs
 
 
-def aot_configs() -> list[dict]:
-    """Every kernel at the configurations the launchers pick for ConvNeXt shapes, for an ahead-of-time
-    compile check (sm_90 / sm_80, no spills): the four stages at K=7 in bf16 and fp32, and K=31.
+def aot_configs(stages) -> list[dict]:
+    """Every kernel at the configurations the launchers pick for the given (C, H, W) stages (square
+    maps), for an ahead-of-time compile check (sm_90 / sm_80, no spills): each stage at K=7 in bf16
+    and fp32, and the first one at K=31.
 
     Each entry: {"kernel", "signature", "constexprs", "attrs", "num_warps", "name"}; pass
     ``ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)`` to
     ``triton.compile`` with ``options={"num_warps": num_warps}``. Inputs are channels_last (channel
     stride 1, which the JIT specializes to a constant like here).
     """
-    cases = [(c, hw, 7, dt) for c, hw in _CONVNEXT_STAGES for dt in (torch.bfloat16, torch.float32)]
-    cases += [(96, 56, 31, dt) for dt in (torch.bfloat16, torch.float32)]
+    cases = [(c, hw, 7, dt) for c, hw, _ in stages for dt in (torch.bfloat16, torch.float32)]
+    cases += [(stages[0][0], stages[0][1], 31, dt) for dt in (torch.bfloat16, torch.float32)]
     configs = []
     for c, hw, k, dtype in cases:
         n = 128

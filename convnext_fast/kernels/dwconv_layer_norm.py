@@ -45,7 +45,7 @@ from .layout import empty_channels_last, stats_dtype, stats_shape
 from .depthwise_conv import dwconv_backward
 from .host_math import cdiv, next_power_of_2
 from .joined_sums import joined_sums, slot8, split8
-from .layer_norm import (_TRITON_DTYPE, CONVNEXT_CHANNELS, MAX_BLOCK_C, MAX_BLOCK_C_FP64, _add_to_partial,
+from .layer_norm import (_TRITON_DTYPE, MAX_BLOCK_C, MAX_BLOCK_C_FP64, _add_to_partial,
                          _chan_combine, _ln_bwd_chunk, _mean_div, divisibility_attrs, num_partials,
                          reduce_partials)
 
@@ -663,12 +663,8 @@ def _row_offsets_fit_int32(t: torch.Tensor) -> bool:
 
 # --------------------------------------------------------------------------------- AOT configs
 
-# (C, W) of ConvNeXt stages at 224x224 input: 56, 28, 14, 7; C from ConvNeXt-T up to V2-H (chunked).
-CONVNEXT_STAGES = tuple(zip(CONVNEXT_CHANNELS, (56, 28, 14, 7, 14, 7)))
-
-
-def aot_configs() -> list[dict]:
-    """The fused kernels at the configurations the launchers pick for ConvNeXt shapes (channels_last
+def aot_configs(stages) -> list[dict]:
+    """The fused kernels at the configurations the launchers pick for the (C, H, W) ``stages`` (channels_last
     x, K = 7 with bias; bf16 and fp32), for an ahead-of-time compile check (registers, spills).
 
     Each entry: ``kernel``, ``signature`` (argument name -> Triton type, constexprs as "constexpr"),
@@ -680,7 +676,7 @@ def aot_configs() -> list[dict]:
     for dtype in (torch.bfloat16, torch.float32):
         t = _TRITON_DTYPE[dtype]
         a = _TRITON_DTYPE[stats_dtype(dtype)]
-        for c, w in CONVNEXT_STAGES:
+        for c, _, w in stages:
             for k in (7,):
                 px = fused_px_config(c, w, k, dtype)
                 if px is not None:

@@ -399,9 +399,6 @@ def layer_norm_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Ten
 
 _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
-# Channel counts of ConvNeXt-T/S/B/L/XL and ConvNeXt-V2 (A..H) stages; 2816 exercises the chunk loop.
-CONVNEXT_CHANNELS = (96, 192, 384, 768, 1408, 2816)
-
 
 def divisibility_attrs(kernel, signature: dict, divisible: tuple) -> dict:
     """``tt.divisibility`` marks as Triton's JIT sets them at run time: every pointer (16-byte
@@ -411,8 +408,9 @@ def divisibility_attrs(kernel, signature: dict, divisible: tuple) -> dict:
             if signature.get(name, "constexpr").startswith("*") or name in divisible}
 
 
-def aot_configs() -> list[dict]:
-    """Every kernel at the configurations the launchers pick for ConvNeXt shapes (channels_last x,
+def aot_configs(stages) -> list[dict]:
+    """Every kernel at the configurations the launchers pick for the channel counts of ``stages``
+    ((C, H, W) tuples) (channels_last x,
     contiguous weights; bf16 and fp32), for an ahead-of-time compile check (registers, spills).
 
     Each entry: ``kernel`` (the @triton.jit function), ``signature`` (argument name -> Triton type,
@@ -424,7 +422,7 @@ def aot_configs() -> list[dict]:
     for dtype in (torch.bfloat16, torch.float32):
         t = _TRITON_DTYPE[dtype]
         a = _TRITON_DTYPE[_compute_dtype(dtype)]
-        for c in CONVNEXT_CHANNELS:
+        for c, _, _ in stages:
             block_p, block_c, single, nw = ln_blocks(c, dtype, TILE_FWD)
             const = {"s_c": 1, "X_LINEAR": True, "SINGLE_TILE": single, "BLOCK_P": block_p, "BLOCK_C": block_c}
             sig = {"x_ptr": f"*{t}", "w_ptr": f"*{t}", "b_ptr": f"*{t}", "y_ptr": f"*{t}", "mean_ptr": f"*{a}",
