@@ -1,4 +1,6 @@
-"""``python -m convnext_fast info``: versions, GPU, backends available per device, extension build flags."""
+"""``python -m convnext_fast info``: versions, GPU, backends available per device, how the extension
+was obtained. ``python -m convnext_fast build``: compile the extension now (it is otherwise compiled
+on first use)."""
 from __future__ import annotations
 
 import argparse
@@ -40,19 +42,42 @@ def info() -> int:
         print(f"backends for {dev} tensors:")
         for name, reason in available_backends(dev).items():
             print(f"  {name:10s} {'available' if not reason else 'unavailable: ' + reason}")
-    print("compiled extension (convnext_fast._C):")
+    print("compiled extension:")
     for key, value in extension.build_info().items():
         print(f"  {key}: {value}")
     return 0
 
 
+def build(cuda: bool | None, verbose: bool) -> int:
+    from convnext_fast import build as builder
+
+    try:
+        p = builder.plan(cuda=cuda)
+        module, p, how = builder.load(p, verbose=verbose)
+    except builder.BuildError as e:
+        print(f"convnext_fast build: {e}", file=sys.stderr)
+        return 1
+    info = dict(module.build_info())
+    print(f"extension {how}: {p.describe()} in {p.directory()}")
+    print(f"  cpu: {info['cpu']}, cuda: {info['cuda']} ({info['cuda_archs'] or '-'}), cpu_isa: {info['cpu_isa']}")
+    for part, why in p.skipped.items():
+        print(f"  {part} left out: {why}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convnext_fast", description=__doc__)
-    parser.add_argument("command", choices=["info"], help="info: print versions, backends and build flags")
+    parser.add_argument("command", choices=["info", "build"],
+                        help="info: versions, backends, extension; build: compile the extension now")
+    cuda = parser.add_mutually_exclusive_group()
+    cuda.add_argument("--cuda", dest="cuda", action="store_true", default=None,
+                      help="build: include the CUDA kernels even without a GPU (fails if they cannot be built)")
+    cuda.add_argument("--no-cuda", dest="cuda", action="store_false", help="build: CPU kernels only")
+    parser.add_argument("--verbose", action="store_true", help="build: show the compiler commands")
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
-    return 2
+    return build(args.cuda, args.verbose)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""The compiled extension (``convnext_fast._C``, sources in ``csrc/``) as the ``cuda`` and ``cpu`` backends.
+"""The compiled extension (sources in ``convnext_fast/csrc``) as the ``cuda`` and ``cpu`` backends.
 
-Loaded lazily: importing convnext_fast never imports it. The six launchers implement the backend
-contract documented in ``convnext_fast/ops.py``; the C++ side dispatches by the tensors' device.
+Loaded lazily: importing convnext_fast never imports it. The first call that needs it imports the
+cached binary or compiles it (``convnext_fast/build.py``). The launchers implement the backend
+contract documented in each op module; the C++ side dispatches by the tensors' device.
 
 Inputs may have any strides: activations are made dense channels_last with
 ``.contiguous(memory_format=torch.channels_last)`` before the C++ call (a no-op for the usual
 channels_last input; a copy for contiguous NCHW, sliced views and expanded stride-0 gradients),
-because the kernels index dense NHWC memory. Outputs are allocated here through
-``convnext_fast.layout`` exactly as every backend and the fake implementations allocate them.
+because the kernels index dense NHWC memory. Outputs are allocated through
+``convnext_fast.kernels.layout`` exactly as every backend and the fake implementations allocate them.
 """
 from __future__ import annotations
 
@@ -31,17 +32,22 @@ __all__ = [
     "unavailable_reason",
 ]
 
-_REBUILD_HINT = "reinstall with torch and a C++ compiler present: pip install --no-build-isolation --no-deps -e ."
+_HOW: dict[str, str] = {}  # how the binary was obtained, for build_info()
 
 
 @functools.lru_cache(maxsize=None)
 def _load() -> tuple[Optional[ModuleType], str]:
-    """(the module, '') or (None, why it cannot be imported)."""
+    """(the module, '') or (None, why it cannot be had)."""
+    from . import build
+
     try:
-        from . import _C
-    except ImportError as e:
-        return None, f"the compiled extension convnext_fast._C is not built or does not load ({e}); {_REBUILD_HINT}"
-    return _C, ""
+        module, plan, how = build.load()
+    except Exception as e:  # noqa: BLE001 - a failed compile is reported, the other backends still run
+        return None, (f"the compiled extension is not available ({type(e).__name__}: {e}); "
+                      "see `python -m convnext_fast build`")
+    _HOW.update(obtained=f"{how} ({plan.directory()})",
+                skipped="; ".join(f"{k}: {v}" for k, v in plan.skipped.items()) or "none")
+    return module, ""
 
 
 def _ext() -> ModuleType:
@@ -52,13 +58,14 @@ def _ext() -> ModuleType:
 
 
 def build_info() -> dict:
-    """What ``convnext_fast._C`` was built with: ``built``, ``cpu``, ``cuda``, ``cuda_archs``,
-    ``cuda_version``, ``torch_version``, compiler flags and the CPU instruction set in use; or
+    """What the compiled extension was built with: ``built``, ``cpu``, ``cuda``, ``cuda_archs``,
+    ``cuda_version``, ``torch_version``, compiler flags the CPU instruction set in use, ``obtained``
+    (compiled now or loaded from the cache, and where) and ``skipped`` (parts left out, and why); or
     ``{"built": False, "reason": ...}``."""
     module, reason = _load()
     if module is None:
         return {"built": False, "reason": reason}
-    return {"built": True, **dict(module.build_info())}
+    return {"built": True, **dict(module.build_info()), **_HOW}
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,12 +76,11 @@ def unavailable_reason(device_type: str) -> str:
         return info["reason"]
     if device_type == "cpu":
         if not info["cpu"]:
-            return "convnext_fast._C was built without its CPU kernels (CONVNEXT_FAST_BUILD_CPU=0)"
+            return f"the compiled extension was built without its CPU kernels ({info.get('skipped')})"
         return ""
     if device_type == "cuda":
         if not info["cuda"]:
-            return ("convnext_fast._C was built without its CUDA kernels (no nvcc or a CPU-only torch at build "
-                    "time, or CONVNEXT_FAST_BUILD_CUDA=0)")
+            return f"the compiled extension was built without its CUDA kernels ({info.get('skipped')})"
         if not torch.cuda.is_available():
             return "no CUDA device is available"
         return ""
