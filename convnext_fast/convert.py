@@ -12,7 +12,7 @@ Co-designing and Scaling ConvNets with Masked Autoencoders", CVPR 2023.
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -229,54 +229,83 @@ def convert(model: nn.Module) -> nn.Module:
     optimizer keeps working; ``model.state_dict()`` keys do not change). Blocks that cannot be
     expressed exactly (other activations, non-identity shortcuts, ...) are left alone.
 
+    All or nothing: every replacement is built first and the model is changed only once all of
+    them were built, so an error leaves ``model`` exactly as it was.
+
     Args:
         model: any ``nn.Module``, typically a timm or torchvision ConvNeXt.
 
     Returns:
         ``model`` itself.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: a block looks convertible but one of its parts is not supported (e.g. timm
+            ``DropPath(scale_by_keep=False)``); the message names the block. ``model`` is unchanged.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
-    count = 0
+    # (parent, attribute name, replacement); building a replacement only reads the module it
+    # replaces, so the model is untouched until every swap below is known to be possible.
+    swaps: List[Tuple[nn.Module, str, nn.Module]] = []
     skipped: Dict[str, str] = {}
 
     def visit(parent: nn.Module, prefix: str) -> None:
-        nonlocal count
         for name, child in _children_items(parent):
             if child is None:
                 continue
             path = f"{prefix}{name}"
-            cls = type(child)
-            new: Optional[nn.Module] = None
-            if cls.__name__ == "ConvNeXtBlock" and cls.__module__.startswith("timm."):
-                why = _timm_block_ok(child)
-                if why is None:
-                    new = _convert_timm_block(child)
-                else:
-                    skipped[path] = why
-            elif cls.__name__ == "CNBlock" and cls.__module__.startswith("torchvision."):
-                why = _tv_block_ok(child)
-                if why is None:
-                    new = _remember(TorchvisionConvNeXtBlock(child), child)
-                else:
-                    skipped[path] = why
-            elif _is_channels_first_ln(child):
-                new = _fast_ln(child)
-            elif _is_depthwise(child):
-                new = _fast_dwconv(child)
+            try:
+                new = _replacement(child, path, skipped)
+            except (ValueError, TypeError) as e:
+                if type(e) not in (ValueError, TypeError):  # a subclass may need other arguments: as is
+                    raise
+                raise type(e)(f"convnext_fast.convert cannot convert {path} ({type(child).__name__}): {e}; "
+                              f"the model was left unchanged") from e
             if new is not None:
-                setattr(parent, name, new)
-                count += 1
+                swaps.append((parent, name, new))
             else:
                 visit(child, path + ".")
 
     visit(model, "")
+    done: List[Tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for parent, name, new in swaps:
+            done.append((parent, name, parent._modules[name]))
+            setattr(parent, name, new)
+    except BaseException:  # a parent whose __setattr__ refuses: undo the swaps made so far
+        for parent, name, old in reversed(done):
+            parent._modules[name] = old
+        raise
     if skipped:
         warnings.warn("convnext_fast.convert left these blocks unchanged: "
                       + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:10]), stacklevel=2)
-    if count == 0:
+    if not swaps:
         warnings.warn(f"convnext_fast.convert found nothing to convert in {type(model).__name__}", stacklevel=2)
     return model
+
+
+def _replacement(child: nn.Module, path: str, skipped: Dict[str, str]) -> Optional[nn.Module]:
+    """The ``convnext_fast`` module to put in place of ``child`` (None: none; ``child`` unchanged).
+
+    Records blocks that look like ConvNeXt blocks but cannot be converted in ``skipped``.
+    """
+    cls = type(child)
+    if cls.__name__ == "ConvNeXtBlock" and cls.__module__.startswith("timm."):
+        why = _timm_block_ok(child)
+        if why is None:
+            return _convert_timm_block(child)
+        skipped[path] = why
+    elif cls.__name__ == "CNBlock" and cls.__module__.startswith("torchvision."):
+        why = _tv_block_ok(child)
+        if why is None:
+            return _remember(TorchvisionConvNeXtBlock(child), child)
+        skipped[path] = why
+    elif _is_channels_first_ln(child):
+        return _fast_ln(child)
+    elif _is_depthwise(child):
+        return _fast_dwconv(child)
+    return None
 
 
 def _restore(new: nn.Module) -> nn.Module:

@@ -16,11 +16,13 @@ Three layouts are in use for the same networks:
 here: a source is detected, renamed to timm keys, renamed to the target model's layout, and
 reshaped where the two differ only by size-1 dimensions.
 
-Files are read without executing code: ``torch.load(..., weights_only=True)`` for pickles and
-``safetensors.torch.load_file`` for ``.safetensors``. Nothing is ever downloaded.
+Files are read without executing code: ``torch.load(..., weights_only=True)`` for ``torch.save``
+files and ``safetensors.torch.load_file`` for safetensors, the format told from the file's first
+bytes, not its name. Nothing is ever downloaded.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -56,38 +58,179 @@ class CheckpointError(ValueError):
 # Reading
 # ----------------------------------------------------------------------------------------------
 
+# What a checkpoint file starts with. The format is told from these bytes, never from the file
+# name: a safetensors file saved as ``.pth`` is common, and guessing from the name sent it to the
+# pickle loader, whose refusal then blamed code that was not there.
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # torch.save's default (zip) format; an empty archive
+_PICKLE_PROTOCOLS = range(2, 6)  # b"\x80" + protocol byte: torch.save's legacy format (protocol 2)
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors format's own limit on its JSON header
+_SAFETENSORS_HINT = "an 8-byte little-endian header length, then a JSON header"
+
+
+def _sniff(path: str, size: int) -> str:
+    """``"zip"``, ``"pickle"`` or ``"safetensors"`` from the first bytes of ``path``.
+
+    Raises:
+        CheckpointError: the file is empty or none of them (the message says what it looks like).
+    """
+    if size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path!r}: the file is empty (0 bytes); an interrupted "
+                              f"download or save leaves files like this")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(_ZIP_MAGICS):
+        return "zip"
+    if head[0] == 0x80 and len(head) > 1 and head[1] in _PICKLE_PROTOCOLS:
+        return "pickle"
+    # A JSON header after a plausible length; text that happens to hold "{" at byte 8 gives an
+    # implausible length (its first 8 characters read as a number).
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= _SAFETENSORS_MAX_HEADER:
+        return "safetensors"
+    raise CheckpointError(f"cannot read checkpoint {path!r}: {_describe_unknown(path, head, size)}")
+
+
+def _describe_unknown(path: str, head: bytes, size: int) -> str:
+    """Words for a file that is no checkpoint format, from its first bytes."""
+    known = (f"it is none of the checkpoint formats (safetensors: {_SAFETENSORS_HINT}; torch.save: a zip "
+             f"archive, or a pickle in the legacy format)")
+    if path.endswith(".safetensors"):
+        known = f"its name says safetensors, but it does not start with {_SAFETENSORS_HINT}"
+    if size < 9:
+        return f"{known}; it is only {size} bytes long (a truncated file?)"
+    # A multi-byte character cut at the 512th byte still reads as text.
+    text = head.decode("utf-8", errors="replace").rstrip("\ufffd")
+    if "\ufffd" in text or any(c < " " and c not in "\t\r\n" for c in text):
+        return f"{known}; it starts with the bytes {head[:16]!r}"
+    first = " ".join(text.split())[:60]
+    if text.startswith("version https://git-lfs.github.com/spec/"):
+        what = "a Git LFS pointer, not the weights it points to (fetch them with `git lfs pull`)"
+    elif text.lstrip()[:1] == "<":
+        what = "an HTML or XML page (a failed download, or a web page saved in place of the file?)"
+    elif text.lstrip()[:1] in ("{", "["):
+        what = "JSON text (the index of a sharded checkpoint? pass the weights file itself)"
+    else:
+        what = "a text file"
+    return f"{known}; it is {what}, starting {first!r}"
+
+
+def _read_safetensors(path: str, size: int) -> Dict[str, Any]:
+    """Check a safetensors file's header against its size, then load it with ``safetensors``."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > size - 8:
+            raise CheckpointError(
+                f"cannot read checkpoint {path!r}: a safetensors file whose header length field says "
+                f"{n} bytes, but only {size - 8} bytes follow it: the file is truncated or damaged")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path!r}: its safetensors header ({n} bytes) is not valid "
+                              f"JSON ({e}): the file is damaged") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"cannot read checkpoint {path!r}: its safetensors header is a JSON "
+                              f"{type(header).__name__}, not an object: the file is damaged")
+    data_size = size - 8 - n
+    needed = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise CheckpointError(f"cannot read checkpoint {path!r}: the safetensors header entry for {key!r} has "
+                                  f"no valid data_offsets ({entry!r:.120}): the file is damaged")
+        needed = max(needed, offsets[1])
+    if needed > data_size:
+        raise CheckpointError(f"cannot read checkpoint {path!r}: the file is truncated: its safetensors header "
+                              f"places tensor data up to byte {needed} of the data section, which holds only "
+                              f"{data_size} bytes")
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise ImportError(f"{path!r} is a safetensors file; reading it needs the safetensors package "
+                          f"(pip install safetensors)") from e
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # SafetensorError: overlapping or unknown-dtype entries and the like
+        raise CheckpointError(f"cannot read checkpoint {path!r}: the safetensors file is damaged or uses a "
+                              f"feature this safetensors version cannot read ({type(e).__name__}: {e})") from e
+
+
+# The weights-only unpickler's words for a pickle that names a Python callable or class: loading
+# it without the restriction would import and call it.
+_CODE_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)(?: |$)")
+_CODE_MARKERS = ("Trying to call reduce for unrecognized function", "Can only create new object",
+                 "Can only build Tensor")
+
+
+def _read_torch(path: str, kind: str) -> Any:
+    """``torch.load(weights_only=True)`` with its failures told apart: code refused vs damage."""
+    try:
+        # An open file, not the path: torch.load hands paths ending in .safetensors to safetensors.
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        found = _CODE_GLOBAL.search(msg)
+        if found or any(m in msg for m in _CODE_MARKERS):
+            what = f"it references {found[1]}" if found else "it builds Python objects other than tensors"
+            raise CheckpointError(
+                f"refusing to load {path!r}: it is not a plain tensor checkpoint ({what}), and loading it would run "
+                f"code from the file (torch.load(weights_only=True) rejected it). Save a state dict "
+                f"(torch.save(model.state_dict(), path)) or convert the file to safetensors from a trusted "
+                f"environment.") from e
+        inner = _weights_only_reason(msg)
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {_damaged(kind)} (the pickle reader stopped at: "
+                              f"{inner})") from e
+    except Exception as e:  # zip/pickle corruption: RuntimeError, EOFError, KeyError, IndexError, ...
+        inner = _first_sentence(str(e)) or "unexpected end of data"
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {_damaged(kind)} "
+                              f"({type(e).__name__}: {inner})") from e
+
+
+def _damaged(kind: str) -> str:
+    if kind == "zip":
+        return ("it is a zip archive but not a readable torch.save checkpoint: truncated, damaged, or a zip of "
+                "something else")
+    return "it is a pickle but not a readable torch.save checkpoint: truncated, damaged, or not written by torch.save"
+
+
+def _weights_only_reason(msg: str) -> str:
+    """The unpickler's own reason inside torch's long weights-only message."""
+    return _first_sentence(msg.rsplit("WeightsUnpickler error:", 1)[-1]) or "unknown error"
+
+
+def _first_sentence(msg: str) -> str:
+    """The first sentence of an error message (torch's go on for a paragraph of advice)."""
+    lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
+    return re.split(r"\. (?=[A-Z])", lines[0], maxsplit=1)[0].rstrip(".")[:200] if lines else ""
+
 
 def read_checkpoint(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
     """Load a checkpoint file onto the CPU without executing code from it.
 
+    The format is told from the file's first bytes, not its name: safetensors (an 8-byte
+    little-endian header length, then a JSON header), a ``torch.save`` zip archive or a legacy
+    ``torch.save`` pickle.
+
     Args:
-        path: a ``.safetensors`` file, or a PyTorch pickle (``.pth``, ``.pt``, ``.bin``, ...).
+        path: a ``.safetensors`` file, or a PyTorch checkpoint (``.pth``, ``.pt``, ``.bin``, ...).
 
     Returns:
         The loaded dict (a state dict or a checkpoint wrapping one).
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: the pickle needs code execution (``weights_only=True`` refused it) or
-            the file is not a checkpoint.
+        CheckpointError: the pickle needs code execution (``weights_only=True`` refused it), or
+            the file is empty, truncated, damaged or not a checkpoint (the message names the file
+            and what is wrong with it).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path!r}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing to load {path!r}: it is not a plain tensor checkpoint, and loading it would run code "
-            f"from the file (torch.load(weights_only=True) rejected it: {e}). Save a state dict "
-            f"(torch.save(model.state_dict(), path)) or convert the file to safetensors from a trusted "
-            f"environment.") from e
-    except Exception as e:  # zip/pickle corruption and the like
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {type(e).__name__}: {e}") from e
+    size = os.path.getsize(path)
+    kind = _sniff(path, size)
+    obj = _read_safetensors(path, size) if kind == "safetensors" else _read_torch(path, kind)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a state dict")
     return dict(obj)
@@ -296,8 +439,7 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], to: str = "timm",
     out: StateDict = {}
     unmapped: List[str] = []
     for k, v in state_dict.items():
-        canon = _TO_TIMM[src](k)
-        new = None if canon is None else _FROM_TIMM[to](canon)
+        new = _map_key(k, src, to)
         if new is None:
             unmapped.append(k)
             continue
@@ -306,6 +448,20 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], to: str = "timm",
         raise CheckpointError(f"{len(unmapped)} key(s) of the {src}-layout state dict have no counterpart in the "
                               f"{to} layout: {unmapped[:20]}")
     return out
+
+
+def _map_key(key: str, src: str, to: str) -> Optional[str]:
+    """``key`` of a ``src``-layout state dict renamed to layout ``to`` (None: no counterpart)."""
+    canon = _TO_TIMM[src](key)
+    return None if canon is None else _FROM_TIMM[to](canon)
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "boolean"
+    if dtype.is_complex:
+        return "complex"
+    return "floating-point" if dtype.is_floating_point else "integer"
 
 
 def _squeezed(shape: Tuple[int, ...]) -> List[int]:
@@ -338,8 +494,10 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True,
         ``(missing_keys, unexpected_keys)`` in the model's naming (empty when ``strict``).
 
     Raises:
-        CheckpointError: missing / unexpected keys (named), mismatched shapes, unreadable files,
-            pickles that would execute code.
+        CheckpointError: missing / unexpected keys (named), mismatched shapes, tensors of another
+            kind of dtype than the model's (integer, boolean or complex values for a floating-point
+            parameter: named, never cast), unreadable, empty, truncated or damaged files, pickles that
+            would execute code. Errors about a file's contents name the file.
     """
     from_file = isinstance(source, (str, os.PathLike))
     if assign and not strict:
@@ -350,10 +508,24 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True,
         checkpoint = source
     else:
         raise TypeError(f"load_weights expects a file path or a state dict, got {type(source).__name__}")
+    if not from_file:
+        return _load_state_dict(model, checkpoint, strict, assign, from_file=False)
+    try:
+        return _load_state_dict(model, checkpoint, strict, assign, from_file=True)
+    except CheckpointError as e:  # a file's contents that do not fit: say which file
+        named = CheckpointError(f"checkpoint file {os.fspath(source)!r}: {e}")
+        raise named.with_traceback(e.__traceback__) from None
+
+
+def _load_state_dict(model: nn.Module, checkpoint: Mapping[str, Any], strict: bool, assign: bool,
+                     from_file: bool) -> Tuple[List[str], List[str]]:
+    """:func:`load_weights` once the checkpoint is in memory (``from_file``: tensors are ours)."""
     sd = unwrap_state_dict(checkpoint)
     target = model.state_dict()
     target_layout = detect_layout(target.keys())
-    mapped = convert_state_dict(sd, to=target_layout)
+    source_layout = detect_layout(sd.keys())
+    mapped = convert_state_dict(sd, to=target_layout, source_layout=source_layout)
+    origin = {_map_key(k, source_layout, target_layout): k for k in sd}
 
     # A model built without a classifier ignores the checkpoint's classifier.
     head_prefix = {"timm": "head.fc.", "official": "head.", "torchvision": "classifier.2."}[target_layout]
@@ -371,10 +543,17 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True,
                          f"{' ...' if len(unexpected) > 20 else ''}")
         raise CheckpointError(f"checkpoint does not fit {type(model).__name__}: " + "; ".join(parts)
                               + "  (check the model variant, num_classes and head options)")
-    bad_shapes = []
+    bad_shapes, bad_dtypes = [], []
     final: StateDict = {}
     for k, v in mapped.items():
         if k not in target:
+            continue
+        # Casting would silently turn integers, booleans or complex numbers into other numbers
+        # (copy_ drops imaginary parts, makes 0/1 of booleans): not a checkpoint of this model.
+        if _dtype_kind(v.dtype) != _dtype_kind(target[k].dtype):
+            named = k if origin.get(k, k) == k else f"{k} (checkpoint key {origin[k]})"
+            bad_dtypes.append(f"{named}: checkpoint {_dtype_kind(v.dtype)} {v.dtype} vs model "
+                              f"{_dtype_kind(target[k].dtype)} {target[k].dtype}")
             continue
         want = tuple(target[k].shape)
         if tuple(v.shape) != want:
@@ -386,6 +565,11 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True,
             dtype = target[k].dtype
             v = v.to(dtype) if v.dtype != dtype or from_file else v.to(dtype, copy=True)
         final[k] = v
+    if bad_dtypes:
+        raise CheckpointError(f"checkpoint tensors have the wrong kind of dtype for {type(model).__name__} "
+                              f"({len(bad_dtypes)}): {bad_dtypes[:20]}{' ...' if len(bad_dtypes) > 20 else ''}; "
+                              f"refusing to cast between integer, boolean, floating-point and complex values: that "
+                              f"changes the numbers, not only their precision (is this a checkpoint of this model?)")
     if bad_shapes:
         raise CheckpointError(f"checkpoint shapes do not fit {type(model).__name__}: {bad_shapes[:20]}"
                               f"  (a different model size, or num_classes: pass num_classes=... to the factory)")

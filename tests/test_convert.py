@@ -171,3 +171,29 @@ def test_to_reference_native_model_exports_without_custom_ops():
     assert isinstance(model.stages[0].blocks[0].norm, LayerNorm2d)
     with torch.no_grad():
         assert rel_err(model(x), expected) < 2e-5
+
+
+def test_failed_convert_leaves_model_unchanged():
+    """A block that fails part-way through (after the stem and earlier blocks were convertible)
+    makes convert() raise without changing any module of the model."""
+    from timm.layers import DropPath
+
+    model = timm_convnext(**SMALL)
+    # timm's DropPath without rescaling by 1/keep has no fused counterpart: this block cannot convert
+    model.stages[2].blocks[1].drop_path = DropPath(0.1, scale_by_keep=False)
+    types = [(name, type(m)) for name, m in model.named_modules()]
+    params = dict(model.named_parameters())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as info:
+        convert(model)
+    assert [(name, type(m)) for name, m in model.named_modules()] == types
+    assert not _fast_modules(model)
+    after = dict(model.named_parameters())
+    assert list(after) == list(params) and all(after[k] is params[k] for k in params)
+    sd = model.state_dict()
+    assert list(sd) == list(state) and all(torch.equal(sd[k], v) for k, v in state.items())
+    assert info.match(r"stages\.2\.blocks\.1 \(ConvNeXtBlock\): .*scale_by_keep=False.*left unchanged")
+    # with the block fixed, the same model converts in full
+    model.stages[2].blocks[1].drop_path = DropPath(0.1)
+    convert(model)
+    assert sum(isinstance(m, ConvNeXtBlock) for m in model.modules()) == 5

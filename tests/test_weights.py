@@ -193,3 +193,124 @@ def test_full_model_pickle_rejected(tmp_path):
     with pytest.raises(CheckpointError, match="state dict"):
         load_weights(ConvNeXt(**SMALL), path)
     assert os.path.exists(path)
+
+
+def test_legacy_and_misnamed_pickle_with_code_refused(tmp_path):
+    """The legacy (non-zip) torch.save format, and a pickle named .safetensors, are refused too."""
+    marker = tmp_path / "pwned"
+    sd = timm_convnext(**SMALL).state_dict()
+    sd["stem.0.weight"] = _Exploit(str(marker))
+    legacy, misnamed = tmp_path / "evil_legacy.pth", tmp_path / "evil.safetensors"
+    torch.save(sd, legacy, _use_new_zipfile_serialization=False)
+    torch.save(sd, misnamed)
+    for path in (legacy, misnamed):
+        with pytest.raises(CheckpointError, match="would run code") as info:
+            load_weights(ConvNeXt(**SMALL), path)
+        assert str(path) in str(info.value) and "io.open" in str(info.value)
+    assert not marker.exists()
+
+
+def _safetensors_bytes(sd):
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in sd.items()})
+
+
+def test_format_told_by_content_not_name(tmp_path):
+    """safetensors bytes in a .pth file and a torch.save zip in a .safetensors file both load."""
+    ref = timm_convnext(**SMALL)
+    st_as_pth, zip_as_st = tmp_path / "weights.pth", tmp_path / "weights.safetensors"
+    st_as_pth.write_bytes(_safetensors_bytes(ref.state_dict()))
+    torch.save(ref.state_dict(), zip_as_st)
+    x = torch.randn(1, 3, 32, 32)
+    for path in (st_as_pth, zip_as_st):
+        model = ConvNeXt(**SMALL)
+        assert load_weights(model, path) == ([], [])
+        assert rel_err(_out(model, x), _out(ref, x)) < 2e-5
+
+
+def _bad_files():
+    """(file name, bytes, words the error must contain) for files that are no readable checkpoint."""
+    import io
+    import pickle
+
+    sd = {"stem.0.weight": torch.arange(24, dtype=torch.float32).reshape(2, 3, 2, 2), "stem.0.bias": torch.ones(2)}
+    st = _safetensors_bytes(sd)
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    zipped = buf.getvalue()
+    buf = io.BytesIO()
+    torch.save(sd, buf, _use_new_zipfile_serialization=False)
+    legacy = buf.getvalue()
+    noise = bytes((37 * i + 11) % 251 for i in range(300))  # fixed "random" bytes: no format's magic
+    assert noise[8:9] != b"{" and noise[0] != 0x80 and not noise.startswith(b"PK")
+    return [
+        ("empty.safetensors", b"", "the file is empty (0 bytes)"),
+        ("empty.pth", b"", "the file is empty (0 bytes)"),
+        ("short.safetensors", st[:5], "only 5 bytes"),
+        ("cut_header.safetensors", st[:40], "truncated"),
+        ("cut_data.safetensors", st[:-8], "truncated"),
+        ("bad_json.safetensors", st[:8] + b"{" + b"x" * (len(st) - 9), "not valid JSON"),
+        ("noise.safetensors", noise, "does not start with an 8-byte little-endian header length"),
+        ("noise.pth", noise, "none of the checkpoint formats"),
+        ("text.pth", b"error: 404 not found\n", "a text file, starting 'error: 404 not found'"),
+        ("lfs.pth", b"version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 114\n", "Git LFS pointer"),
+        ("page.pth", b"<!DOCTYPE html><html><body>Sign in</body></html>", "HTML"),
+        ("cut.pth", zipped[: len(zipped) // 2], "zip archive but not a readable torch.save checkpoint"),
+        ("cut_legacy.pth", legacy[: len(legacy) // 2], "pickle but not a readable torch.save checkpoint"),
+        ("plain_pickle.pth", pickle.dumps(sd, protocol=4), "not written by torch.save"),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's, for the protocol-4 pickle
+@pytest.mark.parametrize("name,data,words", _bad_files(), ids=[f[0] for f in _bad_files()])
+def test_bad_files_named_and_explained(tmp_path, name, data, words):
+    """Every unreadable file gets a CheckpointError naming the file and the problem in words."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(ConvNeXt(**SMALL), path)
+    msg = str(info.value)
+    assert str(path) in msg and words in msg, msg
+    assert "would run code" not in msg  # damage is not blamed on code in the file
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        read_checkpoint(str(path))
+
+
+def test_file_contents_that_do_not_fit_name_the_file(tmp_path):
+    sd = timm_convnext(**SMALL).state_dict()
+    del sd["stem.1.bias"]
+    path = tmp_path / "partial.safetensors"
+    path.write_bytes(_safetensors_bytes(sd))
+    with pytest.raises(CheckpointError, match="missing keys") as info:
+        load_weights(ConvNeXt(**SMALL), path)
+    assert str(path) in str(info.value) and "stem.1.bias" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool, torch.complex64])
+def test_non_float_tensors_refused_not_cast(dtype):
+    sd = timm_convnext(**SMALL).state_dict()
+    sd["stages.1.blocks.0.mlp.fc1.weight"] = torch.ones(sd["stages.1.blocks.0.mlp.fc1.weight"].shape, dtype=dtype)
+    model = ConvNeXt(**SMALL)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for assign in (False, True):
+        with pytest.raises(CheckpointError, match=rf"stages\.1\.blocks\.0\.mlp\.fc1\.weight: checkpoint \w+(-point)? "
+                                                  rf"{dtype} vs model floating-point torch\.float32"):
+            load_weights(model, sd, assign=assign)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing was loaded
+
+
+def test_non_float_tensor_named_in_checkpoint_and_file_terms(tmp_path):
+    """An official-layout file: the error names the file, the model key and the checkpoint's key."""
+    sd = timm_to_official(timm_convnext(**SMALL).state_dict())
+    sd["downsample_layers.0.0.weight"] = sd["downsample_layers.0.0.weight"].to(torch.int32)
+    path = tmp_path / "official.safetensors"
+    path.write_bytes(_safetensors_bytes(sd))
+    with pytest.raises(CheckpointError) as info:
+        load_weights(ConvNeXt(**SMALL), path)
+    msg = str(info.value)
+    assert str(path) in msg and "torch.int32" in msg, msg
+    assert "stem.0.weight (checkpoint key downsample_layers.0.0.weight)" in msg, msg
+    # float16 -> float32 is only a change of precision: accepted
+    sd["downsample_layers.0.0.weight"] = sd["downsample_layers.0.0.weight"].to(torch.float16)
+    assert load_weights(ConvNeXt(**SMALL), sd) == ([], [])
