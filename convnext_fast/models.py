@@ -19,6 +19,7 @@ The network runs channels_last throughout: the block's first half is the fused
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -255,11 +256,26 @@ class ConvNeXtStage(nn.Module):
         return self.blocks(x)
 
 
+#: Global pooling types of :class:`ClassifierHead` (timm's names; ``""`` means no pooling).
+_POOL_TYPES = ("avg", "max", "avgmax", "")
+
+
+def _check_pool_type(pool_type: Any) -> str:
+    if pool_type not in _POOL_TYPES:
+        raise ValueError(f"global_pool={pool_type!r} is not supported; choose one of {_POOL_TYPES} "
+                         f"('avg' average, 'max' maximum, 'avgmax' their mean, '' no pooling)")
+    return pool_type
+
+
 class ClassifierHead(nn.Module):
-    """Global average pool -> LayerNorm (unless ``norm_first``) -> dropout -> Linear.
+    """Global pool -> LayerNorm (unless ``norm_first``) -> dropout -> classifier (timm's head).
 
     ``norm``/``fc`` match timm's ``head.norm``/``head.fc``. The LayerNorm runs on the pooled
     (N, C) vector, so under autocast it computes in float32 as ``F.layer_norm`` does.
+
+    With ``pool_type=""`` nothing is pooled: the LayerNorm and the classifier act at every position
+    (on the free NHWC view) and the classifier is stored as a 1x1 ``nn.Conv2d``, as timm stores it,
+    so state dicts stay interchangeable.
 
     Args:
         dim: feature channels C.
@@ -267,24 +283,69 @@ class ClassifierHead(nn.Module):
         norm: apply the LayerNorm after pooling (False when the model normalizes before pooling).
         drop_rate: dropout before the classifier.
         eps: LayerNorm epsilon.
+        pool_type: ``"avg"`` (default), ``"max"``, ``"avgmax"`` (mean of the two) or ``""``.
 
     Shape:
-        (N, C, H, W) -> (N, num_classes) (or (N, C) with ``pre_logits=True`` or ``num_classes=0``).
+        (N, C, H, W) -> (N, num_classes) (or (N, C) with ``pre_logits=True`` or ``num_classes=0``);
+        with ``pool_type=""``, (N, num_classes, H, W) (or (N, C, H, W)), channels_last.
     """
 
     def __init__(self, dim: int, num_classes: int, norm: bool = True, drop_rate: float = 0.0,
-                 eps: float = 1e-6, device=None, dtype=None) -> None:
+                 eps: float = 1e-6, pool_type: str = "avg", device=None, dtype=None) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
+        self.in_features = dim
+        self.pool_type = _check_pool_type(pool_type)
         self.norm = nn.LayerNorm(dim, eps=eps, **dd) if norm else nn.Identity()
         self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.fc = self._classifier(num_classes, **dd)
+
+    def _classifier(self, num_classes: int, device=None, dtype=None) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        if self.pool_type:
+            return nn.Linear(self.in_features, num_classes, device=device, dtype=dtype)
+        return nn.Conv2d(self.in_features, num_classes, 1, device=device, dtype=dtype)
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None, reset_other: bool = False,
+              device=None, dtype=None) -> None:
+        """A new classifier (PyTorch's default initialization) for ``num_classes`` (0: none).
+
+        Args:
+            num_classes: outputs of the new classifier.
+            pool_type: new pooling type; None keeps the current one.
+            reset_other: also drop the LayerNorm (timm's ``reset_other``).
+            device, dtype: of the new classifier's parameters.
+        """
+        if pool_type is not None:
+            self.pool_type = _check_pool_type(pool_type)
+        if reset_other:
+            self.norm = nn.Identity()
+        self.fc = self._classifier(num_classes, device=device, dtype=dtype).train(self.training)
+
+    def _pool(self, x: Tensor) -> Tensor:
+        if self.pool_type == "avg":
+            return x.mean((2, 3))
+        if self.pool_type == "max":
+            return x.amax((2, 3))
+        return 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.norm(x.mean((2, 3)))
+        if not self.pool_type:
+            # Per position on the free NHWC view: the 1x1 conv classifier is a Linear over C.
+            y = self.norm(x.permute(0, 2, 3, 1))
+            if not pre_logits:
+                y = self.drop(y)
+                if isinstance(self.fc, nn.Conv2d):
+                    y = F.linear(y, self.fc.weight.flatten(1), self.fc.bias)
+            return y.permute(0, 3, 1, 2)
+        x = self.norm(self._pool(x))
         if pre_logits:
             return x
         return self.fc(self.drop(x))
+
+    def extra_repr(self) -> str:
+        return f"pool_type={self.pool_type!r}"
 
 
 def _stage_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> List[List[float]]:
@@ -304,6 +365,21 @@ class ConvNeXt(nn.Module):
     (each but the first preceded by LayerNorm2d + 2x2 stride-2 conv), global average pooling +
     LayerNorm + Linear head. Parameter names follow timm, so ``timm`` checkpoints load directly.
 
+    The timm model API is there too: :meth:`get_classifier`, :meth:`reset_classifier`,
+    :meth:`forward_features`, :meth:`forward_head`, :meth:`forward_intermediates`,
+    :meth:`set_grad_checkpointing`, ``feature_info``, ``num_features`` and ``pretrained_cfg``
+    (alias ``default_cfg``): the preprocessing of the weights the model was built for (timm's values
+    for the factories and ``create_model`` names; generic ImageNet values for a model built
+    directly), which ``timm.data.resolve_model_data_config(model)`` reads.
+
+    Export: ``torch.export.export(model.eval(), (x,))`` is the supported path; it captures the fused
+    ops as registered custom ops. For exporters or runtimes that need plain PyTorch operators
+    (ONNX, TensorRT), :func:`convnext_fast.to_reference` swaps the fused modules for ``nn.Conv2d``
+    and LayerNorm modules holding the same parameters. ``torch.jit.script`` is not supported (the
+    blocks pick their kernels in Python, which TorchScript cannot compile, also after
+    ``to_reference``) and raises a ``RuntimeError`` saying so; PyTorch itself deprecates
+    ``torch.jit.script`` in favour of ``torch.export``.
+
     Args:
         depths: blocks per stage.
         dims: channels per stage.
@@ -320,9 +396,11 @@ class ConvNeXt(nn.Module):
         mlp_ratio: MLP width multiple.
         patch_size: stem patch size.
         head_init_scale: scale of the classifier's initial weights and bias.
+        global_pool: pooling before the classifier: ``"avg"`` (default), ``"max"``, ``"avgmax"`` or
+            ``""`` (none: per-position logits), as timm's ``global_pool``.
 
     Shape:
-        (N, in_chans, H, W) -> (N, num_classes).
+        (N, in_chans, H, W) -> (N, num_classes) ((N, num_classes, H/32, W/32) with ``global_pool=""``).
     """
 
     def __init__(self, depths: Sequence[int] = (3, 3, 9, 3), dims: Sequence[int] = (96, 192, 384, 768),
@@ -330,7 +408,7 @@ class ConvNeXt(nn.Module):
                  drop_path_rate: float = 0.0, drop_rate: float = 0.0, ls_init_value: Optional[float] = 1e-6,
                  use_grn: bool = False, conv_mlp: bool = False, head_norm_first: bool = False,
                  norm_eps: float = 1e-6, mlp_ratio: float = 4.0, patch_size: int = 4,
-                 head_init_scale: float = 1.0, device=None, dtype=None) -> None:
+                 head_init_scale: float = 1.0, global_pool: str = "avg", device=None, dtype=None) -> None:
         super().__init__()
         depths, dims = tuple(depths), tuple(dims)
         if len(depths) != len(dims) or not depths:
@@ -360,8 +438,10 @@ class ConvNeXt(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm_pre = LayerNorm2d(dims[-1], eps=norm_eps, **dd) if head_norm_first else nn.Identity()
         self.head = ClassifierHead(dims[-1], num_classes, norm=not head_norm_first, drop_rate=drop_rate,
-                                   eps=norm_eps, **dd)
+                                   eps=norm_eps, pool_type=global_pool, **dd)
         self._init_weights(head_init_scale)
+        # The factories and create_model replace this by the named weights' configuration.
+        self.pretrained_cfg: Dict[str, Any] = _generic_pretrained_cfg(num_classes)
 
     @torch.no_grad()
     def _init_weights(self, head_init_scale: float) -> None:
@@ -370,9 +450,52 @@ class ConvNeXt(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        if isinstance(self.head.fc, nn.Linear):
+        if not isinstance(self.head.fc, nn.Identity):
             self.head.fc.weight.mul_(head_init_scale)
             self.head.fc.bias.mul_(head_init_scale)
+
+    @property
+    def default_cfg(self) -> Dict[str, Any]:
+        """timm's older name of :attr:`pretrained_cfg` (the same dict)."""
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: Dict[str, Any]) -> None:
+        self.pretrained_cfg = cfg
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script calls this hook first: fail here with a way out instead of deep inside
+        # the compiler on the first fused op it cannot parse.
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script: its fused ops dispatch in Python. "
+            f"Export it with torch.export.export(model.eval(), (example_input,)) (the fused ops become custom "
+            f"ops), or call convnext_fast.to_reference(model) first for plain PyTorch operators (ONNX, TensorRT).")
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier layer, ``head.fc`` (``nn.Identity`` without one), as timm's."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False) -> None:
+        """Replace the classifier by a new one with ``num_classes`` outputs (timm's ``reset_classifier``).
+
+        The new layer has PyTorch's default initialization and the device and dtype of the model's
+        parameters; the rest of the model is unchanged. ``pretrained_cfg`` keeps describing the
+        loaded weights, as in timm.
+
+        Args:
+            num_classes: outputs of the new classifier; 0 for none (the model returns features).
+            global_pool: new pooling (``"avg"``, ``"max"``, ``"avgmax"``, ``""`` for none); None keeps
+                the current one.
+            reset_other: also remove the head's LayerNorm.
+
+        Raises:
+            ValueError: a negative ``num_classes`` or an unknown ``global_pool``.
+        """
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"reset_classifier expects num_classes >= 0, got {num_classes!r}")
+        weight = self.stem[0].weight
+        self.head.reset(num_classes, global_pool, reset_other=reset_other, device=weight.device, dtype=weight.dtype)
+        self.num_classes = num_classes
 
     def set_grad_checkpointing(self, enable: bool = True, stages: Optional[Sequence[int]] = None) -> None:
         """Recompute block activations in the backward pass instead of storing them.
@@ -408,7 +531,7 @@ class ConvNeXt(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
-                              norm: bool = False, stop_early: bool = False,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
         """Stage outputs for detection/segmentation backbones (timm's ``forward_intermediates``).
 
@@ -417,12 +540,17 @@ class ConvNeXt(nn.Module):
             indices: stages to return: None for all, an int n for the last n, or a list of indices.
             norm: apply ``norm_pre`` to the last stage's output if it is taken.
             stop_early: skip the stages after the last one requested.
+            output_fmt: ``"NCHW"`` (default; the tensors are channels_last in memory) or ``"NHWC"``
+                (the free contiguous view ``permute(0, 2, 3, 1)``, for channels-last consumers).
+                Applies to the intermediates; the final features stay NCHW, as in timm.
             intermediates_only: return only the list.
 
         Returns:
             The list of (N, dims[i], H/2^(i+2), W/2^(i+2)) stage outputs (channels_last), or
-            ``(final_features, list)``.
+            ``(final_features, list)``; (N, H/2^(i+2), W/2^(i+2), dims[i]) with ``output_fmt="NHWC"``.
         """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         n = len(self.stages)
         if indices is None:
             take = list(range(n))
@@ -441,7 +569,8 @@ class ConvNeXt(nn.Module):
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take:
-                out.append(self.norm_pre(x) if norm and i == n - 1 else x)
+                feat = self.norm_pre(x) if norm and i == n - 1 else x
+                out.append(feat.permute(0, 2, 3, 1) if output_fmt == "NHWC" else feat)
         if intermediates_only:
             return out
         if len(stages) == n:
@@ -478,41 +607,326 @@ MODEL_CONFIGS: Dict[str, Dict[str, Any]] = {
     "convnextv2_huge": dict(depths=(3, 3, 27, 3), dims=(352, 704, 1408, 2816), **_V2),
 }
 
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def _tag(num_classes: int = 1000, size: int = 224, crop_pct: float = 0.875, test_size: Optional[int] = None,
+         test_crop_pct: Optional[float] = None, crop_mode: str = "center", clip: bool = False,
+         license: str = "apache-2.0", weights: bool = True) -> Dict[str, Any]:
+    """One timm pretrained tag: the preprocessing its weights expect and their license (timm's values)."""
+    cfg: Dict[str, Any] = {"input_size": (3, size, size)}
+    if test_size is not None:
+        cfg["test_input_size"] = (3, test_size, test_size)
+    cfg.update(fixed_input_size=False, interpolation="bicubic", crop_pct=crop_pct)
+    if test_crop_pct is not None:
+        cfg["test_crop_pct"] = test_crop_pct
+    mean, std = (_CLIP_MEAN, _CLIP_STD) if clip else (_IMAGENET_MEAN, _IMAGENET_STD)
+    cfg.update(crop_mode=crop_mode, mean=mean, std=std,
+               num_classes=num_classes, first_conv="stem.0", classifier="head.fc", license=license)
+    cfg["_weights"] = weights
+    return cfg
+
+
+def _v2tag(**kwargs: Any) -> Dict[str, Any]:
+    return _tag(license="cc-by-nc-4.0", **kwargs)  # the ConvNeXt V2 release's license
+
+
+# timm's pretrained tags of each architecture, its default tag first (timm 1.0.31). timm publishes
+# the weights of each as ``timm/<arch>.<tag>`` on the Hugging Face hub, in its own layout, which
+# load_weights reads (as it reads the official and torchvision files); convnextv2_small has none.
+_PRETRAINED_TAGS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "convnext_atto": {
+        "d2_in1k": _tag(test_size=288, test_crop_pct=0.95),
+    },
+    "convnext_femto": {
+        "d1_in1k": _tag(test_size=288, test_crop_pct=0.95),
+    },
+    "convnext_pico": {
+        "d1_in1k": _tag(test_size=288, test_crop_pct=0.95),
+    },
+    "convnext_nano": {
+        "in12k_ft_in1k": _tag(crop_pct=0.95, test_size=288, test_crop_pct=1.0),
+        "d1h_in1k": _tag(crop_pct=0.95, test_size=288, test_crop_pct=1.0),
+        "r384_in12k_ft_in1k": _tag(size=384, crop_pct=1.0),
+        "in12k": _tag(num_classes=11821, crop_pct=0.95),
+        "r384_in12k": _tag(num_classes=11821, size=384, crop_pct=1.0),
+        "r384_ad_in12k": _tag(num_classes=11821, size=384, crop_pct=1.0),
+    },
+    "convnext_tiny": {
+        "in12k_ft_in1k": _tag(crop_pct=0.95, test_size=288, test_crop_pct=1.0),
+        "in12k_ft_in1k_384": _tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "in12k": _tag(num_classes=11821, crop_pct=0.95),
+        "fb_in22k_ft_in1k": _tag(test_size=288, test_crop_pct=1.0),
+        "fb_in1k": _tag(test_size=288, test_crop_pct=1.0),
+        "fb_in22k_ft_in1k_384": _tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "fb_in22k": _tag(num_classes=21841),
+        "dinov3_lvd1689m": _tag(num_classes=0, crop_pct=1.0, license="dinov3-license"),
+        "eupe_lvd1689m": _tag(num_classes=0, size=256, crop_pct=1.0, license="fair-noncommercial-research-license"),
+    },
+    "convnext_small": {
+        "in12k_ft_in1k": _tag(crop_pct=0.95, test_size=288, test_crop_pct=1.0),
+        "in12k_ft_in1k_384": _tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "in12k": _tag(num_classes=11821, crop_pct=0.95),
+        "fb_in22k_ft_in1k": _tag(test_size=288, test_crop_pct=1.0),
+        "fb_in1k": _tag(test_size=288, test_crop_pct=1.0),
+        "fb_in22k_ft_in1k_384": _tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "fb_in22k": _tag(num_classes=21841),
+        "dinov3_lvd1689m": _tag(num_classes=0, crop_pct=1.0, license="dinov3-license"),
+        "eupe_lvd1689m": _tag(num_classes=0, size=256, crop_pct=1.0, license="fair-noncommercial-research-license"),
+    },
+    "convnext_base": {
+        "fb_in22k_ft_in1k": _tag(test_size=288, test_crop_pct=1.0),
+        "fb_in1k": _tag(test_size=288, test_crop_pct=1.0),
+        "fb_in22k_ft_in1k_384": _tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "fb_in22k": _tag(num_classes=21841),
+        "clip_laion2b_augreg_ft_in12k_in1k": _tag(size=256, crop_pct=1.0, clip=True),
+        "clip_laion2b_augreg_ft_in12k_in1k_384": _tag(size=384, crop_pct=1.0, crop_mode="squash", clip=True),
+        "clip_laion2b_augreg_ft_in1k": _tag(size=256, crop_pct=1.0, clip=True),
+        "clip_laiona_augreg_ft_in1k_384": _tag(size=384, crop_pct=1.0, clip=True),
+        "clip_laion2b_augreg_ft_in12k": _tag(num_classes=11821, size=256, crop_pct=1.0, clip=True),
+        "clip_laion2b": _tag(num_classes=640, size=256, crop_pct=1.0, clip=True),
+        "clip_laion2b_augreg": _tag(num_classes=640, size=256, crop_pct=1.0, clip=True),
+        "clip_laiona": _tag(num_classes=640, size=256, crop_pct=1.0, clip=True),
+        "clip_laiona_320": _tag(num_classes=640, size=320, crop_pct=1.0, clip=True),
+        "clip_laiona_augreg_320": _tag(num_classes=640, size=320, crop_pct=1.0, clip=True),
+        "dinov3_lvd1689m": _tag(num_classes=0, crop_pct=1.0, license="dinov3-license"),
+        "eupe_lvd1689m": _tag(num_classes=0, size=256, crop_pct=1.0, license="fair-noncommercial-research-license"),
+    },
+    "convnext_large": {
+        "fb_in22k_ft_in1k": _tag(test_size=288, test_crop_pct=1.0),
+        "fb_in1k": _tag(test_size=288, test_crop_pct=1.0),
+        "fb_in22k_ft_in1k_384": _tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "fb_in22k": _tag(num_classes=21841),
+        "dinov3_lvd1689m": _tag(num_classes=0, crop_pct=1.0, license="dinov3-license"),
+    },
+    "convnext_xlarge": {
+        "fb_in22k_ft_in1k": _tag(test_size=288, test_crop_pct=1.0),
+        "fb_in22k_ft_in1k_384": _tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "fb_in22k": _tag(num_classes=21841),
+    },
+    "convnextv2_atto": {
+        "fcmae_ft_in1k": _v2tag(test_size=288, test_crop_pct=0.95),
+        "fcmae": _v2tag(num_classes=0),
+    },
+    "convnextv2_femto": {
+        "fcmae_ft_in1k": _v2tag(test_size=288, test_crop_pct=0.95),
+        "fcmae": _v2tag(num_classes=0),
+    },
+    "convnextv2_pico": {
+        "fcmae_ft_in1k": _v2tag(test_size=288, test_crop_pct=0.95),
+        "fcmae": _v2tag(num_classes=0),
+    },
+    "convnextv2_nano": {
+        "fcmae_ft_in22k_in1k": _v2tag(test_size=288, test_crop_pct=1.0),
+        "fcmae_ft_in22k_in1k_384": _v2tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "fcmae_ft_in1k": _v2tag(test_size=288, test_crop_pct=1.0),
+        "fcmae": _v2tag(num_classes=0),
+    },
+    "convnextv2_tiny": {
+        "fcmae_ft_in22k_in1k": _v2tag(test_size=288, test_crop_pct=1.0),
+        "fcmae_ft_in22k_in1k_384": _v2tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "fcmae_ft_in1k": _v2tag(test_size=288, test_crop_pct=1.0),
+        "fcmae": _v2tag(num_classes=0),
+    },
+    "convnextv2_small": {
+        "untrained": _tag(weights=False),
+    },
+    "convnextv2_base": {
+        "fcmae_ft_in22k_in1k": _v2tag(test_size=288, test_crop_pct=1.0),
+        "fcmae_ft_in22k_in1k_384": _v2tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "fcmae_ft_in1k": _v2tag(test_size=288, test_crop_pct=1.0),
+        "fcmae": _v2tag(num_classes=0),
+    },
+    "convnextv2_large": {
+        "fcmae_ft_in22k_in1k": _v2tag(test_size=288, test_crop_pct=1.0),
+        "fcmae_ft_in22k_in1k_384": _v2tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "fcmae_ft_in1k": _v2tag(test_size=288, test_crop_pct=1.0),
+        "fcmae": _v2tag(num_classes=0),
+    },
+    "convnextv2_huge": {
+        "fcmae_ft_in22k_in1k_384": _v2tag(size=384, crop_pct=1.0, crop_mode="squash"),
+        "fcmae_ft_in22k_in1k_512": _v2tag(size=512, crop_pct=1.0, crop_mode="squash"),
+        "fcmae_ft_in1k": _v2tag(test_size=288, test_crop_pct=1.0),
+        "fcmae": _v2tag(num_classes=0),
+    },
+}
+
+
+def _generic_pretrained_cfg(num_classes: int) -> Dict[str, Any]:
+    """``pretrained_cfg`` of a model built directly: ImageNet preprocessing, no named weights."""
+    cfg = {"architecture": None, "tag": None, **_tag(num_classes=num_classes)}
+    del cfg["_weights"], cfg["license"]
+    return cfg
+
+
+def _named_pretrained_cfg(arch: str, tag: str) -> Dict[str, Any]:
+    """timm's ``pretrained_cfg`` of ``arch.tag`` (the keys this package knows)."""
+    cfg: Dict[str, Any] = {"architecture": arch, "tag": tag}
+    row = dict(_PRETRAINED_TAGS[arch][tag])
+    if row.pop("_weights"):
+        cfg["hf_hub_id"] = f"timm/{arch}.{tag}"
+    cfg.update(row)
+    return cfg
+
+
+def _split_name(name: Any) -> Tuple[str, str]:
+    """``"convnext_tiny.fb_in1k"`` -> ``("convnext_tiny", "fb_in1k")``; no tag: timm's default tag."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    arch, _, tag = name.partition(".")
+    if arch not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CONFIGS)} (list_models() lists "
+                         f"them, list_models(pretrained=True) with their pretrained tags)")
+    tags = _PRETRAINED_TAGS[arch]
+    if not tag:
+        return arch, next(iter(tags))
+    if tag not in tags:
+        raise ValueError(f"unknown pretrained tag {tag!r} for {arch}; its tags are: {', '.join(tags)}")
+    return arch, tag
+
+
 PretrainedSource = Union[bool, None, str, "os.PathLike[str]", Mapping[str, Any]]
+PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _create(name: str, pretrained: PretrainedSource, kwargs: Dict[str, Any]) -> ConvNeXt:
+def _no_file_error(call: str, arch: str, tag: str) -> ValueError:
+    """``call`` opens the user's call: ``"convnext_atto("`` or ``"create_model('convnext_atto.d2_in1k', "``."""
+    if _PRETRAINED_TAGS[arch][tag]["_weights"]:
+        where = (f"Download the {arch}.{tag} weights yourself (e.g. `hf download timm/{arch}.{tag}` from the "
+                 f"Hugging Face hub, or the official release) and pass the local file")
+    else:
+        where = f"No published weights are known for {arch}.{tag}; pass a local file of your own"
+    return ValueError(
+        f"{call}pretrained=True): convnext_fast never downloads weights, they come from a file you have. {where}: "
+        f"{call}pretrained=True, checkpoint_path='/path/to/model.safetensors') (also .pth/.pt, official, timm "
+        f"or torchvision layout), or pretrained='/path/to/file', or build the model and call "
+        f"convnext_fast.load_weights(model, '/path/to/file').")
+
+
+def _create(name: str, pretrained: PretrainedSource, kwargs: Dict[str, Any], call: Optional[str] = None,
+            checkpoint_path: Optional[PathLike] = None,
+            pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None) -> ConvNeXt:
     from .weights import load_weights, resolve_pretrained
 
-    source = resolve_pretrained(name, pretrained)
-    args = {**MODEL_CONFIGS[name], **kwargs}
+    arch, tag = _split_name(name)
+    call = call or f"{arch}("
+    cfg = _named_pretrained_cfg(arch, tag)
+    if pretrained_cfg_overlay:
+        cfg.update(pretrained_cfg_overlay)
+    if pretrained is True:
+        # timm's two ways of naming a local file: checkpoint_path=, or pretrained_cfg_overlay={"file": ...}.
+        source: PretrainedSource = checkpoint_path if checkpoint_path is not None else cfg.get("file")
+        if source is None:
+            raise _no_file_error(call, arch, tag)
+    elif pretrained is None or pretrained is False:
+        source = checkpoint_path
+    else:
+        if checkpoint_path is not None:
+            raise ValueError(f"{call}pretrained=..., checkpoint_path=...): weights given twice, as pretrained=<"
+                             f"{type(pretrained).__name__}> and as checkpoint_path; pass one")
+        source = resolve_pretrained(arch, pretrained)
+    # As in timm, the named weights decide the default class count (21841 for fb_in22k, 0 for fcmae).
+    args = {**MODEL_CONFIGS[arch], "num_classes": cfg["num_classes"], **kwargs}
     if source is None:
-        return ConvNeXt(**args)
-    # Build without memory or initialization, then take the checkpoint's tensors.
-    device = args.pop("device", None)
-    model = ConvNeXt(**args, device="meta")
-    load_weights(model, source, assign=True)
-    return model if device is None else model.to(device)
+        model = ConvNeXt(**args)
+    else:
+        # Build without memory or initialization, then take the checkpoint's tensors.
+        device = args.pop("device", None)
+        model = ConvNeXt(**args, device="meta")
+        load_weights(model, source, assign=True)
+        if device is not None:
+            model = model.to(device)
+    model.pretrained_cfg = cfg
+    return model
 
 
-def create_model(name: str, pretrained: PretrainedSource = None, **kwargs: Any) -> ConvNeXt:
-    """Build the factory ``name`` (see :func:`list_models`), e.g. ``create_model("convnext_tiny")``."""
-    if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
-    return _create(name, pretrained, kwargs)
+def create_model(name: str, pretrained: PretrainedSource = None, *, checkpoint_path: Optional[PathLike] = None,
+                 pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> ConvNeXt:
+    """Build a model by name, as ``timm.create_model`` does: ``create_model("convnext_tiny.fb_in1k")``.
+
+    Weights come from a file you have; nothing is downloaded. ``pretrained=True`` therefore needs
+    the file: ``checkpoint_path=`` or timm's ``pretrained_cfg_overlay=dict(file=...)``; without one
+    it raises a ``ValueError`` that says where the named weights are published.
+
+    Args:
+        name: an architecture (:func:`list_models`), optionally with one of timm's pretrained tags
+            (``"convnext_atto.d2_in1k"``, :func:`list_models` with ``pretrained=True``). The tag
+            selects ``pretrained_cfg`` (the preprocessing its weights expect, the default
+            ``num_classes``); without one, timm's default tag is used.
+        pretrained: True (load ``checkpoint_path`` or the overlay's ``file``), a local
+            ``.safetensors``/``.pth``/``.pt`` file or a state dict (official, timm or torchvision
+            layout), or None/False for random initialization.
+        checkpoint_path: local weights file, loaded whether or not ``pretrained`` is set (as timm).
+        pretrained_cfg_overlay: entries that replace those of the tag's ``pretrained_cfg``.
+        **kwargs: :class:`ConvNeXt` arguments (``num_classes``, ``drop_path_rate``, ``in_chans``,
+            ``global_pool``, ``device``, ...). To fine-tune with another class count, load the
+            weights with the checkpoint's ``num_classes`` and call ``model.reset_classifier(n)``.
+
+    Returns:
+        :class:`ConvNeXt` with ``pretrained_cfg`` set (``pretrained_cfg["tag"]``: the tag).
+
+    Raises:
+        ValueError: an unknown name or tag; ``pretrained=True`` without a file; a missing file.
+        convnext_fast.CheckpointError: weights that do not fit the model.
+    """
+    return _create(name, pretrained, kwargs, call=f"create_model({name!r}, ", checkpoint_path=checkpoint_path,
+                   pretrained_cfg_overlay=pretrained_cfg_overlay)
 
 
-def list_models() -> List[str]:
-    """Names of the model factories."""
-    return list(MODEL_CONFIGS)
+def _str_list(value: Union[str, Sequence[str], None], what: str) -> List[str]:
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [value]
+    out = list(value)
+    if not all(isinstance(v, str) for v in out):
+        raise TypeError(f"list_models({what}=...) expects a str or a list of str, got {value!r}")
+    return out
+
+
+def list_models(filter: Union[str, Sequence[str]] = "", pretrained: bool = False,
+                exclude_filters: Union[str, Sequence[str]] = "") -> List[str]:
+    """Model names, as ``timm.list_models`` gives them (the subset of its arguments that applies).
+
+    Weights never come from the network: ``pretrained=True`` lists the timm names whose weights
+    this package can load from a file you have (timm's ``<arch>.<tag>`` hub names); download the
+    file yourself and pass it to :func:`create_model` (``checkpoint_path=``) or
+    :func:`convnext_fast.load_weights`.
+
+    Args:
+        filter: ``fnmatch`` wildcard(s), a str or a list: ``"*v2*"``, ``["convnext_a*", "*_tiny"]``.
+        pretrained: list ``arch.tag`` names (one per set of published weights) instead of
+            architectures. A filter without a tag then matches all of an architecture's tags.
+        exclude_filters: wildcard(s) of names to drop.
+
+    Returns:
+        The matching names in :data:`MODEL_CONFIGS` order (V1 then V2, smallest first; timm sorts
+        by name instead), with ``pretrained=True`` each architecture's tags in timm's order, its
+        default tag first.
+    """
+    include = _str_list(filter, "filter")
+    exclude = _str_list(exclude_filters, "exclude_filters")
+    if pretrained:
+        names = [f"{arch}.{tag}" for arch, tags in _PRETRAINED_TAGS.items() for tag, row in tags.items()
+                 if row["_weights"]]
+        # timm's expansion: "convnext_tiny" also matches "convnext_tiny.<any tag>".
+        include = [g for f in include for g in ([f] if "." in f else [f, f + ".*"])]
+        exclude = [g for f in exclude for g in ([f] if "." in f else [f, f + ".*"])]
+    else:
+        names = list(MODEL_CONFIGS)
+    return [n for n in names if (not include or any(fnmatch.fnmatchcase(n, f) for f in include))
+            and not any(fnmatch.fnmatchcase(n, f) for f in exclude)]
 
 
 def _make_factory(name: str) -> Callable[..., ConvNeXt]:
     cfg = MODEL_CONFIGS[name]
     version = "ConvNeXt V2 (Woo et al. 2023)" if cfg.get("use_grn") else "ConvNeXt (Liu et al. 2022)"
 
-    def factory(pretrained: PretrainedSource = None, **kwargs: Any) -> ConvNeXt:
-        return _create(name, pretrained, kwargs)
+    def factory(pretrained: PretrainedSource = None, *, checkpoint_path: Optional[PathLike] = None,
+                pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> ConvNeXt:
+        return _create(name, pretrained, kwargs, checkpoint_path=checkpoint_path,
+                       pretrained_cfg_overlay=pretrained_cfg_overlay)
 
     factory.__name__ = factory.__qualname__ = name
     options = ", ".join(f"{k}={v}" for k, v in cfg.items())
@@ -520,8 +934,12 @@ def _make_factory(name: str) -> Callable[..., ConvNeXt]:
 
     Args:
         pretrained: weights to load: a local ``.pth``/``.pt``/``.safetensors`` file or a state dict
-            (official, timm or torchvision layout, optionally wrapped under ``model``/``state_dict``).
-            Nothing is downloaded; a hub name raises an error explaining how to pass a file.
+            (official, timm or torchvision layout, optionally wrapped under ``model``/``state_dict``),
+            or True with ``checkpoint_path=``. Nothing is downloaded; True without a file or a hub
+            name raises an error explaining how to pass a file.
+        checkpoint_path: local weights file (timm's argument), loaded whether or not ``pretrained`` is set.
+        pretrained_cfg_overlay: entries replacing those of ``pretrained_cfg`` (timm's default tag
+            ``{next(iter(_PRETRAINED_TAGS[name]))}``); its ``file`` is loaded with ``pretrained=True``.
         **kwargs: :class:`ConvNeXt` arguments overriding the defaults (``num_classes``,
             ``drop_path_rate``, ``in_chans``, ...).
 
