@@ -7,7 +7,9 @@ Importing this package never touches the GPU and needs neither Triton nor the co
 """
 from .backend import BackendUnavailableError, available_backends, get_backend, set_backend, use_backend
 from .convert import convert, to_reference
-from .functional import depthwise_conv2d, dwconv_layer_norm, layer_norm_2d
+from .depthwise_conv import depthwise_conv2d
+from .dwconv_ln import dwconv_layer_norm
+from .layer_norm import layer_norm_2d
 from .layers import DepthwiseConv2d, LayerNorm2d
 from .models import (
     ConvNeXt,
@@ -36,7 +38,7 @@ from .models import (
 )
 from .weights import CheckpointError, convert_state_dict, load_weights
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BackendUnavailableError", "CheckpointError", "ConvNeXt", "ConvNeXtBlock", "DepthwiseConv2d",

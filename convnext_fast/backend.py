@@ -11,16 +11,20 @@ Backends:
                   and the backward pass (the saved tensors are the same for every backend, so a
                   forward on one and a backward on another is valid); falls back quietly.
 
-The choice comes from, in order: ``use_backend()`` / ``set_backend()``, else the environment variable
-``CONVNEXT_FAST_BACKEND``, else ``auto``. Policy (Liger-Kernel's): ``auto`` may fall back quietly; a
+The choice comes from, in order: ``use_backend()`` (per thread and per asyncio task: a context
+variable), else ``set_backend()`` (the process-wide default), else the environment variable
+``CONVNEXT_FAST_BACKEND``, else ``auto``. torch.compile guards on both, so a compiled function
+recompiles when the choice changes. Policy (Liger-Kernel's): ``auto`` may fall back quietly; a
 backend asked for by name that cannot run on the given tensors raises :class:`BackendUnavailableError`
 saying why. Nothing here touches the GPU at import time.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib.util
+import json
 import os
 from types import ModuleType
 from typing import Iterator
@@ -55,32 +59,33 @@ def _check_name(name: str) -> str:
 # Read once: Triton's interpreter mode is fixed when triton is first imported, so a later change of
 # the variable could not take effect anyway.
 _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# A module-level string (not a dict or a thread-local) so torch.compile guards on its value and
-# recompiles when the backend changes.
-_requested: str = _check_name(os.environ.get("CONVNEXT_FAST_BACKEND", "auto"))
+# The process-wide default, and the per-context choice of use_backend() (None: take the default).
+_default: str = _check_name(os.environ.get("CONVNEXT_FAST_BACKEND", "auto"))
+_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("convnext_fast_backend", default=None)
 
 
 def set_backend(name: str) -> None:
-    """Select the backend for all following calls (``auto``, ``reference``, ``triton``, ``cuda``, ``cpu``)."""
-    global _requested
-    _requested = _check_name(name)
+    """Select the process-wide default backend (``auto``, ``reference``, ``triton``, ``cuda``, ``cpu``);
+    a ``use_backend()`` block in force in the calling thread still takes precedence."""
+    global _default
+    _default = _check_name(name)
 
 
 def get_backend() -> str:
-    """The backend currently requested (possibly ``auto``)."""
-    return _requested
+    """The backend requested in this thread / task (possibly ``auto``)."""
+    scoped = _scoped.get()
+    return _default if scoped is None else scoped
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Context manager: run the enclosed code with backend ``name``, then restore the previous one."""
-    global _requested
-    previous = _requested
-    _requested = _check_name(name)
+    """Context manager: run the enclosed code with backend ``name`` in this thread (or asyncio task)
+    only, then restore the previous choice. Other threads are not affected."""
+    token = _scoped.set(_check_name(name))
     try:
         yield
     finally:
-        _requested = previous
+        _scoped.reset(token)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,22 +127,17 @@ def _unavailable_reason(backend: str, device_type: str) -> str:
     return _extension_reason(backend, device_type)
 
 
-# `auto` on CUDA: triton or cuda per op, pass and feature-map size (H*W), from the H100 bf16 timings
-# of 2026-11-23 at batch 128 (benchmarks/results/nvidia-h100-80gb-hbm3/2026-11-23/report.md, commit
-# 6be4d4f; backward = fwd+bwd minus fwd). Forward of every op: Triton at every stage (depthwise conv
-# 1.5x to 2.4x faster than the CUDA kernel, fused dwconv+LN 4.6x to 7.6x, LayerNorm 1.05x to 2.8x).
-# Backward of the depthwise conv: Triton down to 14x14 (0.55 vs 0.60 ms there), CUDA at 7x7 (0.40 vs
-# 0.76 ms). Backward of the fused op: Triton at 56x56 and 28x28 (1.0 vs 1.55 ms), a tie at 14x14
-# (0.96 vs 0.95 ms) decided for CUDA by the whole block (fwd+bwd 2.24 ms on CUDA vs 2.47 on Triton,
-# whose backward launches cost more host time), CUDA at 7x7. Backward of LayerNorm: Triton at 56x56
-# and 28x28, CUDA at 14x14 and 7x7 (0.12 vs 0.14 ms, 0.09 vs 0.14 ms). At 14x14 and 7x7 both
-# backends are host-bound at batch 128, so these choices follow launch cost more than kernel speed.
-# On CPU the compiled extension runs; the Triton interpreter is never chosen automatically.
-_MIN_HW_TRITON = {  # (op, backward) -> smallest H*W at which auto prefers triton over cuda on CUDA
-    ("depthwise_conv2d", False): 0, ("depthwise_conv2d", True): 14 * 14,
-    ("dwconv_layer_norm", False): 0, ("dwconv_layer_norm", True): 28 * 28,
-    ("layer_norm_2d", False): 0, ("layer_norm_2d", True): 28 * 28,
-}
+def dispatch_table() -> dict:
+    """The measured ``auto`` choices on CUDA (``dispatch.json``): for each op and pass, the smallest
+    H*W at which Triton beats the CUDA extension, with the device, date and result file they come
+    from. On CPU the compiled extension runs; the Triton interpreter is never chosen automatically."""
+    with open(os.path.join(os.path.dirname(__file__), "dispatch.json")) as f:
+        return json.load(f)
+
+
+# Read once at import into a plain dict, which torch.compile treats as a constant.
+_MIN_HW_TRITON = {(op, pass_ == "backward"): hw
+                  for op, passes in dispatch_table()["cuda"]["min_hw_triton"].items() for pass_, hw in passes.items()}
 
 
 def _auto_candidates(op: str, device_type: str, hw: int, backward: bool = False) -> tuple[str, ...]:
@@ -172,7 +172,8 @@ def resolve_passes(op: str, device: torch.device, hw: int = 0) -> tuple[str, str
     the forward is ``reference``, PyTorch's autograd runs the backward and the second entry is
     ``reference`` too.
     """
-    requested = _requested
+    scoped = _scoped.get()
+    requested = _default if scoped is None else scoped
     device_type = device.type
     if requested != "auto":
         reason = _unavailable_reason(requested, device_type)

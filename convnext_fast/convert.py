@@ -71,7 +71,7 @@ class TorchvisionConvNeXtBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         conv, norm, fc1, fc2 = self.block[0], self.block[2], self.block[3], self.block[5]
         dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        from .functional import dwconv_layer_norm
+        from .dwconv_ln import dwconv_layer_norm
 
         y = dwconv_layer_norm(x.to(dt), conv.weight.to(dt), None if conv.bias is None else conv.bias.to(dt),
                               norm.weight.to(dt), norm.bias.to(dt), norm.eps).permute(0, 2, 3, 1)

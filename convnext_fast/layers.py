@@ -2,19 +2,29 @@
 names and optimizers see exactly what they saw before."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
-from .functional import depthwise_conv2d, layer_norm_2d
+from .depthwise_conv import depthwise_conv2d
+from .layer_norm import layer_norm_2d
+from .route import check_eps, check_kernel_size
 
 __all__ = ["DepthwiseConv2d", "LayerNorm2d"]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype the op runs in: autocast's low-precision dtype when autocast is on, else x's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
     return x.dtype
+
+
+def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """``t`` in ``dtype``: itself when it already is (the common case: no call into torch)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -34,15 +44,15 @@ class DepthwiseConv2d(nn.Conv2d):
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, bias: bool = True, device=None, dtype=None) -> None:
-        if kernel_size % 2 == 0:
-            raise ValueError(f"DepthwiseConv2d expects an odd kernel_size, got {kernel_size}")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f"DepthwiseConv2d expects a positive channel count, got {channels!r}")
+        kernel_size = check_kernel_size("DepthwiseConv2d", kernel_size)
         super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias,
                          device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = _compute_dtype(x)
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return depthwise_conv2d(x.to(dtype), self.weight.to(dtype), bias)
+        return depthwise_conv2d(_as(x, dtype), _as(self.weight, dtype), _as(self.bias, dtype))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, kernel_size={self.kernel_size[0]}, bias={self.bias is not None}"
@@ -60,7 +70,10 @@ class LayerNorm2d(nn.LayerNorm):
     """
 
     def __init__(self, channels: int, eps: float = 1e-6, device=None, dtype=None) -> None:
-        super().__init__(channels, eps=eps, device=device, dtype=dtype)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f"LayerNorm2d expects a positive channel count, got {channels!r}")
+        super().__init__(channels, eps=check_eps("LayerNorm2d", eps), device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return layer_norm_2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        dtype = x.dtype
+        return layer_norm_2d(x, _as(self.weight, dtype), _as(self.bias, dtype), self.eps)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .functional import dwconv_layer_norm
+from .dwconv_ln import dwconv_layer_norm
 from .fused_elementwise import drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu
 from .layers import DepthwiseConv2d, LayerNorm2d
 
@@ -71,7 +71,17 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    return None if t is None else t.to(dtype)
+    """``t`` in ``dtype``: itself when it already is (no call into torch on the common path)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    """x in channels_last memory order, the layout every kernel prefers. Under a torch.func transform
+    (vmap of per-sample gradients) memory-format conversions are unsupported, and the ops run their
+    layout-agnostic reference there anyway, so x is taken as it is."""
+    if torch._C._functorch.maybe_current_level() is not None:
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,8 +209,8 @@ class ConvNeXtBlock(nn.Module):
         conv, norm = self.conv_dw, self.norm
         if isinstance(conv, DepthwiseConv2d) and isinstance(norm, LayerNorm2d):
             dt = _compute_dtype(x)
-            return dwconv_layer_norm(x.to(dt), conv.weight.to(dt), _cast(conv.bias, dt), norm.weight.to(dt),
-                                     norm.bias.to(dt), norm.eps)
+            return dwconv_layer_norm(_cast(x, dt), _cast(conv.weight, dt), _cast(conv.bias, dt),
+                                     _cast(norm.weight, dt), _cast(norm.bias, dt), norm.eps)
         return norm(conv(x))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -515,7 +525,7 @@ class ConvNeXt(nn.Module):
         Shape:
             (N, in_chans, H, W) -> (N, dims[-1], H/32, W/32), channels_last.
         """
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        x = self.stem(_channels_last(x))
         x = self.stages(x)
         return self.norm_pre(x)
 
@@ -564,7 +574,7 @@ class ConvNeXt(nn.Module):
                 raise ValueError(f"stage indices must lie in [-{n}, {n}), got {list(indices)}")
         last = max(take)
         out = []
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        x = self.stem(_channels_last(x))
         stages = self.stages[:last + 1] if (stop_early or intermediates_only) else self.stages
         for i, stage in enumerate(stages):
             x = stage(x)
