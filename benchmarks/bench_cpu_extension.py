@@ -1,4 +1,4 @@
-"""CPU benchmark of the compiled extension's fused depthwise conv + LayerNorm forward (issue 3).
+"""CPU benchmark of the compiled extension's fused depthwise conv + LayerNorm forward against eager PyTorch.
 
 Compares, in fp32 at ConvNeXt-T stage shapes (batch 8), on channels_last input:
 
@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from convnext_fast import extension
+from convnext_fast.shapes import CONVNEXT_T_STAGES
 
-STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]  # ConvNeXt-T: (channels, spatial size)
+STAGES = [(c, h) for c, h, w in CONVNEXT_T_STAGES if h == w]  # ConvNeXt-T: (channels, square spatial size)
 # dtype -> (torch dtype, atol = rtol of the parity check): fp32 1e-4; bf16 2^-6, a few bf16 ulps of
 # the LayerNorm's outputs (both sides round to bf16, PyTorch's conv output too before its LayerNorm).
 DTYPES = {"float32": (torch.float32, 1e-4), "bfloat16": (torch.bfloat16, 2.0 ** -6)}

@@ -6,7 +6,7 @@ report, ``python -m convnext_fast.bench``), so both measure the same things. Eac
 * skips cleanly when its provider cannot run here (the reason is the skip message);
 * builds its inputs and warms up (and compiles) *before* timing, outside pytest-benchmark;
 * times a function that synchronizes the GPU inside (pytest-benchmark reads the host clock);
-* puts bytes moved, GB/s, TFLOP/s, % of the measured roofline, device and versions in
+* puts bytes moved, GB/s, TFLOP/s, % of the measured roofline (GPU only), device and versions in
   ``extra_info``; on a GPU also the CUDA-event median with an L2 flush between calls
   (``device_median_ms``), which is the number the report uses.
 
@@ -17,6 +17,7 @@ never the Triton interpreter; the whole suite takes a few minutes.
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 # Timing the Triton interpreter would measure numpy: make sure an exported TRITON_INTERPRET (CI sets
 # it for the tests) cannot turn the triton provider on for CPU tensors here.
@@ -45,12 +46,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture(scope="session")
-def ceilings() -> roofline.Ceilings:
-    """The measured ceilings of this machine (copy GB/s, matmul and fp32 FMA TFLOP/s), once per session."""
-    from convnext_fast.bench.report import measure_ceilings
+def ceilings() -> Optional[roofline.Ceilings]:
+    """The measured ceilings of this machine (copy GB/s, matmul and fp32 FMA TFLOP/s), once per session;
+    None on a CPU, where they are no roofline (``report.measure_ceilings``): no % of roofline there."""
+    if not ON_GPU:
+        return None
+    from convnext_fast.bench.report import measure_ceilings, roofline_ceilings
 
-    c = measure_ceilings(DEVICE, quick=True)
-    return roofline.Ceilings(c["copy_gbps"] or 0.0, dict(c["matmul_tflops"]), c.get("fp32_fma_tflops"))
+    return roofline_ceilings(measure_ceilings(DEVICE, quick=True))
 
 
 @pytest.fixture
@@ -107,7 +110,7 @@ def run_case(benchmark, request, ceilings):
             info["device_median_ms"] = dev.median_ms
             median_ms = dev.median_ms  # events + L2 flush: the fairer number for the roofline
         work = roofline.op_work(case.op, case.shape, case.k, case.dtype, case.mode)
-        info.update(roofline.roofline(work, median_ms, ceilings if ceilings.copy_gbps else None, case.dtype))
+        info.update(roofline.roofline(work, median_ms, ceilings, case.dtype))
         info["median_ms"] = median_ms
         if case.op == "model":
             info["img_per_s"] = case.shape[0] / (median_ms / 1e3)

@@ -6,7 +6,9 @@
 and replaces the README's performance section (between its PERF markers) with the same text.
 
 Picks the newest benchmarks/results/<device>/<date>/results.json (GPU results first), and writes the
-device, date, versions, and each issue-5 target as met / not met / not measured. Logic and tests:
+device, date, versions, what our providers measured there against eager PyTorch and torch.compile,
+and (from GPU results) each speed target, named by what it measures (e.g. "convnext_tiny inference
+(batch 256) vs timm torch.compile"), as met / not met / not measured. Logic and tests:
 convnext_fast/bench/perf.py, tests/test_bench_report.py.
 """
 import sys

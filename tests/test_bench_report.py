@@ -3,14 +3,22 @@
 Every number here is FABRICATED test data (written into a temporary folder), never a measurement;
 no timing is asserted.
 """
+import itertools
 import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from convnext_fast.bench import aggregate, perf, roofline
 from convnext_fast.bench.cases import STAGES, Case, standard_cases
 from convnext_fast.bench.env import device_slug
-from convnext_fast.bench.report import render_markdown
+from convnext_fast.bench.report import final_summary, render_markdown
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_dwconv_bytes_and_flops_by_hand():
@@ -191,7 +199,7 @@ def test_perf_md_placeholder_without_results(tmp_path):
 
 def test_report_markdown_renders_fabricated_results():
     md = render_markdown(_fake_results("cuda", "2026-01-01T00:00:00Z", _fake_rows()))
-    assert "## Targets" in md and "| dwconv | fwd | 128x96x56x56 | bfloat16 | 7 | triton |" in md
+    assert "## Speed targets" in md and "| dwconv | fwd | 128x96x56x56 | bfloat16 | 7 | triton |" in md
     assert "2.00x" in md  # speedup over eager of the fabricated triton dwconv
 
 
@@ -228,13 +236,284 @@ def test_cpu_timing_has_no_host_issue_time():
     assert t.host_ms is None and t.median_ms > 0 and t.reps >= 5
 
 
-def test_cpu_ceilings_include_the_fp32_fma_rate():
+def test_cpu_ceilings_are_recorded_but_are_no_roofline():
     import torch
 
-    from convnext_fast.bench.report import measure_ceilings
+    from convnext_fast.bench.report import measure_ceilings, roofline_ceilings
 
     c = measure_ceilings(torch.device("cpu"), quick=True)
-    assert c["copy_gbps"] > 0 and c["fp32_fma_tflops"] == c["matmul_tflops"]["float32"] > 0
+    assert c["copy_gbps"] > 0 and c["matmul_tflops"]["float32"] > 0  # for the record
+    assert c["roofline"] is False and c["fp32_fma_tflops"] is None  # a matmul is no FMA ceiling
+    assert roofline_ceilings(c) is None
+    gpu_like = {"copy_gbps": 3000.0, "matmul_tflops": {"bfloat16": 700.0, "float32": 51.0},
+                "fp32_fma_tflops": 51.0, "roofline": True}
+    assert roofline_ceilings(gpu_like) == roofline.Ceilings(3000.0, {"bfloat16": 700.0, "float32": 51.0}, 51.0)
+
+
+def test_roofline_gives_no_percentage_above_100():
+    # 1 ms of bytes at the measured copy rate, done in 0.8 ms: the ceiling was measured too low
+    ceil = roofline.Ceilings(copy_gbps=1000.0, matmul_tflops={"float32": 1.0}, fp32_fma_tflops=1.0)
+    fast = roofline.roofline(roofline.Work(bytes=10**9, flops=10), 0.8, ceil, "float32")
+    assert fast["ceiling_exceeded"] is True
+    assert fast["pct_roofline"] is None and fast["pct_bandwidth"] is None
+    assert fast["floor_ms"] == pytest.approx(1.0) and fast["gbps"] == pytest.approx(1250.0)
+    exact = roofline.roofline(roofline.Work(bytes=10**9, flops=10), 1.0, ceil, "float32")
+    assert exact["ceiling_exceeded"] is False and exact["pct_roofline"] == pytest.approx(100.0)
+    # rows of older result files: a stored 136% is read as no roofline
+    assert roofline.checked_pct({"pct_roofline": 136.2}) is None
+    assert roofline.checked_pct({"pct_roofline": 99.0}) == 99.0
+    assert roofline.checked_pct({"pct_roofline": 99.0, "ceiling_exceeded": True}) is None
+
+
+def _cpu_rows():
+    """Fabricated CPU run: the fused op 1.7x eager at every stage, 1.8x torch.compile at stage 1 only,
+    and a stored 136% roofline (as the old fp32-matmul 'FMA ceiling' produced)."""
+    rows = []
+    for i, (c, h, w) in enumerate(STAGES):
+        s = (8, c, h, w)
+        rows += [_row("dwconv_ln", "fwd", s, "torch", 1.7), _row("dwconv_ln", "fwd", s, "cpu", 1.0),
+                 _row("dwconv", "fwd", s, "torch", 1.0), _row("dwconv", "fwd", s, "cpu", 0.5, pct_roofline=136.0,
+                                                              bound="fp32 FMA")]
+        if i == 0:
+            rows.append(_row("dwconv_ln", "fwd", s, "torch_compile", 1.8))
+    rows += [_row("model", "infer", (2, 3, 224, 224), "torch", 80.0, img_per_s=25.0),
+             _row("model", "infer", (2, 3, 224, 224), "cpu", 64.0, img_per_s=31.25)]
+    for r in rows:
+        r["dtype"] = "float32"
+    return rows
+
+
+def _no_issue_numbers(text):
+    assert not re.search(r"issue[\s-]*#?\d", text, re.IGNORECASE), text
+
+
+def test_cpu_run_summarizes_what_it_measured_and_skips_gpu_targets():
+    data = _fake_results("cpu", "2026-01-01T00:00:00Z", _cpu_rows())
+    text = final_summary(data)
+    fused, = (ln for ln in text.splitlines() if ln.startswith("| fused depthwise conv + LayerNorm forward |"))
+    assert "| cpu | 1.70x (1.70x-1.70x, 4 stages) | 1.80x (96x56x56) |" in fused
+    model, = (ln for ln in text.splitlines() if ln.startswith("| convnext_tiny inference |"))
+    assert "| 1.25x | not measured |" in model
+    # the GPU targets: one line, no table of "not measured" verdicts
+    assert "need a GPU run" in text and "| target |" not in text and "**not measured**" not in text
+    _no_issue_numbers(text)
+    md = render_markdown(data)
+    _no_issue_numbers(md)
+    assert "need a GPU run" in md and "1.70x (1.70x-1.70x, 4 stages)" in md
+    perf_md = perf.render_perf_md(data)
+    _no_issue_numbers(perf_md)
+    assert "need a GPU run" in perf_md and "of 8 met" not in perf_md
+
+
+def test_gpu_run_lists_targets_by_what_they_measure():
+    text = final_summary(_fake_results("cuda", "2026-01-01T00:00:00Z", _fake_rows()))
+    assert "| convnext_tiny inference (batch 256) vs timm torch.compile | >= 1.50x |" in text
+    assert "| depthwise conv forward | bfloat16, batch 128 | triton | 2.00x (2.00x-2.00x, 4 stages) |" in text
+    _no_issue_numbers(text)
+    for tid, desc, *_ in aggregate.TARGETS:
+        _no_issue_numbers(desc)
+
+
+def test_no_printed_roofline_percentage_exceeds_100():
+    cpu_md = render_markdown(_fake_results("cpu", "2026-01-01T00:00:00Z", _cpu_rows()))
+    gpu_rows = [_row("dwconv", "fwd", (128, 96, 56, 56), "torch", 1.0, pct_roofline=40.0),
+                _row("dwconv", "fwd", (128, 96, 56, 56), "triton", 0.3, pct_roofline=133.3, bound="fp32 FMA")]
+    gpu_md = render_markdown(_fake_results("cuda", "2026-01-01T00:00:00Z", gpu_rows))
+    for md in (cpu_md, gpu_md):
+        pcts = [float(v) for v in re.findall(r"(\d+(?:\.\d+)?)%", md)]
+        assert all(v <= 100.0 for v in pcts), pcts
+    assert "136" not in cpu_md
+    cpu_dw = [ln for ln in cpu_md.splitlines() if ln.startswith("| dwconv | fwd |")]
+    assert len(cpu_dw) == 8 and all(ln.split("|")[10].strip() == "-" for ln in cpu_dw)  # % roofline column
+    tri, = (ln for ln in gpu_md.splitlines() if ln.startswith("| dwconv | fwd |") and "| triton |" in ln)
+    assert tri.split("|")[10].strip() == "n/a" and "a ceiling is too low" in tri
+    eager, = (ln for ln in gpu_md.splitlines() if ln.startswith("| dwconv | fwd |") and "| torch |" in ln)
+    assert eager.split("|")[10].strip() == "40.0%"
+    # the bandwidth target ignores an impossible percentage instead of calling it met
+    rows = _fake_rows()
+    for r in rows:
+        if r["op"] == "dwconv" and r["provider"] in ("triton", "cuda"):
+            r["pct_bandwidth"] = 120.0
+    t = {x["id"]: x for x in aggregate.evaluate_targets(rows)}
+    assert t["dwconv_roofline"]["verdict"] == "not measured"
+
+
+def test_stage_shapes_have_one_definition():
+    from convnext_fast import shapes
+    from convnext_fast.bench import cases, tune
+
+    assert cases.STAGES is shapes.CONVNEXT_T_STAGES and aggregate.STAGE_SHAPES is shapes.CONVNEXT_T_STAGES
+    assert tune.STAGES == tuple((c, h) for c, h, _ in shapes.CONVNEXT_T_STAGES)
+    # nothing under bench/ or benchmarks/ spells a stage out again
+    files = sorted((REPO / "convnext_fast" / "bench").glob("*.py")) + sorted((REPO / "benchmarks").glob("*.py"))
+    assert files
+    for f in files:
+        assert not re.search(r"\(\s*96\s*,\s*56\b", f.read_text()), f"{f} defines a ConvNeXt stage again"
+
+
+# ------------------------------------------------------------------------------------------------
+# plots
+# ------------------------------------------------------------------------------------------------
+
+def _synthetic_all_providers(device_type="cuda", narrow=False):
+    """Fabricated results: every provider, op, mode and stage, the model, and a kernel-size sweep;
+    ``narrow``: one op, one swept case and one model mode (one panel per figure: the narrowest
+    figures, where a long title or a six-entry legend could run off the edge)."""
+    from convnext_fast.bench import cases as C
+
+    speed = {p: 1.0 + 0.3 * i for i, p in enumerate(C.PROVIDERS)}
+    rows = []
+
+    def add(op, mode, shape, k, group, base):
+        for p in C.PROVIDERS:
+            r = _row(op, mode, shape, p, base / speed[p], k=k, group=group)
+            if op == "model":
+                r.update(img_per_s=shape[0] / (r["time_ms"] / 1e3), peak_mem_mb=15000.0)
+            rows.append(r)
+
+    op_modes = [(op, mode) for op, modes in C.MODES.items() for mode in modes]
+    swept = [("dwconv", "fwd"), ("dwconv", "fwdbwd"), ("block", "fwdbwd"), ("model", "infer")]
+    if narrow:
+        op_modes, swept = [("dwconv", "fwd"), ("model", "infer")], [("dwconv", "fwd")]
+    for op, mode in op_modes:
+        for chw in ((C.STAGES if op != "model" else [(3, 224, 224)])):
+            add(op, mode, ((256 if op == "model" else 128),) + chw, 7, "standard", 1.0 + chw[0] / 100)
+    for op, mode in swept:
+        shape = (256, 3, 224, 224) if op == "model" else (128,) + C.STAGES[0]
+        for k in C.SWEEP_K:
+            if k != 7:
+                add(op, mode, shape, k, "sweep", 0.02 * k * k)
+    data = _fake_results(device_type, "2026-01-01T00:00:00Z", rows)
+    data["meta"]["device_name"] = "NVIDIA H100 80GB HBM3 (fabricated)" if device_type == "cuda" else \
+        "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz (fabricated, 2 of 112 cores)"
+    return data
+
+
+def _text_overlaps(fig, gap_px=5.0):
+    """Pairs of drawn texts (tick labels within the view, titles, axis labels, annotations, legend
+    entries) whose rendered bounding boxes come closer than ``gap_px`` (about a space at 10 pt:
+    labels that merely touch read as one word, "torchtorch_compile"), and texts that reach
+    outside the figure."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = []
+    for ax in fig.axes:
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = min(lo, hi), max(lo, hi)
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if lo - 1e-9 * abs(hi) <= tick.get_loc() <= hi + 1e-9 * abs(hi):
+                    texts.append(tick.label1)
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+    texts += [t for t in [fig._suptitle] if t is not None]
+    texts += [t for legend in fig.legends for t in legend.get_texts()]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text().strip()]
+    width, height = fig.canvas.get_width_height()
+    clashes = [(a, b) for (a, ba), (b, bb) in itertools.combinations(boxes, 2)
+               if ba.padded(gap_px / 2).overlaps(bb.padded(gap_px / 2))]
+    outside = [a for a, bb in boxes if bb.x0 < 0 or bb.y0 < 0 or bb.x1 > width or bb.y1 > height]
+    return clashes, outside
+
+
+def test_overlap_check_catches_crowded_provider_names():
+    # the check itself must fail on what model.png used to draw: five provider names under bars
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from convnext_fast.bench import cases as C
+
+    gpu_providers = [p for p in C.PROVIDERS if p != "cpu"]
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    for ax, mode in zip(axes, ("infer", "train")):
+        ax.bar(gpu_providers, [7662, 15133, 12760, 5912, 15813])
+        ax.set_ylabel("images / s")
+        ax.set_title(f"convnext_tiny {mode}, batch 256, bfloat16", fontsize=9)
+    fig.suptitle("NVIDIA H100 80GB HBM3", fontsize=10)
+    fig.tight_layout()
+    clashes, _ = _text_overlaps(fig)
+    plt.close(fig)
+    assert ("cuda", "triton_compile") in clashes
+
+
+@pytest.mark.parametrize("device_type,narrow", [("cuda", False), ("cpu", False), ("cpu", True)])
+def test_every_plot_renders_with_every_provider_and_no_text_overlaps(tmp_path, device_type, narrow):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from convnext_fast.bench.report import make_figures, write_plots
+
+    data = _synthetic_all_providers(device_type, narrow)
+    figs = make_figures(data)
+    assert sorted(figs) == ["model.png", "speedup.png", "sweep.png"]
+    for name, fig in figs.items():
+        clashes, outside = _text_overlaps(fig)
+        assert not clashes, f"{name}: overlapping texts {clashes}"
+        assert not outside, f"{name}: texts outside the figure {outside}"
+        # every provider has its own entry: a legend (speedup, sweep) or a bar label (model)
+        labels = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
+        labels |= {t.get_text() for ax in fig.axes for t in ax.get_yticklabels()}
+        from convnext_fast.bench import cases as C
+        expected = set(C.PROVIDERS) - ({"torch"} if name == "speedup.png" else set())
+        assert expected <= labels, (name, expected - labels)
+        plt.close(fig)
+    paths = write_plots(data, tmp_path)
+    assert sorted(p.name for p in paths) == ["model.png", "speedup.png", "sweep.png"]
+    assert all(p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+# ------------------------------------------------------------------------------------------------
+# optional dependencies
+# ------------------------------------------------------------------------------------------------
+
+_BLOCKER = textwrap.dedent("""
+    import sys
+    BLOCKED = ("timm", "matplotlib")
+    tried = []
+
+    class _Block:
+        # stands in for an environment without timm and matplotlib, and records who asked for them
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                tried.append(name)
+                raise ImportError(f"No module named {name!r} (blocked)")
+            return None
+
+    for name in list(sys.modules):
+        if name.split(".")[0] in BLOCKED:
+            del sys.modules[name]
+    sys.meta_path.insert(0, _Block())
+""")
+
+
+def _run_blocked(body, tmp_path):
+    script = tmp_path / "blocked.py"
+    script.write_text(_BLOCKER + textwrap.dedent(body))
+    return subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_bench_imports_and_helps_without_timm_and_matplotlib(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_fake_results("cpu", "2026-01-01T00:00:00Z", _cpu_rows())))
+    out = _run_blocked(f"""
+        import runpy
+        import convnext_fast.bench
+        from convnext_fast.bench import aggregate, cases, perf, report, roofline, tune  # noqa: F401
+        sys.argv = ["python -m convnext_fast.bench", "--help"]
+        try:
+            runpy.run_module("convnext_fast.bench", run_name="__main__", alter_sys=True)
+        except SystemExit as exc:
+            assert exc.code in (0, None), exc.code
+        assert tried == [], tried  # nothing so far even tried to import them
+        print("HELP-OK")
+
+        # where they are needed, the message names the install command
+        try:
+            cases._timm_convnext_tiny(7)
+        except cases.Skip as exc:
+            print("SKIP:", exc)
+        report.main(["--out", {str(tmp_path / "out")!r}, "--from-json", {str(results)!r}])
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "HELP-OK" in out.stdout and "usage: python -m convnext_fast.bench" in out.stdout
+    skip, = (ln for ln in out.stdout.splitlines() if ln.startswith("SKIP:"))
+    assert "timm" in skip and "pip install -e .[bench]" in skip
+    assert "plots not written: matplotlib is not installed (pip install -e .[bench])" in out.stdout
+    assert (tmp_path / "out" / "report.md").exists() and not list((tmp_path / "out").glob("*.png"))
 
 
 def test_standard_cases_most_important_first():

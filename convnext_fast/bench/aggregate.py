@@ -1,25 +1,54 @@
 """Turning raw result rows into comparisons: speedups, per-target verdicts, Markdown tables.
 
-Pure functions over the ``results.json`` structure (no torch, no timing), so they are unit-tested
-with fabricated data and reused by ``scripts/update_readme_perf.py``.
+Pure functions over the ``results.json`` structure (no timing), so they are unit-tested with
+fabricated data and reused by ``scripts/update_readme_perf.py``.
 
 A result row (one case x provider) has at least: ``op, mode, shape, dtype, k, group, provider,
 status`` ('ok' | 'skipped' | 'failed' | 'budget'), and when ok ``time_ms`` plus the roofline fields
 (``bytes, gbps, tflops, pct_roofline, pct_bandwidth``), ``img_per_s`` and ``peak_mem_mb`` for the
 model, ``parity`` ('ok' | 'failed' | 'n/a').
+
+Two summaries come out of the rows: :func:`measured_summary` (what our providers did against eager
+PyTorch and ``torch.compile`` on the machine that ran, whatever it is) and :func:`evaluate_targets`
+(the speed targets, which are set for a GPU in bf16 and evaluated only on one).
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Iterable, Optional, Sequence
 
+from ..shapes import CONVNEXT_T_STAGES
+from .roofline import checked_pct
+
 __all__ = [
-    "OURS", "TARGETS", "add_speedups", "best_ours", "evaluate_targets", "fmt", "geomean", "row_key",
-    "markdown_table", "targets_markdown",
+    "OURS", "TARGETS", "TARGET_DEVICE", "add_speedups", "best_ours", "describe", "evaluate_targets", "fmt",
+    "geomean", "row_key", "markdown_table", "measured_summary", "roofline_pct", "summary_markdown",
+    "targets_markdown", "targets_section",
 ]
 
 OURS = ("triton", "cuda", "cpu", "triton_compile")  # triton_compile: our model under torch.compile
-STAGE_SHAPES = ((96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7))
+STAGE_SHAPES = CONVNEXT_T_STAGES
+
+# How the report names ops and modes. An op or mode missing here is shown by its own name, so a new
+# benchmark case needs no change here to appear in the summaries.
+OP_NAMES = {"dwconv": "depthwise conv", "layer_norm": "channels-first LayerNorm",
+            "dwconv_ln": "fused depthwise conv + LayerNorm", "block": "ConvNeXt block", "model": "convnext_tiny"}
+MODE_NAMES = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward + backward", "infer": "inference",
+              "train": "training step"}
+
+
+def describe(op: str, mode: str) -> str:
+    """What a case measures in words: ``describe("dwconv_ln", "fwd")`` -> 'fused depthwise conv +
+    LayerNorm forward'."""
+    return f"{OP_NAMES.get(op, op)} {MODE_NAMES.get(mode, mode)}"
+
+
+def roofline_pct(row: dict, device_type: str, key: str = "pct_roofline") -> Optional[float]:
+    """The row's % of roofline to print: None on a CPU run (no roofline there, see
+    ``report.measure_ceilings``) and wherever the value could not be a percentage of a true ceiling."""
+    if device_type != "cuda":
+        return None
+    return checked_pct(row, key)
 
 
 def row_key(row: dict) -> tuple:
@@ -67,18 +96,23 @@ def _find(rows: Sequence[dict], key: tuple, provider: str) -> Optional[dict]:
     return None
 
 
-# (id, description, op, mode, metric, threshold). metric: 'pct_bandwidth' | 'vs_eager' | 'vs_compile'
-# | 'peak_mem_vs_eager' (ours / eager, must be <= threshold).
+# The speed targets: (id, what it measures, op, mode, metric, threshold). metric: 'pct_bandwidth' |
+# 'vs_eager' | 'vs_compile' | 'peak_mem_vs_eager' (ours / eager, must be <= threshold). They are set
+# for a GPU in bf16 (TARGET_DEVICE); a run on another device reports measured_summary instead.
+TARGET_DEVICE = "cuda"
 TARGETS = (
-    ("dwconv_roofline", "depthwise 7x7 forward, % of measured HBM roofline", "dwconv", "fwd", "pct_bandwidth", 85.0),
-    ("dwconv_ln_vs_eager", "fused dwconv+LN forward vs eager conv + permute + LayerNorm", "dwconv_ln", "fwd",
-     "vs_eager", 1.8),
-    ("block_vs_eager", "ConvNeXt block fwd+bwd vs eager", "block", "fwdbwd", "vs_eager", 1.5),
-    ("block_vs_compile", "ConvNeXt block fwd+bwd vs torch.compile", "block", "fwdbwd", "vs_compile", 1.2),
+    ("dwconv_roofline", "depthwise conv 7x7 forward, % of the measured memory-bandwidth roofline", "dwconv", "fwd",
+     "pct_bandwidth", 85.0),
+    ("dwconv_ln_vs_eager", "fused depthwise conv + LayerNorm forward vs eager conv + permute + LayerNorm",
+     "dwconv_ln", "fwd", "vs_eager", 1.8),
+    ("block_vs_eager", "ConvNeXt block forward + backward vs eager PyTorch", "block", "fwdbwd", "vs_eager", 1.5),
+    ("block_vs_compile", "ConvNeXt block forward + backward vs torch.compile", "block", "fwdbwd", "vs_compile",
+     1.2),
     ("model_infer_vs_eager", "convnext_tiny inference (batch 256) vs timm eager", "model", "infer", "vs_eager", 2.0),
     ("model_infer_vs_compile", "convnext_tiny inference (batch 256) vs timm torch.compile", "model", "infer",
      "vs_compile", 1.5),
-    ("model_train_vs_eager", "convnext_tiny training step vs timm eager", "model", "train", "vs_eager", 1.3),
+    ("model_train_vs_eager", "convnext_tiny training step (batch 256) vs timm eager", "model", "train", "vs_eager",
+     1.3),
     ("model_train_peak_mem", "convnext_tiny training peak memory vs timm eager (ours / eager)", "model", "train",
      "peak_mem_vs_eager", 1.0),
 )
@@ -95,7 +129,7 @@ def _target_rows(rows: Sequence[dict], op: str, mode: str, dtype: str) -> list[t
 
 
 def evaluate_targets(rows: list[dict], dtype: str = "bfloat16") -> list[dict]:
-    """Each issue-5 target with its measured value and a verdict: 'met' | 'not met' | 'not measured'.
+    """Each speed target with its measured value and a verdict: 'met' | 'not met' | 'not measured'.
 
     Ops and the block: the geometric mean over the measured ConvNeXt-T stages (per-stage values in
     ``detail``). Ours = our fastest backend for each case. A parity failure makes a target 'not met'.
@@ -112,7 +146,7 @@ def evaluate_targets(rows: list[dict], dtype: str = "bfloat16") -> list[dict]:
                 parity_bad = True
             shape = "x".join(str(s) for s in key[2])
             if metric == "pct_bandwidth":
-                v = ours.get("pct_bandwidth")
+                v = checked_pct(ours, "pct_bandwidth")
             elif metric == "vs_eager":
                 v = ours.get("speedup_vs_eager")
             elif metric == "vs_compile":
@@ -179,3 +213,93 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
     return "\n".join(lines)
+
+
+def targets_section(rows: list[dict], device_type: str) -> str:
+    """The speed targets' table on a GPU run; elsewhere one line saying that they need a GPU."""
+    if device_type == TARGET_DEVICE:
+        return targets_markdown(evaluate_targets(rows))
+    example = next(desc for tid, desc, *_ in TARGETS if tid == "model_infer_vs_compile")
+    return (f"The {len(TARGETS)} speed targets (bf16, e.g. \"{example}\") are set for a CUDA GPU: "
+            f"they need a GPU run and are not evaluated on this {device_type} run.")
+
+
+def _case_label(row: dict) -> str:
+    """How one case of a summary line is named: its stage (C x H x W), its K (sweep) or its batch."""
+    if row.get("group") == "sweep":
+        return f"K={int(row.get('k', 7))}"
+    if row["op"] == "model":
+        return f"batch {row['shape'][0]}"
+    return "x".join(str(s) for s in row["shape"][1:])
+
+
+def _spread(vals: Sequence[tuple[str, float]], n_cases: int, what: str) -> dict:
+    """geomean, min, max of (case, value) pairs and which cases they cover, for one summary cell."""
+    if not vals:
+        return {"value": None}
+    nums = [v for _, v in vals]
+    out = {"value": geomean(nums), "min": min(nums), "max": max(nums), "n": len(vals), "of": n_cases,
+           "cases": [c for c, _ in vals]}
+    if what == "kernel sizes":
+        out["over"] = "K " + ", ".join(c.removeprefix("K=") for c, _ in vals)
+    else:
+        out["over"] = (f"{len(vals)} {what}" if len(vals) > 1 else vals[0][0]) + \
+            (f" of {n_cases}" if 1 < len(vals) < n_cases else "")
+    return out
+
+
+def measured_summary(rows: list[dict]) -> list[dict]:
+    """What each of our providers measured against eager PyTorch and ``torch.compile``, per op and
+    mode (ConvNeXt-T stages), model mode, and kernel-size sweep, on whatever device ran.
+
+    One entry per (group, op, mode, dtype, batch, our provider) that has an ok row, in the order the
+    rows were measured (most important first). ``vs_eager`` / ``vs_compile`` hold the geometric mean
+    over the cases with that baseline (``value``), ``min``, ``max``, ``n`` and ``over`` (which cases,
+    in words); ``value`` is None when the baseline was not measured.
+    """
+    add_speedups(rows)
+    groups: dict = {}
+    for r in rows:
+        if r.get("status") != "ok" or r["provider"] not in OURS:
+            continue
+        if r.get("group", "standard") == "standard" and r["op"] != "model" and int(r.get("k", 7)) != 7:
+            continue
+        key = (r.get("group", "standard"), r["op"], r["mode"], r["dtype"], r["shape"][0], r["provider"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (group, op, mode, dtype, batch, provider), sel in groups.items():
+        what = "kernel sizes" if group == "sweep" else ("runs" if op == "model" else "stages")
+        eager = [(_case_label(r), r["speedup_vs_eager"]) for r in sel if r.get("speedup_vs_eager")]
+        comp = [(_case_label(r), r["speedup_vs_compile"]) for r in sel if r.get("speedup_vs_compile")]
+        where = f"{dtype}, batch {batch}"
+        if group == "sweep":
+            where += f", {'x'.join(str(s) for s in sel[0]['shape'][1:])}"
+        out.append({"group": group, "op": op, "mode": mode, "dtype": dtype, "batch": batch,
+                    "provider": provider, "what": describe(op, mode) + (" (kernel-size sweep)"
+                                                                        if group == "sweep" else ""),
+                    "where": where, "vs_eager": _spread(eager, len(sel), what),
+                    "vs_compile": _spread(comp, len(sel), what)})
+    return out
+
+
+def _spread_text(cell: dict) -> str:
+    if cell.get("value") is None:
+        return "not measured"
+    text = fmt(cell["value"], "x")
+    if cell["n"] > 1:
+        text += f" ({fmt(cell['min'], 'x')}-{fmt(cell['max'], 'x')}, {cell['over']})"
+    elif cell["of"] > 1 or not cell["over"].startswith("batch"):
+        text += f" ({cell['over']})"
+    return text
+
+
+def summary_markdown(summary: Sequence[dict]) -> str:
+    """The measured summary as a table: what, dtype and batch, ours, x eager, x torch.compile.
+
+    A speedup over several cases is their geometric mean, with the range and the cases it covers.
+    """
+    if not summary:
+        return "None of our providers was measured against a baseline in this run."
+    body = [[s["what"], s["where"], s["provider"], _spread_text(s["vs_eager"]), _spread_text(s["vs_compile"])]
+            for s in summary]
+    return markdown_table(["measured", "dtype, batch", "ours", "x eager PyTorch", "x torch.compile"], body)

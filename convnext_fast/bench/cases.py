@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..shapes import CONVNEXT_T_STAGES
+from .deps import MissingDependency, require
+
 __all__ = [
     "Case", "Prepared", "Skip", "PROVIDERS", "OURS", "STAGES", "SWEEP_K", "MODES",
     "provider_unavailable", "prepare", "check_parity", "standard_cases", "dtype_of", "backend_of", "COMPILED",
@@ -38,8 +41,8 @@ __all__ = [
 PROVIDERS = ("torch", "torch_compile", "triton", "cuda", "cpu", "triton_compile")
 OURS = ("triton", "cuda", "cpu", "triton_compile")
 COMPILED = ("torch_compile", "triton_compile")
-# ConvNeXt-T stage shapes (C, H, W) at 224x224 input.
-STAGES = ((96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7))
+# ConvNeXt-T stage shapes (C, H, W) at 224x224 input: the one definition, convnext_fast.shapes.
+STAGES = CONVNEXT_T_STAGES
 SWEEP_K = (3, 5, 7, 9, 11, 13, 31)
 MODES = {"dwconv": ("fwd", "fwdbwd"), "layer_norm": ("fwd", "bwd"), "dwconv_ln": ("fwd", "fwdbwd"),
          "block": ("fwd", "fwdbwd"), "model": ("infer", "train")}
@@ -247,10 +250,10 @@ class _EagerBlock(nn.Module):
 
 def _timm_block(dim: int, k: int) -> nn.Module:
     try:
-        from timm.models.convnext import ConvNeXtBlock
-    except Exception:  # noqa: BLE001 - fall back to the same computation written out
+        convnext = require("timm.models.convnext", "the ConvNeXt block baseline")
+    except MissingDependency:  # the same computation written out (the report notes that timm is missing)
         return _EagerBlock(dim, k)
-    return ConvNeXtBlock(dim, kernel_size=k, ls_init_value=1e-6, conv_mlp=False)
+    return convnext.ConvNeXtBlock(dim, kernel_size=k, ls_init_value=1e-6, conv_mlp=False)
 
 
 def _ours_module(name: str) -> Any:
@@ -310,10 +313,10 @@ def _copy_params(src: nn.Module, dst: nn.Module) -> None:
 
 def _timm_convnext_tiny(k: int) -> nn.Module:
     try:
-        from timm.models.convnext import ConvNeXt
-    except Exception as exc:  # noqa: BLE001
-        raise Skip(f"timm is not installed ({exc})") from exc
-    return ConvNeXt(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), kernel_sizes=k)
+        convnext = require("timm.models.convnext", "the convnext_tiny baseline")
+    except MissingDependency as exc:
+        raise Skip(str(exc)) from exc
+    return convnext.ConvNeXt(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), kernel_sizes=k)
 
 
 def _ours_convnext_tiny(k: int) -> nn.Module:

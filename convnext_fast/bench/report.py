@@ -5,10 +5,18 @@ Order of work (each step recorded in ``results.json``):
 1. parity: our providers against a float64 reference on the same random inputs (a provider that
    fails is marked, never fatal);
 2. the ceilings: device-to-device copy bandwidth (bytes read + written), the matmul rate per dtype
-   and the fp32 FMA rate (see ``roofline.py``);
+   and the fp32 FMA rate (see ``roofline.py``); on a CPU they are recorded but are no roofline
+   (:func:`measure_ceilings`), so a CPU report gives no % of roofline;
 3. the standard set, most important first (dwconv 7x7 fwd, fused dwconv+LN, LN, block, model,
    kernel-size sweep, other dtypes); a case that would run past ``--budget-s`` is skipped with a note;
 4. ``results.json`` (raw), ``report.md`` (tables), PNG plots.
+
+The run ends by printing what was measured on this device: each of our providers against eager
+PyTorch and ``torch.compile``, per op and mode, block, model and sweep; then the speed targets,
+which are set for a GPU in bf16, on a GPU run, or one line saying that they need a GPU.
+
+Only torch is needed to import this module or to print ``--help``; timm (the model baselines) and
+matplotlib (the plots) are imported where they are used (``pip install -e .[bench]``).
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 import traceback
 from collections import Counter
@@ -25,11 +34,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import aggregate, cases as C, roofline
+from . import aggregate, cases as C, deps, roofline
 from .env import bench_device, environment
 from .timing import measure
 
-__all__ = ["main", "measure_ceilings", "render_markdown", "write_plots"]
+__all__ = ["main", "make_figures", "measure_ceilings", "render_markdown", "roofline_ceilings", "write_plots"]
 
 SCHEMA_VERSION = 1
 
@@ -74,10 +83,19 @@ class _Progress:
 # ------------------------------------------------------------------------------------------------
 
 def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
-    """Copy bandwidth (GB/s, read + write), matmul TFLOP/s per dtype and the fp32 FMA rate (an fp32
-    matmul with TF32 off: the rate of the CUDA cores, which the depthwise taps, LayerNorm and GELU
-    run on), measured here and now."""
-    out: dict = {"copy_gbps": None, "matmul_tflops": {}, "fp32_fma_tflops": None, "notes": []}
+    """The machine's ceilings, measured here and now.
+
+    GPU: copy bandwidth (GB/s, read + write), matmul TFLOP/s per dtype and the fp32 FMA rate (an
+    fp32 matmul with TF32 off: the rate of the CUDA cores, which the depthwise taps, LayerNorm and
+    GELU run on). ``roofline`` is True: the report gives each case's % of roofline from them.
+
+    CPU: the copy bandwidth and an fp32 matmul rate are measured for the record, but ``roofline``
+    is False and no % of roofline is given: a CPU's fp32 FMA peak cannot be measured from Python (a
+    matrix product is bound by its packing and blocking, not by the FMA units: measured depthwise
+    convs ran at 116-136% of it), and the benchmark's tensors live in the CPU's caches, so a DRAM
+    copy is no floor either (LayerNorm ran at up to 214% of it). ``fp32_fma_tflops`` is None.
+    """
+    out: dict = {"copy_gbps": None, "matmul_tflops": {}, "fp32_fma_tflops": None, "roofline": False, "notes": []}
     if device.type == "cuda":
         nbytes = 1 << 30  # 1 GiB each way: far beyond L2
         src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
@@ -96,6 +114,7 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
         out["fp32_fma_tflops"] = out["matmul_tflops"]["float32"]
+        out["roofline"] = True
         out["notes"].append("copy: 1 GiB uint8 device-to-device, bytes read + written; matmul: 8192^3 torch.mm; "
                             "float32 matmul with TF32 off, which is also the fp32 FMA ceiling of the depthwise "
                             "taps, LayerNorm and GELU (no tensor cores)")
@@ -109,10 +128,23 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
         a, b = torch.randn(n, n), torch.randn(n, n)
         t = measure(lambda: torch.mm(a, b), device, rep_ms=300)
         out["matmul_tflops"]["float32"] = 2 * n ** 3 / (t.median_ms / 1e3) / 1e12
-        out["fp32_fma_tflops"] = out["matmul_tflops"]["float32"]
         out["notes"].append(f"CPU: 256 MiB memcpy (read + write), {n}^3 fp32 torch.mm on "
-                            f"{torch.get_num_threads()} threads")
+                            f"{torch.get_num_threads()} threads; for the record only: " + CPU_NO_ROOFLINE)
     return out
+
+
+# Why a CPU run prints no % of roofline (report.md, the pytest-benchmark suite).
+CPU_NO_ROOFLINE = ("no % of roofline on a CPU: its fp32 FMA peak cannot be measured from Python (a matrix "
+                   "product is not an FMA ceiling) and the benchmark's tensors fit in its caches, so a DRAM "
+                   "copy is no floor either; achieved GB/s and TFLOP/s are given instead")
+
+
+def roofline_ceilings(ceil: dict) -> Optional[roofline.Ceilings]:
+    """The :class:`roofline.Ceilings` to hold timings to, or None when ``ceil`` (from
+    :func:`measure_ceilings`) is not a roofline (a CPU, or a failed measurement)."""
+    if not ceil.get("roofline") or not ceil.get("copy_gbps"):
+        return None
+    return roofline.Ceilings(ceil["copy_gbps"], dict(ceil["matmul_tflops"]), ceil.get("fp32_fma_tflops"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,6 +234,9 @@ def run(args: argparse.Namespace) -> dict:
     ours = [p for p in providers if p in C.OURS]
     parity_plan = _parity_plan(cases, device)
     notes: list = []
+    if deps.missing("timm"):
+        notes.append(f"timm is not installed ({deps.INSTALL_HINT}): the convnext_tiny cases are skipped and the "
+                     "block baseline is timm's ConvNeXtBlock written out in PyTorch")
     status = {p: C.provider_unavailable(p, device) for p in providers}
     for p, why in status.items():
         if why:
@@ -286,7 +321,7 @@ def run(args: argparse.Namespace) -> dict:
         ceil = measure_ceilings(device, args.quick)
     except Exception as exc:  # noqa: BLE001
         ceil = {"copy_gbps": None, "matmul_tflops": {}, "notes": [f"ceiling measurement failed: {exc}"]}
-    ceilings = roofline.Ceilings(ceil["copy_gbps"] or 0.0, dict(ceil["matmul_tflops"]), ceil.get("fp32_fma_tflops"))
+    ceilings = roofline_ceilings(ceil)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     checkpoint(force=True)
@@ -342,7 +377,7 @@ def run(args: argparse.Namespace) -> dict:
             work = roofline.op_work(case.op, case.shape, case.k, case.dtype, case.mode)
             row.update(status="ok", time_ms=t.median_ms, time_p20_ms=t.p20_ms, time_p80_ms=t.p80_ms, reps=t.reps,
                        cuda_graph=t.cuda_graph, host_ms=t.host_ms, setup_s=round(seen_cost[(case.op, case.mode, p)], 2))
-            row.update(roofline.roofline(work, t.median_ms, ceilings if ceilings.copy_gbps else None, case.dtype))
+            row.update(roofline.roofline(work, t.median_ms, ceilings, case.dtype))
             if case.op == "model":
                 row["img_per_s"] = case.shape[0] / (t.median_ms / 1e3)
                 row["peak_mem_mb"] = peak
@@ -373,17 +408,24 @@ def _write_json(path: Path, data: dict) -> None:
 HOST_BOUND_FRACTION = 0.8
 
 
-def _row_note(row: dict) -> str:
-    """The note column: failed parity, calls whose time is mostly the host issuing them, and the
-    ceiling that sets the roofline floor when it is not memory (``roofline.roofline``'s ``bound``)."""
+def _row_note(row: dict, with_roofline: bool = True) -> str:
+    """The note column: failed parity, calls whose time is mostly the host issuing them and, when
+    ``with_roofline`` (GPU runs), the ceiling that sets the roofline floor when it is not memory
+    (``roofline.roofline``'s ``bound``) and calls measured faster than the floor (a ceiling measured
+    too low: no % is printed)."""
     notes = []
     if row.get("parity") == "failed":
         notes.append("PARITY FAILED")
     host = row.get("host_ms")
     if host is not None and row.get("time_ms") and host >= HOST_BOUND_FRACTION * row["time_ms"]:
         notes.append("host-bound")
+    if not with_roofline:
+        return "; ".join(notes)
     if row.get("bound") not in (None, "memory"):
         notes.append(f"floor: {row['bound']}")
+    pct = row.get("pct_roofline")
+    if row.get("ceiling_exceeded") or (pct is not None and pct > 100.0):
+        notes.append("faster than the measured ceilings allow: a ceiling is too low, no % given")
     return "; ".join(notes)
 
 
@@ -392,8 +434,11 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 
 def render_markdown(data: dict) -> str:
-    """report.md: environment, ceilings, parity, targets, the main table, model, sweep, skips."""
+    """report.md: environment, ceilings, what was measured here, targets, parity, the main table,
+    model, sweep, skips."""
     m, ceil, rows = data["meta"], data["ceilings"], data["results"]
+    device_type = m.get("device_type", "cuda")
+    on_gpu = device_type == "cuda"
     aggregate.add_speedups(rows)
     out = [f"# convnext_fast benchmark report — {m.get('device_name')} — {m.get('date')}", ""]
     out.append(f"torch {m.get('torch')}, triton {m.get('triton')}, CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')}, "
@@ -403,22 +448,37 @@ def render_markdown(data: dict) -> str:
     out.append("")
     gb = ceil.get("copy_gbps")
     mm = ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in (ceil.get("matmul_tflops") or {}).items())
-    fma = f"; fp32 FMA {ceil['fp32_fma_tflops']:.1f} TFLOP/s" if ceil.get("fp32_fma_tflops") else ""
-    out.append(f"**Measured ceilings:** copy {gb:.0f} GB/s (read + write); matmul {mm}{fma}." if gb else
-               "**Measured ceilings:** not measured.")
-    for n in ceil.get("notes", []):
+    if on_gpu:
+        fma = f"; fp32 FMA {ceil['fp32_fma_tflops']:.1f} TFLOP/s" if ceil.get("fp32_fma_tflops") else ""
+        out.append(f"**Measured ceilings:** copy {gb:.0f} GB/s (read + write); matmul {mm}{fma}." if gb else
+                   "**Measured ceilings:** not measured.")
+        notes = ceil.get("notes", [])
+    else:
+        out.append(f"**Measured for the record (no roofline on {device_type}):** copy {gb:.0f} GB/s "
+                   f"(read + write); matmul {mm}." if gb else "**Ceilings:** not measured.")
+        # Result files of older CPU runs carry a note that called the matmul an FMA ceiling.
+        notes = [n for n in ceil.get("notes", []) if CPU_NO_ROOFLINE in n] or [CPU_NO_ROOFLINE]
+    for n in notes:
         out.append(f"- {n}")
+    roof_text = ("% roofline = max(min bytes / copy bandwidth, tensor-core flops / matmul rate, fp32 flops / fp32 "
+                 "FMA rate) / time, where fp32 flops are the depthwise taps, LayerNorm and GELU (CUDA cores, fp32 "
+                 "accumulation); bytes = inputs read once + outputs written once; never above 100% (a call "
+                 "measured faster than the floor is flagged: a ceiling is too low). " if on_gpu else
+                 "No % roofline on a CPU (see above); GB/s and TFLOP/s are achieved rates (bytes = inputs read "
+                 "once + outputs written once). ")
     out += ["", "Timing: median of CUDA-event-timed calls with an L2 flush between calls (GPU) or host-clock "
             "medians (CPU), after warm-up and compilation. *Eager* = PyTorch as timm runs ConvNeXt (channels_last, "
             "depthwise `F.conv2d`, permute, `F.layer_norm`, Linear MLP); *compile* = the same under `torch.compile`. "
-            "% roofline = max(min bytes / copy bandwidth, tensor-core flops / matmul rate, fp32 flops / fp32 FMA "
-            "rate) / time, where fp32 flops are the depthwise taps, LayerNorm and GELU (CUDA cores, fp32 "
-            "accumulation); bytes = inputs read once + outputs written once. *host ms* (GPU) = median host time "
-            "to issue one call from an idle stream; "
+            + roof_text + "*host ms* (GPU) = median host time to issue one call from an idle stream; "
             f"*host-bound* marks calls where it is at least {HOST_BOUND_FRACTION:.0%} of the measured time (the GPU "
             "waits for Python and launches, so the time is not the kernels').", ""]
 
-    out += ["## Targets (issue 5)", "", aggregate.targets_markdown(aggregate.evaluate_targets(rows)), ""]
+    out += [f"## Measured on this {'GPU' if on_gpu else device_type.upper()}: ours vs eager PyTorch and "
+            "torch.compile", "",
+            "Geometric mean over the cases measured (range and cases in brackets), for each of our providers "
+            "(not only the fastest).", "",
+            aggregate.summary_markdown(aggregate.measured_summary(rows)), ""]
+    out += ["## Speed targets (GPU, bf16)", "", aggregate.targets_section(rows, device_type), ""]
 
     out += ["## Parity (before timing, against a float64 reference)", ""]
     body = []
@@ -434,17 +494,19 @@ def render_markdown(data: dict) -> str:
                "No parity checks ran (no kernel provider available here).")
     out.append("")
 
+    def pct(r: dict) -> str:
+        return aggregate.fmt(aggregate.roofline_pct(r, device_type), "pct") if on_gpu else "-"
+
     def table(sel: list[dict]) -> str:
         body = []
         for r in sel:
             if r.get("status") == "ok":
                 body.append([r["op"], r["mode"], _shape_text(r["shape"]), r["dtype"], r["k"], r["provider"],
                              f"{r['time_ms']:.3f}", aggregate.fmt(r.get("gbps")), aggregate.fmt(r.get("tflops")),
-                             aggregate.fmt(r.get("pct_roofline"), "pct"),
-                             aggregate.fmt(r.get("speedup_vs_eager"), "x"),
+                             pct(r), aggregate.fmt(r.get("speedup_vs_eager"), "x"),
                              aggregate.fmt(r.get("speedup_vs_compile"), "x"),
                              "-" if r.get("host_ms") is None else f"{r['host_ms']:.3f}",
-                             _row_note(r)])
+                             _row_note(r, with_roofline=on_gpu)])
         return aggregate.markdown_table(["op", "mode", "shape", "dtype", "K", "provider", "time ms", "GB/s",
                                          "TFLOP/s", "% roofline", "x eager", "x compile", "host ms", "note"], body)
 
@@ -457,7 +519,7 @@ def render_markdown(data: dict) -> str:
         [[r["mode"], r["shape"][0], r["dtype"] + (" (autocast)" if r["dtype"] != "float32" else ""), r["provider"],
           f"{r['time_ms']:.1f}", f"{r['img_per_s']:.0f}", aggregate.fmt(r.get("peak_mem_mb")),
           aggregate.fmt(r.get("speedup_vs_eager"), "x"), aggregate.fmt(r.get("speedup_vs_compile"), "x"),
-          aggregate.fmt(r.get("pct_roofline"), "pct")] for r in model]) if model else "Not measured.")
+          pct(r)] for r in model]) if model else "Not measured.")
     out.append("")
     sweep_keys = {(r["op"], r["mode"], tuple(r["shape"]), r["dtype"]) for r in rows if r.get("group") == "sweep"}
     sweep = [r for r in rows if (r["op"], r["mode"], tuple(r["shape"]), r["dtype"]) in sweep_keys]
@@ -480,97 +542,181 @@ def render_markdown(data: dict) -> str:
 # Plots
 # ------------------------------------------------------------------------------------------------
 
-def write_plots(data: dict, out_dir: Path) -> list[Path]:
-    """speedup.png (per op and stage), sweep.png (kernel size), model.png (img/s). Returns the paths."""
-    try:
-        import matplotlib
+# One colour per provider in every plot; baselines in greys.
+PROVIDER_COLORS = {"torch": "#8c8c8c", "torch_compile": "#4d4d4d", "triton": "tab:orange", "cuda": "tab:green",
+                   "cpu": "tab:blue", "triton_compile": "tab:red"}
+_SPARE_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:  # noqa: BLE001
-        return []
+
+def _color(provider: str) -> str:
+    if provider in PROVIDER_COLORS:
+        return PROVIDER_COLORS[provider]
+    return _SPARE_COLORS[sum(map(ord, provider)) % len(_SPARE_COLORS)]
+
+
+def _provider_order(providers) -> list[str]:
+    """Baselines first, then ours, in C.PROVIDERS order; unknown names last, sorted."""
+    known = [p for p in C.PROVIDERS if p in providers]
+    return known + sorted(set(providers) - set(known))
+
+
+def _panel_order(op_modes) -> list[tuple]:
+    """(op, mode) in the order of ``cases.MODES`` (ops, then their modes); anything else after."""
+    order = [(op, mode) for op, modes in C.MODES.items() for mode in modes]
+    return sorted(op_modes, key=lambda om: (order.index(om) if om in order else len(order), om))
+
+
+def _title_and_legend(fig, title: str, providers: Sequence[str], kind: str = "bar") -> None:
+    """The figure's title, then one legend for all panels under it (never over a panel's data), then
+    the panels below both. Title and legend are measured once drawn: a long device name wraps, a
+    legend wider than the figure takes more rows."""
+    import textwrap
+
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    # Panels first, then the band above them: tight_layout would otherwise make room for the title twice.
+    fig.tight_layout()
+    top = fig.subplotpars.top
+    width_px, height_px = fig.canvas.get_width_height()
+    renderer = fig.canvas.get_renderer()
+    pad = 0.06 * fig.dpi  # pixels between the figure's edge, the title, the legend and the panels
+    sup = fig.suptitle(textwrap.fill(title, width=max(20, int(fig.get_figwidth() * 12))), fontsize=10,
+                       y=1 - pad / height_px, va="top")
+    below = sup.get_window_extent(renderer).y0 - pad
+    handles = [Patch(color=_color(p)) if kind == "bar" else Line2D([], [], color=_color(p), marker="o")
+               for p in providers]
+    for ncol in range(len(providers), 0, -1):
+        legend = fig.legend(handles, list(providers), loc="upper center", bbox_to_anchor=(0.5, below / height_px),
+                            ncol=ncol, fontsize=8, frameon=False)
+        if legend.get_window_extent(renderer).width <= width_px - 2 * pad or ncol == 1:
+            break
+        legend.remove()
+    below = legend.get_window_extent(renderer).y0 - pad
+    fig.subplots_adjust(top=top - (1 - below / height_px))
+
+
+def make_figures(data: dict) -> dict:
+    """The report's figures, not yet saved: {file name: matplotlib Figure}.
+
+    * ``speedup.png``: per op and mode, our providers' (and torch.compile's) speedup over eager
+      PyTorch at each ConvNeXt-T stage (first dtype measured, standard set);
+    * ``sweep.png``: time against kernel size, per swept case;
+    * ``model.png``: convnext_tiny images/s per provider, one horizontal bar each (the provider names
+      sit on the y axis, so any number of them stays legible), with the speedup over eager.
+
+    Raises:
+        deps.MissingDependency: matplotlib is not installed.
+    """
+    matplotlib = deps.require("matplotlib", "the report's plots")
+    matplotlib.use("Agg")
+    plt = deps.require("matplotlib.pyplot", "the report's plots")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     rows = aggregate.add_speedups(data["results"])
     dev = data["meta"].get("device_name", "")
-    written: list = []
+    figs: dict = {}
     ok = [r for r in rows if r.get("status") == "ok"]
 
     # speedup per op and stage (first dtype measured, standard set)
     std = [r for r in ok if r.get("group") == "standard" and r["op"] != "model"]
     if std:
         dtype = std[0]["dtype"]
-        panels = sorted({(r["op"], r["mode"]) for r in std if r["dtype"] == dtype},
-                        key=lambda om: [("dwconv", "fwd"), ("dwconv", "fwdbwd"), ("dwconv_ln", "fwd"),
-                                        ("dwconv_ln", "fwdbwd"), ("layer_norm", "fwd"), ("layer_norm", "bwd"),
-                                        ("block", "fwd"), ("block", "fwdbwd")].index(om)
-                        if om in [("dwconv", "fwd"), ("dwconv", "fwdbwd"), ("dwconv_ln", "fwd"),
-                                  ("dwconv_ln", "fwdbwd"), ("layer_norm", "fwd"), ("layer_norm", "bwd"),
-                                  ("block", "fwd"), ("block", "fwdbwd")] else 99)
+        std = [r for r in std if r["dtype"] == dtype and int(r.get("k", 7)) == 7]
+        panels = _panel_order({(r["op"], r["mode"]) for r in std})
+        provs = [p for p in _provider_order({r["provider"] for r in std}) if p != "torch"]
         cols = min(4, len(panels))
         nrows = math.ceil(len(panels) / cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows + 0.5), squeeze=False)
+        width = 0.8 / max(1, len(provs))
         for ax, (op, mode) in zip(axes.flat, panels):
-            sel = [r for r in std if r["op"] == op and r["mode"] == mode and r["dtype"] == dtype]
-            shapes = sorted({tuple(r["shape"]) for r in sel}, key=lambda s: -s[2])
-            provs = [p for p in ("torch_compile", "triton", "cuda", "cpu", "triton_compile")
-                     if any(r["provider"] == p for r in sel)]
-            width = 0.8 / max(1, len(provs))
+            sel = [r for r in std if r["op"] == op and r["mode"] == mode]
+            shapes = sorted({tuple(r["shape"]) for r in sel}, key=lambda s: (-s[2], s[1]))
             for i, p in enumerate(provs):
                 ys = []
                 for s in shapes:
                     r = next((r for r in sel if r["provider"] == p and tuple(r["shape"]) == s), None)
                     ys.append(r["speedup_vs_eager"] if r and r.get("speedup_vs_eager") else 0.0)
-                ax.bar([j + i * width for j in range(len(shapes))], ys, width, label=p)
+                ax.bar([j + i * width for j in range(len(shapes))], ys, width, color=_color(p))
             ax.axhline(1.0, color="k", lw=0.8)
-            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
+            ax.set_xticks([j + (len(provs) - 1) * width / 2 for j in range(len(shapes))])
             ax.set_xticklabels([f"{s[1]}x{s[2]}" for s in shapes], fontsize=8)
-            ax.set_title(f"{op} {mode}", fontsize=9)
+            ax.set_title(f"{aggregate.OP_NAMES.get(op, op)}\n{aggregate.MODE_NAMES.get(mode, mode)}", fontsize=9)
             ax.set_ylabel("speedup over eager")
-            if provs:
-                ax.legend(fontsize=7)
         for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
-        fig.suptitle(f"convnext_fast vs eager PyTorch, {dtype}, batch {std[0]['shape'][0]} — {dev}", fontsize=10)
-        fig.tight_layout()
-        path = out_dir / "speedup.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        _title_and_legend(fig, f"convnext_fast vs eager PyTorch, {dtype}, batch {std[0]['shape'][0]} — {dev}",
+                          provs)
+        figs["speedup.png"] = fig
 
-    # kernel-size sweep
+    # kernel-size sweep (the standard K = 7 row of each swept case included)
     sweep_keys = sorted({(r["op"], r["mode"], tuple(r["shape"]), r["dtype"]) for r in ok if r.get("group") == "sweep"})
     if sweep_keys:
-        fig, axes = plt.subplots(1, len(sweep_keys), figsize=(4.2 * len(sweep_keys), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(sweep_keys), figsize=(4.2 * len(sweep_keys), 4.1), squeeze=False)
+        shown: set = set()
         for ax, (op, mode, shape, dtype) in zip(axes.flat, sweep_keys):
             sel = [r for r in ok if (r["op"], r["mode"], tuple(r["shape"]), r["dtype"]) == (op, mode, shape, dtype)]
-            for p in sorted({r["provider"] for r in sel}):
+            for p in _provider_order({r["provider"] for r in sel}):
                 pts = sorted((r["k"], r["time_ms"]) for r in sel if r["provider"] == p)
-                ax.plot([k for k, _ in pts], [t for _, t in pts], marker="o", label=p)
-            ax.set_yscale("log")
+                ax.plot([k for k, _ in pts], [t for _, t in pts], marker="o", color=_color(p))
+                shown.add(p)
+            times = [r["time_ms"] for r in sel]
+            if max(times) >= 10 * min(times):
+                # a decade or more: log scale, 1-2-5 ticks in plain numbers (no 10^x notation)
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
+            else:
+                ax.set_ylim(0, max(times) * 1.08)
             ax.set_xlabel("kernel size K")
             ax.set_ylabel("time (ms)")
-            ax.set_title(f"{op} {mode} {_shape_text(shape)} {dtype}", fontsize=8)
-            ax.legend(fontsize=7)
-        fig.suptitle(f"kernel-size sweep — {dev}", fontsize=10)
-        fig.tight_layout()
-        path = out_dir / "sweep.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+            ax.set_title(f"{aggregate.describe(op, mode)}\n{_shape_text(shape)} {dtype}", fontsize=8)
+        _title_and_legend(fig, f"kernel-size sweep — {dev}", _provider_order(shown), kind="line")
+        figs["sweep.png"] = fig
 
     # model img/s
     model = [r for r in ok if r["op"] == "model" and r.get("group") == "standard"]
     if model:
         modes = [m for m in ("infer", "train") if any(r["mode"] == m for r in model)]
-        fig, axes = plt.subplots(1, len(modes), figsize=(4.5 * len(modes), 3.6), squeeze=False)
+        modes += sorted({r["mode"] for r in model} - set(modes))
+        most = max(sum(1 for r in model if r["mode"] == m) for m in modes)
+        fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 1.4 + 0.42 * most), squeeze=False)
         for ax, mode in zip(axes.flat, modes):
             sel = [r for r in model if r["mode"] == mode]
-            ax.bar([r["provider"] for r in sel], [r["img_per_s"] for r in sel],
-                   color=["tab:gray" if r["provider"].startswith("torch") else "tab:blue" for r in sel])
-            ax.set_ylabel("images / s")
-            ax.set_title(f"convnext_tiny {mode}, batch {sel[0]['shape'][0]}, {sel[0]['dtype']}", fontsize=9)
-        fig.suptitle(dev, fontsize=10)
+            order = _provider_order({r["provider"] for r in sel})
+            sel.sort(key=lambda r: order.index(r["provider"]))
+            ys = list(range(len(sel)))[::-1]  # first provider on top
+            vals = [r["img_per_s"] for r in sel]
+            ax.barh(ys, vals, color=[_color(r["provider"]) for r in sel])
+            ax.set_yticks(ys)
+            ax.set_yticklabels([r["provider"] for r in sel], fontsize=8)
+            for y, r in zip(ys, sel):
+                x = r.get("speedup_vs_eager")
+                ax.text(r["img_per_s"], y, f" {aggregate.fmt(float(r['img_per_s']))}" + (f" ({x:.2f}x)" if x else ""),
+                        va="center", fontsize=7)
+            ax.set_xlim(0, max(vals) * 1.45)
+            ax.set_xlabel("images / s (x eager)")
+            ax.set_title(f"convnext_tiny {aggregate.MODE_NAMES.get(mode, mode)}, batch {sel[0]['shape'][0]}, "
+                         f"{sel[0]['dtype']}", fontsize=9)
+        fig.suptitle(textwrap.fill(dev, width=max(20, int(fig.get_figwidth() * 12))), fontsize=10)
         fig.tight_layout()
-        path = out_dir / "model.png"
+        figs["model.png"] = fig
+    return figs
+
+
+def write_plots(data: dict, out_dir: Path) -> list[Path]:
+    """Save :func:`make_figures` into ``out_dir``; returns the paths.
+
+    Raises:
+        deps.MissingDependency: matplotlib is not installed.
+    """
+    figs = make_figures(data)
+    import matplotlib.pyplot as plt  # make_figures has imported it
+
+    written: list = []
+    for name, fig in figs.items():
+        path = out_dir / name
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -610,6 +756,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.checkpoint = ""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    no_plots = ""
+    if deps.missing("matplotlib"):
+        # said up front, not after minutes of measuring
+        no_plots = f"plots not written: matplotlib is not installed ({deps.INSTALL_HINT})"
+        print(no_plots, flush=True)
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
     else:
@@ -617,15 +768,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data = run(args)
         _write_json(out / "results.json", data)
     (out / "report.md").write_text(render_markdown(data))
-    plots = write_plots(data, out)
+    plots: list = []
+    if not no_plots:
+        plots = write_plots(data, out)
     ok = sum(1 for r in data["results"] if r.get("status") == "ok")
     failed = [p for p in data["parity"] if p.get("passed") is False]
-    print(f"wrote {out / 'results.json'}, {out / 'report.md'}" + "".join(f", {p}" for p in plots))
-    print(f"{ok} measurements, {len(failed)} parity failures, {data['meta']['elapsed_s']} s")
+    written = ([] if args.from_json else [out / "results.json"]) + [out / "report.md"] + plots
+    print("wrote " + ", ".join(str(p) for p in written))
+    if no_plots:
+        print(no_plots)
+    print(f"{ok} measurements, {len(failed)} parity failures, {data['meta'].get('elapsed_s', '?')} s")
     print()
-    print(aggregate.targets_markdown(aggregate.evaluate_targets(data["results"])))
+    print(final_summary(data))
     # Exit 0 even when some providers failed: the report says so; a crash above exits non-zero.
     return 0
+
+
+def final_summary(data: dict) -> str:
+    """What the run prints last: what was measured on this device (ours vs eager PyTorch and
+    torch.compile), then the GPU speed targets on a GPU run, or one line saying they need one."""
+    m = data["meta"]
+    device_type = m.get("device_type", "cuda")
+    rows = data["results"]
+    lines = [f"Measured on {m.get('device_name', device_type)} ({device_type}): ours vs eager PyTorch and "
+             "torch.compile", "", aggregate.summary_markdown(aggregate.measured_summary(rows)), ""]
+    if device_type == aggregate.TARGET_DEVICE:
+        lines += ["Speed targets (GPU, bf16):", ""]
+    lines.append(aggregate.targets_section(rows, device_type))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ Conventions (METHOD.md, "two numbers first"):
 * floor time = max(bytes / copy bandwidth, tensor-core flops / matmul rate, fp32 flops / fp32 FMA
   rate) (a lower bound: the three can overlap); % of roofline = floor / measured. The ceilings are
   measured on the machine itself (a device-to-device copy counting read + write; large matrix
-  products), never taken from a datasheet.
+  products), never taken from a datasheet. On a GPU only: a CPU has no measurable fp32 FMA
+  ceiling from Python (a matrix product is not one) and its caches hold the benchmark's tensors,
+  so a CPU run reports achieved GB/s and TFLOP/s without a roofline.
+* No percentage above 100% is ever reported: it would mean a ceiling is wrong, not a fast kernel.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ __all__ = [
     "model_work",
     "op_work",
     "roofline",
+    "checked_pct",
 ]
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
@@ -226,6 +230,8 @@ def op_work(op: str, shape: Sequence[int], k: int, dtype: str, mode: str) -> Wor
 def roofline(work: Work, time_ms: float, ceilings: Optional[Ceilings], dtype: str) -> dict:
     """Achieved GB/s and TFLOP/s, the floor time and the % of roofline (floor / measured).
 
+    A call measured faster than the floor (which only a ceiling measured too low allows) gets no
+    percentage: ``pct_roofline`` and ``pct_bandwidth`` stay None and ``ceiling_exceeded`` is True.
     ``bound`` names the ceiling that sets the floor ('memory', 'tensor cores' or 'fp32 FMA');
     ``pct_bandwidth_max`` is the highest % of the bandwidth roofline (``pct_bandwidth``) an
     implementation can reach at all when the floor is set by arithmetic rather than bytes.
@@ -242,6 +248,7 @@ def roofline(work: Work, time_ms: float, ceilings: Optional[Ceilings], dtype: st
         "pct_bandwidth": None,
         "pct_bandwidth_max": None,
         "bound": None,
+        "ceiling_exceeded": False,
     }
     if ceilings is None or seconds <= 0:
         return out
@@ -252,8 +259,26 @@ def roofline(work: Work, time_ms: float, ceilings: Optional[Ceilings], dtype: st
     fp32_ms = work.fp32_flops / (fp32_rate * 1e12) * 1e3 if fp32_rate else 0.0
     floor = max(mem_ms, mma_ms, fp32_ms)
     out["floor_ms"] = floor
-    out["pct_roofline"] = 100.0 * floor / time_ms if floor > 0 else None
-    out["pct_bandwidth"] = 100.0 * mem_ms / time_ms if mem_ms > 0 else None
     out["pct_bandwidth_max"] = 100.0 * mem_ms / floor if mem_ms > 0 else None
     out["bound"] = "memory" if mem_ms >= max(mma_ms, fp32_ms) else ("fp32 FMA" if fp32_ms >= mma_ms else "tensor cores")
+    if floor > time_ms:
+        # Faster than the floor: a ceiling was measured too low (or the data sat in a cache the copy
+        # did not fit in). Any percentage would say more than 100%, so none is given.
+        out["ceiling_exceeded"] = True
+        return out
+    out["pct_roofline"] = 100.0 * floor / time_ms if floor > 0 else None
+    out["pct_bandwidth"] = 100.0 * mem_ms / time_ms if mem_ms > 0 else None
     return out
+
+
+def checked_pct(row: dict, key: str = "pct_roofline") -> Optional[float]:
+    """``row[key]`` when it is a percentage a roofline can give (0-100), else None.
+
+    Result files written before :func:`roofline` refused impossible percentages, and rows of CPU
+    runs (whose ceilings are not a roofline, see ``report.measure_ceilings``), may hold values above
+    100%: they are read as "no roofline", never printed.
+    """
+    v = row.get(key)
+    if v is None or row.get("ceiling_exceeded") or not (0.0 <= float(v) <= 100.0):
+        return None
+    return float(v)

@@ -25,9 +25,12 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from ..shapes import CONVNEXT_T_STAGES
+
 __all__ = ["STUDIES", "Study", "main", "run_studies"]
 
-STAGES = ((96, 56), (192, 28), (384, 14), (768, 7))  # ConvNeXt-T (C, H = W)
+# ConvNeXt-T's stages as (C, H = W): every stage is square.
+STAGES = tuple((c, h) for c, h, w in CONVNEXT_T_STAGES if h == w)
 TINY_STAGES = ((24, 9), (40, 7))  # --check-only: small, odd sizes, a multiple-of-7 width
 
 
@@ -92,7 +95,7 @@ def _inputs(c: int, hw: int, batch: int, dtype: torch.dtype, device: torch.devic
 
 def _op(name: str, t: dict) -> Callable[[], tuple]:
     """The launcher call of an op on inputs ``t`` (kernels called directly: no dispatch in the way)."""
-    from convnext_fast import kernels as K
+    from convnext_fast.kernels import launchers as K
 
     if name == "dwconv_fwd":
         return lambda: (K.dwconv_forward(t["x"], t["w"], t["b"]),)
