@@ -20,7 +20,7 @@ setup(
     install_requires=["torch>=2.11,<2.15", "numpy", "ninja"],
     extras_require={
         "triton": ["triton>=3.6,<3.9"],
-        "bench": ["timm", "torchvision", "matplotlib", "onnx", "onnxruntime", "onnxscript"],
+        "bench": ["timm", "torchvision", "matplotlib", "tqdm", "pytest-benchmark", "onnx", "onnxruntime", "onnxscript"],
         "test": ["pytest", "pytest-benchmark", "timm", "torchvision", "safetensors", "matplotlib", "onnx",
                  "onnxruntime", "onnxscript"],
     },
