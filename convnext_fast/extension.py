@@ -29,6 +29,8 @@ __all__ = [
     "dwconv_ln_forward",
     "layer_norm_backward",
     "layer_norm_forward",
+    "mlp_backward",
+    "mlp_forward",
     "unavailable_reason",
 ]
 
@@ -153,3 +155,55 @@ def dwconv_ln_backward(grad_y: Tensor, x: Tensor, dw_w: Tensor, dw_b: Optional[T
     _ext().dwconv_ln_backward(grad_y, x, dw_w, dw_b, ln_w, mean.contiguous(), rstd.contiguous(), gx, g_dw_w,
                               g_dw_b, g_ln_w, g_ln_b)
     return gx, g_dw_w, g_dw_b, g_ln_w, g_ln_b
+
+
+def _mlp_ext():
+    module = _ext()
+    if not hasattr(module, "mlp_forward"):
+        raise RuntimeError("the compiled extension was built without its CPU kernels; the fused MLP has no other "
+                           "compiled kernel")
+    return module
+
+
+def mlp_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+                gamma: Optional[Tensor], shortcut: Optional[Tensor], sample_scale: Optional[Tensor],
+                rows_per_sample: int, save_hidden: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """The pointwise MLP of a ConvNeXt block on token rows, fused on the CPU (``csrc/cpu_mlp.cpp``):
+    ``out = shortcut + s[row // rows_per_sample] * gamma * (GELU(x @ w1.T + b1) @ w2.T + b2)``.
+
+    Args:
+        x: (M, C) token rows (the NHWC view of an (N, C, H, W) tensor), contiguous rows.
+        w1, b1: fc1, (Hd, C) and (Hd,) or None. w2, b2: fc2, (C, Hd) and (C,) or None.
+        gamma: layer scale (C,) or None. shortcut: (M, C) residual or None.
+        sample_scale: float32 (N,) per-sample stochastic-depth scale or None.
+        rows_per_sample: M // N, the rows each entry of ``sample_scale`` covers.
+        save_hidden: also return the pre-activation ``h`` for the backward.
+
+    Shape: every tensor of x's dtype (float32 or bfloat16; others raise NotImplementedError) except
+    ``sample_scale``; weights and vectors contiguous.
+
+    Returns:
+        (out (M, C), h (M, Hd) or None), new tensors.
+    """
+    out, h = _mlp_ext().mlp_forward(x, w1, b1, w2, b2, gamma, shortcut, sample_scale, int(rows_per_sample),
+                                    bool(save_hidden))
+    return out, h
+
+
+def mlp_backward(grad_out: Tensor, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+                 gamma: Optional[Tensor], sample_scale: Optional[Tensor], rows_per_sample: int,
+                 h: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor], Tensor, Optional[Tensor],
+                                               Optional[Tensor]]:
+    """Gradients of :func:`mlp_forward` (deterministic: fixed-order sums, no atomics).
+
+    Args:
+        grad_out: (M, C) gradient of ``out``, any strides.
+        x, w1, b1, w2, b2, gamma, sample_scale, rows_per_sample: as given to :func:`mlp_forward`.
+        h: the saved pre-activation (M, Hd), or None to recompute it.
+
+    Returns:
+        (gx, gw1, gb1, gw2, gb2, ggamma), each of its input's shape and dtype; None where the
+        optional input is None.
+    """
+    return tuple(_mlp_ext().mlp_backward(grad_out.contiguous(), x, w1, b1, w2, b2, gamma, sample_scale,
+                                         int(rows_per_sample), h))

@@ -13,6 +13,7 @@
 
 #if CF_WITH_CPU
 #include "cpu_kernels.h"
+#include "cpu_mlp.h"
 #endif
 #if CF_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -359,4 +360,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dwconv_ln_forward", &dwconv_ln_forward, "(y, mean, rstd) <- LayerNorm(dwconv(x))");
   m.def("dwconv_ln_backward", &dwconv_ln_backward, "(gx, g_dw_w, g_dw_b, g_ln_w, g_ln_b) <- fused backward");
   m.def("build_info", &build_info, "what this binary was built with");
+#if CF_WITH_CPU
+  // The pointwise MLP has a CPU kernel only (cpu_mlp.cpp; GPUs run a Triton kernel); it validates
+  // its own arguments and returns new tensors.
+  m.def("mlp_forward", &convnext_fast_cpu::mlp_forward,
+        "(out, h or None) <- fused fc1, GELU, fc2, layer scale, residual", pybind11::arg("x"), pybind11::arg("w1"),
+        pybind11::arg("b1"), pybind11::arg("w2"), pybind11::arg("b2"), pybind11::arg("gamma"),
+        pybind11::arg("shortcut"), pybind11::arg("sample_scale"), pybind11::arg("rows_per_sample"),
+        pybind11::arg("save_hidden"));
+  m.def("mlp_backward", &convnext_fast_cpu::mlp_backward, "(gx, gw1, gb1, gw2, gb2, ggamma) <- MLP backward",
+        pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("w1"), pybind11::arg("b1"), pybind11::arg("w2"),
+        pybind11::arg("b2"), pybind11::arg("gamma"), pybind11::arg("sample_scale"), pybind11::arg("rows_per_sample"),
+        pybind11::arg("h"));
+#endif
 }

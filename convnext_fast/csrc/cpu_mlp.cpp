@@ -1,0 +1,650 @@
+// CPU kernel of the pointwise MLP of a ConvNeXt block (see cpu_mlp.h for the API).
+//
+// Liu et al., "A ConvNet for the 2020s", CVPR 2022: after the depthwise conv and LayerNorm, each
+// token runs fc1 (C -> 4C), exact GELU, fc2 (4C -> C), layer scale gamma, drop path, residual.
+//
+// Forward. Eager PyTorch writes the (M, 4C) hidden activation to memory and reads it back three
+// times (fc1 out, GELU in/out, fc2 in), plus two more passes over (M, C) for gamma and the residual.
+// In float32 the token rows are split into blocks of R rows (at::parallel_for, one block at a time
+// per thread); per block:
+//   fc1 into a per-thread hidden tile (R x J floats, sized to stay in L2), bias + GELU in place on
+//   the tile, fc2 from the tile into the block's output rows, then b2, gamma, the per-sample scale
+//   and the residual on those output rows while they are still in cache.
+// The hidden activation never goes to memory (unless the caller asks for it to be saved for the
+// backward, then it is written once, from the same pass). bfloat16 fuses less (GEMMs below).
+//
+// GEMMs. float32: oneDNN's batch-reduce GEMM micro-kernel (at::native::cpublas::brgemm, fp32 in,
+// fp32 accumulate/out), B as K x N row-major, so the weights are transposed once per call. On the
+// 2-core AVX-512 dev machine it ran the per-block GEMMs about 2x faster than at::mm on the same
+// tiles (MKL's sgemm, which is also what F.linear runs). Wide layers (Hd > kMaxChunk) are split
+// into hidden chunks of J columns (flash-attention's loop over key blocks): fc2 accumulates the
+// chunks into the output rows with brgemm's add_C, so the tile stays R x J whatever the width.
+// bfloat16: brgemm's bf16 path needs VNNI-packed B, which this oneDNN does not offer without AMX
+// (cpublas::could_pack is false: its unpacked fallback ran at ~5 GFLOP/s). at::addmm (oneDNN's
+// AVX512_BF16 GEMM, fp32 accumulation, bf16 out, bias inside) reorders the weights on every call,
+// so per-row-block calls ran at 0.54-0.93x eager (1 thread, batch 8); bf16 therefore runs the two
+// GEMMs on whole matrices (PyTorch's rounding of h and of fc2's output) and fuses only the
+// elementwise work: GELU in one pass (fp32 math), b2 / gamma / scale / residual in one pass.
+//
+// Backward (not the measured path): correct and deterministic, simple. Everything runs in fp32
+// (bf16 inputs are widened once): the GEMMs are whole-matrix ATen calls (multi-threaded, fixed
+// order for a fixed thread count), the rest two fused passes over fixed 256-row blocks whose
+// column partial sums (bias gradients) are added in block order, never atomically:
+//   gs = grad_out * s[row]          (+ column sums: gb2 = gamma * sum gs)
+//   ga = gs @ (gamma[:, None] * w2)  (the layer scale folded into the small weight, not the big gradient)
+//   a = GELU(h), gh = ga * GELU'(h)  (+ column sums: gb1), h recomputed by fc1 when not saved
+//   P = gs.T @ a: gw2 = gamma[:, None] * P, ggamma = rowsum(w2 * P) + b2 * sum gs (no fc2 recompute)
+//   gw1 = gh.T @ x, gx = gh @ w1.
+//
+// Elementwise code (bias + GELU, epilogue, GELU derivative) uses GCC vector extensions compiled
+// for AVX-512 (16 floats), AVX2 (8) and baseline x86-64 (4), picked with the other CPU kernels'
+// choice (convnext_fast_cpu::isa(), CONVNEXT_FAST_CPU_ISA). Row tails run through the same vector
+// code on a zero-padded copy, so every element gets the same arithmetic.
+#include "cpu_mlp.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+#include <c10/util/BFloat16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu_kernels.h"  // isa(): one instruction-set choice for all CPU kernels
+
+namespace convnext_fast_cpu {
+namespace {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+#define CFM_AI inline __attribute__((always_inline))
+
+// Hidden tile budget per thread: R x J fp32 values (L2 is 1 MiB per core on the dev machine; the
+// weight panels and the output rows share it).
+constexpr int64_t kTileBytes = 256 * 1024;
+// Hidden chunking (fp32). brgemm is a micro-kernel: it does no cache blocking of its own and
+// re-reads B (C x J of w1.T, J x C of w2.T) for every few rows of A, so each call's B panel must
+// stay in L2: up to Hd = kMaxChunk the layer runs unchunked (ConvNeXt-T stages 1-2, panels of
+// 144 / 576 KiB), wider ones in chunks of J columns with C * J floats <= kPanelBytes (stage 3:
+// J = 256, stage 4: 128). Measured on the dev machine (1 thread, batch 8): stage 4 took 69 ms
+// unchunked, 39 ms with J = 128.
+constexpr int64_t kMaxChunk = 768;
+constexpr int64_t kPanelBytes = 384 * 1024;
+constexpr int64_t kMinRows = 32, kMaxRows = 256;
+// Row block of the backward's fused passes: fixed, so their sums do not depend on the threads.
+constexpr int64_t kBwdRows = 256;
+
+// ---------------------------------------------------------------------------------- vectors
+
+template <int V>
+struct Vec {
+  typedef float f __attribute__((vector_size(V * 4)));
+  typedef int32_t i __attribute__((vector_size(V * 4)));
+  typedef uint32_t u __attribute__((vector_size(V * 4)));
+  typedef uint16_t h __attribute__((vector_size(V * 2)));
+};
+
+template <class T>
+CFM_AI T bc(float v) {
+  return T{} + v;
+}
+
+// V floats from p (n < V: the first n, zeros after).
+template <int V>
+CFM_AI typename Vec<V>::f load(const float* p, int64_t n) {
+  typename Vec<V>::f v{};
+  // Full vectors take the constant-size copy (one vector load); only row tails the variable one.
+  if (n >= V)
+    std::memcpy(&v, p, sizeof(v));
+  else
+    std::memcpy(&v, p, sizeof(float) * n);
+  return v;
+}
+template <int V>
+CFM_AI void store(float* p, typename Vec<V>::f v, int64_t n) {
+  if (n >= V)
+    std::memcpy(p, &v, sizeof(v));
+  else
+    std::memcpy(p, &v, sizeof(float) * n);
+}
+// bf16 bits -> float: the bits are the high half of the float.
+template <int V>
+CFM_AI typename Vec<V>::f load(const c10::BFloat16* p, int64_t n) {
+  typename Vec<V>::h b{};
+  if (n >= V)
+    std::memcpy(&b, p, sizeof(b));
+  else
+    std::memcpy(&b, p, sizeof(uint16_t) * n);
+  const typename Vec<V>::u u = __builtin_convertvector(b, typename Vec<V>::u) << 16;
+  typename Vec<V>::f v;
+  std::memcpy(&v, &u, sizeof(v));
+  return v;
+}
+// float -> bf16, round to nearest even, NaN stays NaN (c10::BFloat16's rounding, bit for bit).
+template <int V>
+CFM_AI void store(c10::BFloat16* p, typename Vec<V>::f v, int64_t n) {
+  typedef typename Vec<V>::u u32;
+  u32 u;
+  std::memcpy(&u, &v, sizeof(u));
+  const u32 rounded = (u + ((u >> 16) & 1u) + 0x7FFFu) >> 16;
+  const u32 r = v != v ? u32{} + 0x7FC0u : rounded;
+  const typename Vec<V>::h b = __builtin_convertvector(r, typename Vec<V>::h);
+  if (n >= V)
+    std::memcpy(p, &b, sizeof(b));
+  else
+    std::memcpy(p, &b, sizeof(uint16_t) * n);
+}
+
+// erf for float: x * P(x^2) / Q(x^2) on [-4, 4] (outside, erf is +-1 in float), the rational
+// approximation of Eigen's and XLA's float erf (max error a few ulp).
+template <class F>
+CFM_AI F erf_approx(F x) {
+  const F lo = bc<F>(-4.f), hi = bc<F>(4.f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const F x2 = x * x;
+  F p = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
+  p = p * x2 + -2.10102402082508e-06f;
+  p = p * x2 + -5.69250639462346e-05f;
+  p = p * x2 + -7.34990630326855e-04f;
+  p = p * x2 + -2.95459980854025e-03f;
+  p = p * x2 + -1.60960333262415e-02f;
+  F q = x2 * -1.45660718464996e-05f + -2.13374055278905e-04f;
+  q = q * x2 + -1.68282697438203e-03f;
+  q = q * x2 + -7.37332916720468e-03f;
+  q = q * x2 + -1.42647390514189e-02f;
+  return x * p / q;
+}
+
+// exp(x) for x <= 0 (Cephes' expf polynomial after x = n ln2 + r, |r| <= ln2 / 2).
+template <int V>
+CFM_AI typename Vec<V>::f exp_nonpos(typename Vec<V>::f x) {
+  typedef typename Vec<V>::f F;
+  const F lo = bc<F>(-87.f);
+  x = x < lo ? lo : x;
+  // Round to nearest integer: adding 1.5 * 2^23 pushes the fraction out of the mantissa.
+  const F magic = bc<F>(12582912.f);
+  const F n = (x * 1.44269504088896341f + magic) - magic;
+  F r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const typename Vec<V>::i e = (__builtin_convertvector(n, typename Vec<V>::i) + 127) << 23;
+  F scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+}
+
+constexpr float kSqrt1_2 = 0.70710678118654752440f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+
+template <class F>
+CFM_AI F gelu(F v) {
+  return 0.5f * v * (1.f + erf_approx(v * kSqrt1_2));
+}
+
+// ---------------------------------------------------------------------------------- row kernels
+
+// h[r, :n] (+)= bias, optionally saved (as S) before the GELU, then GELU in place. h: rows x n fp32
+// tile with row stride ldh; bias: n floats; save: rows x n of S with row stride lds, or null.
+template <int V, class S>
+CFM_AI void bias_gelu_impl(float* h, int64_t ldh, int64_t rows, int64_t n, const float* bias, S* save,
+                           int64_t lds) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* hp = h + r * ldh;
+    for (int64_t c = 0; c < n; c += V) {
+      const int64_t k = n - c;
+      const typename Vec<V>::f v = load<V>(hp + c, k) + load<V>(bias + c, k);
+      if (save) store<V>(save + r * lds + c, v, k);
+      store<V>(hp + c, gelu(v), k);
+    }
+  }
+}
+
+// bf16 tiles: dst = GELU(src) (bias already added by the GEMM).
+template <int V>
+CFM_AI void gelu_bf16_impl(const c10::BFloat16* src, int64_t lds, c10::BFloat16* dst, int64_t ldd, int64_t rows,
+                           int64_t n) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < n; c += V) store<V>(dst + r * ldd + c, gelu(load<V>(src + r * lds + c, n - c)), n - c);
+}
+
+// The epilogue on a block's output rows (in place): o = ((o + b2) * gamma) * s[row] + shortcut, in
+// the reference's order. b2 / gamma are fp32 vectors (zeros / ones when absent); s: the per-row
+// scale (1 when absent); sc: the shortcut rows or null.
+template <int V, class T>
+CFM_AI void epilogue_impl(T* o, int64_t ldo, int64_t rows, int64_t C, const float* b2, const float* gamma,
+                          const float* row_scale, const T* sc, int64_t ldsc) {
+  typedef typename Vec<V>::f F;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* op = o + r * ldo;
+    const F s = bc<F>(row_scale[r]);
+    for (int64_t c = 0; c < C; c += V) {
+      const int64_t k = C - c;
+      F v = ((load<V>(op + c, k) + load<V>(b2 + c, k)) * load<V>(gamma + c, k)) * s;
+      if (sc) v = v + load<V>(sc + r * ldsc + c, k);
+      store<V>(op + c, v, k);
+    }
+  }
+}
+
+// Backward: gs = g * s[row] (fp32 rows of n), colsum += gs (this block's partial, fixed row order).
+template <int V, class T>
+CFM_AI void scale_colsum_impl(const T* g, int64_t ldg, int64_t rows, int64_t n, const float* row_scale, float* gs,
+                              float* colsum) {
+  typedef typename Vec<V>::f F;
+  for (int64_t r = 0; r < rows; ++r) {
+    const F s = bc<F>(row_scale[r]);
+    for (int64_t c = 0; c < n; c += V) {
+      const int64_t k = n - c;
+      const F v = load<V>(g + r * ldg + c, k) * s;
+      store<V>(gs + r * n + c, v, k);
+      store<V>(colsum + c, load<V>(colsum + c, k) + v, k);
+    }
+  }
+}
+
+// Backward: a = GELU(h), gh = ga * GELU'(h) (in place over ga), colsum += gh. h: T rows of n.
+template <int V, class T>
+CFM_AI void gelu_bwd_impl(const T* h, float* ga, float* a, int64_t rows, int64_t n, float* colsum) {
+  typedef typename Vec<V>::f F;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < n; c += V) {
+      const int64_t k = n - c, i = r * n + c;
+      const F x = load<V>(h + i, k);
+      const F cdf = 0.5f * (1.f + erf_approx(x * kSqrt1_2));
+      const F pdf = exp_nonpos<V>(-0.5f * x * x) * kInvSqrt2Pi;
+      store<V>(a + i, x * cdf, k);
+      const F g = load<V>(ga + i, k) * (cdf + x * pdf);
+      store<V>(ga + i, g, k);
+      store<V>(colsum + c, load<V>(colsum + c, k) + g, k);
+    }
+}
+
+using BF = c10::BFloat16;
+
+struct MlpOps {
+  void (*bias_gelu)(float*, int64_t, int64_t, int64_t, const float*, float*, int64_t);
+  void (*gelu_bf16)(const BF*, int64_t, BF*, int64_t, int64_t, int64_t);
+  void (*epilogue_f32)(float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, const float*,
+                       int64_t);
+  void (*epilogue_bf16)(BF*, int64_t, int64_t, int64_t, const float*, const float*, const float*, const BF*,
+                        int64_t);
+  void (*scale_colsum_f32)(const float*, int64_t, int64_t, int64_t, const float*, float*, float*);
+  void (*scale_colsum_bf16)(const BF*, int64_t, int64_t, int64_t, const float*, float*, float*);
+  void (*gelu_bwd_f32)(const float*, float*, float*, int64_t, int64_t, float*);
+  void (*gelu_bwd_bf16)(const BF*, float*, float*, int64_t, int64_t, float*);
+};
+
+#define CFM_DEFINE_OPS(NAME, ATTR, V)                                                                          \
+  ATTR void bias_gelu_##NAME(float* h, int64_t ldh, int64_t rows, int64_t n, const float* b, float* s,          \
+                             int64_t lds) {                                                                    \
+    bias_gelu_impl<V>(h, ldh, rows, n, b, s, lds);                                                             \
+  }                                                                                                            \
+  ATTR void gelu_bf16_##NAME(const BF* s, int64_t lds, BF* d, int64_t ldd, int64_t rows, int64_t n) {           \
+    gelu_bf16_impl<V>(s, lds, d, ldd, rows, n);                                                                \
+  }                                                                                                            \
+  ATTR void epilogue_f32_##NAME(float* o, int64_t ldo, int64_t rows, int64_t C, const float* b2,                \
+                                const float* g, const float* rs, const float* sc, int64_t ldsc) {              \
+    epilogue_impl<V>(o, ldo, rows, C, b2, g, rs, sc, ldsc);                                                    \
+  }                                                                                                            \
+  ATTR void epilogue_bf16_##NAME(BF* o, int64_t ldo, int64_t rows, int64_t C, const float* b2, const float* g,  \
+                                 const float* rs, const BF* sc, int64_t ldsc) {                                \
+    epilogue_impl<V>(o, ldo, rows, C, b2, g, rs, sc, ldsc);                                                    \
+  }                                                                                                            \
+  ATTR void scale_colsum_f32_##NAME(const float* g, int64_t ldg, int64_t rows, int64_t n, const float* rs,      \
+                                    float* gs, float* cs) {                                                    \
+    scale_colsum_impl<V>(g, ldg, rows, n, rs, gs, cs);                                                         \
+  }                                                                                                            \
+  ATTR void scale_colsum_bf16_##NAME(const BF* g, int64_t ldg, int64_t rows, int64_t n, const float* rs,        \
+                                     float* gs, float* cs) {                                                   \
+    scale_colsum_impl<V>(g, ldg, rows, n, rs, gs, cs);                                                         \
+  }                                                                                                            \
+  ATTR void gelu_bwd_f32_##NAME(const float* h, float* ga, float* a, int64_t rows, int64_t n, float* cs) {      \
+    gelu_bwd_impl<V>(h, ga, a, rows, n, cs);                                                                   \
+  }                                                                                                            \
+  ATTR void gelu_bwd_bf16_##NAME(const BF* h, float* ga, float* a, int64_t rows, int64_t n, float* cs) {        \
+    gelu_bwd_impl<V>(h, ga, a, rows, n, cs);                                                                   \
+  }                                                                                                            \
+  const MlpOps mlp_ops_##NAME = {bias_gelu_##NAME,        gelu_bf16_##NAME,        epilogue_f32_##NAME,        \
+                                 epilogue_bf16_##NAME,    scale_colsum_f32_##NAME, scale_colsum_bf16_##NAME,   \
+                                 gelu_bwd_f32_##NAME,     gelu_bwd_bf16_##NAME};
+
+CFM_DEFINE_OPS(generic, , 4)
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CFM_X86_ISA 1
+CFM_DEFINE_OPS(avx2, __attribute__((target("arch=x86-64-v3"))), 8)
+CFM_DEFINE_OPS(avx512, __attribute__((target("arch=x86-64-v4"))), 16)
+#endif
+
+const MlpOps& ops() {
+  static const MlpOps& o = []() -> const MlpOps& {
+    const std::string name = isa();
+#ifdef CFM_X86_ISA
+    if (name == "avx512") return mlp_ops_avx512;
+    if (name == "avx2") return mlp_ops_avx2;
+#endif
+    return mlp_ops_generic;
+  }();
+  return o;
+}
+
+// ---------------------------------------------------------------------------------- checks
+
+int64_t row_stride(const Tensor& t) { return t.size(0) > 1 ? t.stride(0) : t.size(1); }
+
+void check_rows(const Tensor& t, const char* name, int64_t M, int64_t C, const Tensor& x) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == M && t.size(1) == C, "convnext_fast mlp (CPU): ", name,
+              " must have shape (M, C) = (", M, ", ", C, "), got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "convnext_fast mlp (CPU): ", name, " has dtype ",
+              t.scalar_type(), ", expected x's ", x.scalar_type());
+  TORCH_CHECK(t.is_cpu(), "convnext_fast mlp (CPU): ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(C <= 1 || t.stride(1) == 1, "convnext_fast mlp (CPU): ", name,
+              " must have contiguous rows (column stride 1), got strides ", t.strides());
+  TORCH_CHECK(row_stride(t) >= C, "convnext_fast mlp (CPU): ", name, " rows overlap (strides ", t.strides(), ")");
+}
+
+void check_param(const Tensor& t, const char* name, at::IntArrayRef shape, const Tensor& x) {
+  TORCH_CHECK(t.sizes() == shape, "convnext_fast mlp (CPU): ", name, " must have shape ", shape, ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "convnext_fast mlp (CPU): ", name, " has dtype ",
+              t.scalar_type(), ", expected x's ", x.scalar_type());
+  TORCH_CHECK(t.is_cpu(), "convnext_fast mlp (CPU): ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.is_contiguous(), "convnext_fast mlp (CPU): ", name, " must be contiguous, got strides ",
+              t.strides());
+}
+
+struct Dims {
+  int64_t M, C, Hd;
+};
+
+Dims check_inputs(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
+                  const OptTensor& gamma, const OptTensor& sample_scale, int64_t rows_per_sample) {
+  TORCH_CHECK(x.dim() == 2, "convnext_fast mlp (CPU): x must be 2-D (M, C) token rows, got ", x.dim(), "-D");
+  TORCH_CHECK(x.is_cpu(), "convnext_fast mlp (CPU): x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK_NOT_IMPLEMENTED(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+                              "convnext_fast mlp (CPU): supports float32 and bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(w1.dim() == 2, "convnext_fast mlp (CPU): w1 must be 2-D (Hd, C), got shape ", w1.sizes());
+  const Dims d{x.size(0), x.size(1), w1.size(0)};
+  check_rows(x, "x", d.M, d.C, x);
+  check_param(w1, "w1", {d.Hd, d.C}, x);
+  check_param(w2, "w2", {d.C, d.Hd}, x);
+  if (b1) check_param(*b1, "b1", {d.Hd}, x);
+  if (b2) check_param(*b2, "b2", {d.C}, x);
+  if (gamma) check_param(*gamma, "gamma", {d.C}, x);
+  if (sample_scale) {
+    const Tensor& s = *sample_scale;
+    TORCH_CHECK(s.dim() == 1 && s.scalar_type() == at::kFloat && s.is_cpu() && s.is_contiguous(),
+                "convnext_fast mlp (CPU): sample_scale must be a contiguous float32 (N,) CPU tensor, got ",
+                s.scalar_type(), " of shape ", s.sizes());
+    TORCH_CHECK(rows_per_sample >= 1 && s.size(0) * rows_per_sample == d.M,
+                "convnext_fast mlp (CPU): sample_scale has N=", s.size(0), " entries and rows_per_sample=",
+                rows_per_sample, ", but x has M=", d.M, " rows (need N * rows_per_sample == M)");
+  }
+  return d;
+}
+
+// fp32 copy of an optional vector, or `fill` repeated n times when absent.
+std::vector<float> vec_f32(const OptTensor& t, int64_t n, float fill) {
+  std::vector<float> v(static_cast<size_t>(n), fill);
+  if (t) {
+    const Tensor f = t->to(at::kFloat).contiguous();
+    std::memcpy(v.data(), f.data_ptr<float>(), sizeof(float) * n);
+  }
+  return v;
+}
+
+// The per-row scale s[row / rows_per_sample] for rows [r0, r0 + rows), or ones.
+void row_scales(const float* s, int64_t rps, int64_t r0, int64_t rows, float* out) {
+  for (int64_t r = 0; r < rows; ++r) out[r] = s ? s[(r0 + r) / rps] : 1.f;
+}
+
+// Row blocks: about `target` rows each, their count a multiple of the thread count when there are
+// only a few per thread (so no thread idles at the end).
+struct RowBlocks {
+  int64_t rows, count;
+};
+RowBlocks row_blocks(int64_t M, int64_t target) {
+  const int64_t T = std::max<int64_t>(1, at::get_num_threads());
+  int64_t nb = (M + target - 1) / target;
+  if (nb < 8 * T) nb = (nb + T - 1) / T * T;
+  const int64_t R = (M + nb - 1) / nb;
+  return {R, (M + R - 1) / R};
+}
+
+// ---------------------------------------------------------------------------------- forward
+
+// w.T, contiguous (w: contiguous fp32 (R, K)), in 32 x 32 tiles over all threads: at stage 4 the
+// two weights are 9 MiB each, and ATen's single-threaded transposing copy took 2.5 ms per weight
+// (~6% of the MLP on the dev machine).
+Tensor transposed(const Tensor& w) {
+  const int64_t R = w.size(0), K = w.size(1);
+  Tensor t = at::empty({K, R}, w.options());
+  const float* src = w.data_ptr<float>();
+  float* dst = t.data_ptr<float>();
+  constexpr int64_t kT = 32;
+  at::parallel_for(0, (R + kT - 1) / kT, 1, [&](int64_t first, int64_t last) {
+    for (int64_t rb = first; rb < last; ++rb) {
+      const int64_t r0 = rb * kT, r1 = std::min(R, r0 + kT);
+      for (int64_t k0 = 0; k0 < K; k0 += kT) {
+        const int64_t k1 = std::min(K, k0 + kT);
+        for (int64_t k = k0; k < k1; ++k)
+          for (int64_t r = r0; r < r1; ++r) dst[k * R + r] = src[r * K + k];
+      }
+    }
+  });
+  return t;
+}
+
+void forward_f32(const Tensor& x, const Tensor& w1, const std::vector<float>& b1, const Tensor& w2,
+                 const std::vector<float>& b2, const std::vector<float>& gamma, const OptTensor& shortcut,
+                 const float* s, int64_t rps, const Dims& d, Tensor& out, float* hsave) {
+  const int64_t M = d.M, C = d.C, Hd = d.Hd;
+  const int64_t J = Hd <= kMaxChunk ? Hd : std::clamp<int64_t>(kPanelBytes / (4 * C) / 64 * 64, 64, Hd);
+  const RowBlocks rb = row_blocks(M, std::clamp<int64_t>(kTileBytes / (4 * J), kMinRows, kMaxRows));
+  // brgemm multiplies K x N row-major B: the weights transposed, once per call.
+  const Tensor w1t = transposed(w1);  // (C, Hd)
+  const Tensor w2t = transposed(w2);  // (Hd, C)
+  const int64_t T = std::max<int64_t>(1, at::get_num_threads());
+  const Tensor scratch = at::empty({T, rb.rows * (J + 1)}, x.options());
+  const float* X = x.data_ptr<float>();
+  const float* W1t = w1t.data_ptr<float>();
+  const float* W2t = w2t.data_ptr<float>();
+  const float* SC = shortcut ? shortcut->data_ptr<float>() : nullptr;
+  float* O = out.data_ptr<float>();
+  float* S = scratch.data_ptr<float>();
+  const int64_t ldx = row_stride(x), ldsc = shortcut ? row_stride(*shortcut) : C;
+  const MlpOps& o = ops();
+  at::parallel_for(0, rb.count, 1, [&](int64_t first, int64_t last) {
+    float* h = S + at::get_thread_num() * rb.rows * (J + 1);
+    float* rs = h + rb.rows * J;
+    for (int64_t blk = first; blk < last; ++blk) {
+      const int64_t r0 = blk * rb.rows, rows = std::min(rb.rows, M - r0);
+      float* orow = O + r0 * C;
+      for (int64_t j0 = 0; j0 < Hd; j0 += J) {
+        const int64_t n = std::min(J, Hd - j0);
+        at::native::cpublas::brgemm(rows, n, C, ldx, Hd, n, false, X + r0 * ldx, W1t + j0, h, false);
+        o.bias_gelu(h, n, rows, n, b1.data() + j0, hsave ? hsave + r0 * Hd + j0 : nullptr, Hd);
+        at::native::cpublas::brgemm(rows, C, n, n, C, C, j0 > 0, h, W2t + j0 * C, orow, false);
+      }
+      row_scales(s, rps, r0, rows, rs);
+      o.epilogue_f32(orow, C, rows, C, b2.data(), gamma.data(), rs, SC ? SC + r0 * ldsc : nullptr, ldsc);
+    }
+    at::native::cpublas::brgemm_release(false);
+  });
+}
+
+// a = GELU(h) over all rows (bf16, in parallel row blocks); a may be h. Returns a.
+const Tensor& a_after_gelu(const Tensor& h, const Tensor& a, const Dims& d) {
+  const BF* src = h.data_ptr<BF>();
+  BF* dst = a.data_ptr<BF>();
+  const MlpOps& o = ops();
+  at::parallel_for(0, (d.M + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t r0 = b * kBwdRows, rows = std::min(kBwdRows, d.M - r0);
+      o.gelu_bf16(src + r0 * d.Hd, d.Hd, dst + r0 * d.Hd, d.Hd, rows, d.Hd);
+    }
+  });
+  return a;
+}
+
+void forward_bf16(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
+                  const std::vector<float>& gamma, const OptTensor& shortcut, const float* s, int64_t rps,
+                  const Dims& d, Tensor& out, const OptTensor& hsave) {
+  const int64_t M = d.M, C = d.C, Hd = d.Hd;
+  // Whole-matrix GEMMs (see the file comment): h -> GELU (one fused pass) -> fc2 -> epilogue (one
+  // fused pass instead of eager's gamma and residual passes).
+  Tensor h = hsave ? *hsave : at::empty({M, Hd}, x.options());
+  if (b1)
+    at::addmm_out(h, *b1, x, w1.t());
+  else
+    at::mm_out(h, x, w1.t());
+  Tensor a = hsave ? at::empty({M, Hd}, x.options()) : h;  // GELU in place unless h is kept
+  if (b2)
+    at::addmm_out(out, *b2, a_after_gelu(h, a, d), w2.t());
+  else
+    at::mm_out(out, a_after_gelu(h, a, d), w2.t());
+  const BF* SC = shortcut ? shortcut->data_ptr<BF>() : nullptr;
+  const int64_t ldsc = shortcut ? row_stride(*shortcut) : C;
+  const std::vector<float> zeros(static_cast<size_t>(C), 0.f);
+  BF* O = out.data_ptr<BF>();
+  const MlpOps& o = ops();
+  at::parallel_for(0, (M + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
+    float rs[kBwdRows];
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t r0 = b * kBwdRows, rows = std::min(kBwdRows, M - r0);
+      row_scales(s, rps, r0, rows, rs);
+      o.epilogue_bf16(O + r0 * C, C, rows, C, zeros.data(), gamma.data(), rs, SC ? SC + r0 * ldsc : nullptr, ldsc);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------- backward
+
+// Fixed 256-row blocks over M; fn(block, r0, rows) runs each once, in parallel; the caller sums the
+// per-block partials in block order.
+template <class Fn>
+void for_row_blocks(int64_t M, const Fn& fn) {
+  const int64_t nb = (M + kBwdRows - 1) / kBwdRows;
+  at::parallel_for(0, nb, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) fn(b, b * kBwdRows, std::min(kBwdRows, M - b * kBwdRows));
+  });
+}
+
+// Sum of the (nb, n) partials over blocks, in block order, accumulated in double.
+Tensor sum_partials(const std::vector<float>& partials, int64_t nb, int64_t n) {
+  std::vector<double> acc(static_cast<size_t>(n), 0.0);
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t c = 0; c < n; ++c) acc[c] += partials[b * n + c];
+  Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kFloat));
+  float* p = out.data_ptr<float>();
+  for (int64_t c = 0; c < n; ++c) p[c] = static_cast<float>(acc[c]);
+  return out;
+}
+
+}  // namespace
+
+std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
+                                          const OptTensor& b2, const OptTensor& gamma, const OptTensor& shortcut,
+                                          const OptTensor& sample_scale, int64_t rows_per_sample, bool save_hidden) {
+  const Dims d = check_inputs(x, w1, b1, w2, b2, gamma, sample_scale, rows_per_sample);
+  if (shortcut) check_rows(*shortcut, "shortcut", d.M, d.C, x);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: nothing here is differentiated
+  Tensor out = at::empty({d.M, d.C}, x.options());
+  OptTensor hsave;
+  if (save_hidden) hsave = at::empty({d.M, d.Hd}, x.options());
+  if (d.M == 0) return {out, hsave};
+  const float* s = sample_scale ? sample_scale->data_ptr<float>() : nullptr;
+  const std::vector<float> gvec = vec_f32(gamma, d.C, 1.f);
+  if (x.scalar_type() == at::kFloat) {
+    forward_f32(x, w1, vec_f32(b1, d.Hd, 0.f), w2, vec_f32(b2, d.C, 0.f), gvec, shortcut, s, rows_per_sample, d, out,
+                hsave ? hsave->data_ptr<float>() : nullptr);
+  } else {
+    forward_bf16(x, w1, b1, w2, b2, gvec, shortcut, s, rows_per_sample, d, out, hsave);
+  }
+  return {out, hsave};
+}
+
+std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward(
+    const Tensor& grad_out, const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
+    const OptTensor& b2, const OptTensor& gamma, const OptTensor& sample_scale, int64_t rows_per_sample,
+    const OptTensor& h) {
+  const Dims d = check_inputs(x, w1, b1, w2, b2, gamma, sample_scale, rows_per_sample);
+  const int64_t M = d.M, C = d.C, Hd = d.Hd;
+  check_rows(grad_out, "grad_out", M, C, x);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: nothing here is differentiated
+  if (h) check_rows(*h, "h", M, Hd, x);
+  const auto f32 = [](const Tensor& t) { return t.to(at::kFloat); };
+  const at::TensorOptions fopt = at::TensorOptions().dtype(at::kFloat);
+  const float* s = sample_scale ? sample_scale->data_ptr<float>() : nullptr;
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const MlpOps& o = ops();
+
+  // gs = grad_out * s[row] and its column sums.
+  const int64_t nb = (M + kBwdRows - 1) / kBwdRows;
+  Tensor gs = at::empty({M, C}, fopt);
+  std::vector<float> part_gs(static_cast<size_t>(nb * C), 0.f);
+  {
+    const int64_t ldg = row_stride(grad_out);
+    for_row_blocks(M, [&](int64_t b, int64_t r0, int64_t rows) {
+      std::vector<float> rs(static_cast<size_t>(rows));
+      row_scales(s, rows_per_sample, r0, rows, rs.data());
+      float* dst = gs.data_ptr<float>() + r0 * C;
+      if (bf16)
+        o.scale_colsum_bf16(grad_out.data_ptr<BF>() + r0 * ldg, ldg, rows, C, rs.data(), dst, &part_gs[b * C]);
+      else
+        o.scale_colsum_f32(grad_out.data_ptr<float>() + r0 * ldg, ldg, rows, C, rs.data(), dst, &part_gs[b * C]);
+    });
+  }
+  const Tensor sum_gs = sum_partials(part_gs, nb, C);
+
+  const Tensor xf = f32(x), w1f = f32(w1), w2f = f32(w2);
+  const OptTensor gf = gamma ? OptTensor(f32(*gamma)) : OptTensor();
+  // Pre-activation: saved, or fc1 again.
+  Tensor hf;
+  if (h) {
+    hf = h->contiguous();
+  } else {
+    hf = b1 ? at::addmm(f32(*b1), xf, w1f.t()) : at::mm(xf, w1f.t());
+  }
+  // ga = gs @ (gamma * w2): gamma folded into the (C, Hd) weight.
+  Tensor ga = at::mm(gs, gf ? w2f * gf->unsqueeze(1) : w2f);
+  Tensor a = at::empty({M, Hd}, fopt);
+  std::vector<float> part_gh(static_cast<size_t>(nb * Hd), 0.f);
+  for_row_blocks(M, [&](int64_t b, int64_t r0, int64_t rows) {
+    float* gap = ga.data_ptr<float>() + r0 * Hd;
+    float* ap = a.data_ptr<float>() + r0 * Hd;
+    if (hf.scalar_type() == at::kBFloat16)
+      o.gelu_bwd_bf16(hf.data_ptr<BF>() + r0 * Hd, gap, ap, rows, Hd, &part_gh[b * Hd]);
+    else
+      o.gelu_bwd_f32(hf.data_ptr<float>() + r0 * Hd, gap, ap, rows, Hd, &part_gh[b * Hd]);
+  });
+  const Tensor& gh = ga;  // ga * GELU'(h), in place
+  const Tensor P = at::mm(gs.t(), a);  // (C, Hd)
+  const Tensor gw2 = gf ? P * gf->unsqueeze(1) : P;
+  const Tensor gb2 = gf ? sum_gs * *gf : sum_gs;
+  OptTensor ggamma;
+  if (gamma) {
+    Tensor gg = (w2f * P).sum(1);
+    if (b2) gg = gg + f32(*b2) * sum_gs;
+    ggamma = gg;
+  }
+  const Tensor gw1 = at::mm(gh.t(), xf);  // (Hd, C)
+  const Tensor gx = at::mm(gh, w1f);      // (M, C)
+  const auto back = [&](const Tensor& t) { return t.to(x.scalar_type()); };
+  OptTensor gb1_out, gb2_out, gg_out;
+  if (b1) gb1_out = back(sum_partials(part_gh, nb, Hd));
+  if (b2) gb2_out = back(gb2);
+  if (ggamma) gg_out = back(*ggamma);
+  return {back(gx), back(gw1), gb1_out, back(gw2), gb2_out, gg_out};
+}
+
+}  // namespace convnext_fast_cpu

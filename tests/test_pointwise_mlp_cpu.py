@@ -1,0 +1,205 @@
+"""The CPU kernel of the fused pointwise MLP (convnext_fast/csrc/cpu_mlp.cpp) through its launchers
+``extension.mlp_forward`` / ``extension.mlp_backward``, against ``reference.pointwise_mlp`` in float64.
+
+Token rows are the NHWC view of channels_last (N, C, H, W) tensors, as the op passes them. Covered:
+C = 8, 40, 96 (Hd = 4C) and one width past the kernel's hidden-chunk threshold (Hd = 800: chunks
+of 448 + 352 columns); M not a multiple of the row block; every optional term present or None;
+the saved and the recomputed pre-activation; float32 (tight) and bfloat16 (within 2x PyTorch's
+own bf16 error); 1 and 2 threads; bitwise-repeatable backward; argument errors.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convnext_fast import extension, reference
+from numerics import assert_matches_reference
+
+
+def _unavailable() -> str:
+    reason = extension.unavailable_reason("cpu")
+    if reason:
+        return reason
+    if not hasattr(extension._ext(), "mlp_forward"):
+        return "the compiled extension has no mlp_forward (built without its CPU kernels)"
+    return ""
+
+
+REASON = _unavailable()
+pytestmark = pytest.mark.skipif(bool(REASON), reason=f"CPU MLP kernel unavailable: {REASON}")
+
+# (N, C, H, W): M = N*H*W = 646 and 105 are not multiples of any row block the kernel picks (it
+# splits M into 2-4 blocks here, the last one shorter); C = 200 makes Hd = 800 > 768, the fp32
+# path's hidden-chunk threshold.
+SHAPES = [(2, 8, 17, 19), (3, 40, 5, 7), (2, 96, 17, 19), (2, 200, 3, 5)]
+# Which optional terms are present: (b1, b2, gamma, shortcut, sample_scale), and whether the
+# forward saves h (else the backward recomputes it).
+TERMS = [
+    ((True, True, True, True, True), True),
+    ((False, False, False, False, False), False),
+    ((True, False, True, False, True), False),
+    ((False, True, False, True, False), True),
+]
+
+
+@pytest.fixture(params=[1, 2], ids=lambda t: f"threads{t}")
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def make_inputs(N, C, H, W, terms, dtype):
+    """Float64 masters (4-D activations channels_last) and the optional terms (None where absent)."""
+    use_b1, use_b2, use_gamma, use_sc, use_s = terms
+    Hd = 4 * C
+    x = torch.randn(N, C, H, W, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    p = {
+        "x": x,
+        "w1": torch.randn(Hd, C, dtype=torch.float64) * C ** -0.5,
+        "b1": torch.randn(Hd, dtype=torch.float64) * 0.5 if use_b1 else None,
+        "w2": torch.randn(C, Hd, dtype=torch.float64) * Hd ** -0.5,
+        "b2": torch.randn(C, dtype=torch.float64) * 0.5 if use_b2 else None,
+        "gamma": torch.randn(C, dtype=torch.float64) if use_gamma else None,
+        "shortcut": (torch.randn(N, C, H, W, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+                     if use_sc else None),
+    }
+    # Round every master to the tested dtype, so that the reference sees exactly our inputs.
+    p = {k: (None if v is None else v.to(dtype).to(torch.float64)) for k, v in p.items()}
+    s = torch.rand(N, dtype=torch.float32) * 2 if use_s else None  # float32 in the op's contract
+    return p, s
+
+
+def rows(t):
+    """(N, C, H, W) channels_last -> (M, C) token rows (a view)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def reference_run(p, s, grad_rows, dtype, with_grad):
+    """Reference out (as rows), h (rows), and gradients, computed in dtype (from the float64 masters)."""
+    q = {k: (None if v is None else v.to(dtype).detach().requires_grad_(with_grad and k != "shortcut"))
+         for k, v in p.items()}
+    drop = None if s is None else s.to(dtype)
+    out = reference.pointwise_mlp(q["x"], q["w1"], q["b1"], q["w2"], q["b2"], gamma=q["gamma"],
+                                  shortcut=q["shortcut"], drop_scale=drop)
+    h = torch.nn.functional.linear(rows(q["x"]), q["w1"], q["b1"])
+    grads = {}
+    if with_grad:
+        N, C, H, W = q["x"].shape
+        g4 = grad_rows.to(dtype).reshape(N, H, W, C).permute(0, 3, 1, 2)
+        out.backward(g4)
+        grads = {k: q[k].grad for k in ("x", "w1", "b1", "w2", "b2", "gamma") if q[k] is not None}
+        grads["x"] = rows(grads["x"])
+    return rows(out.detach()), h.detach(), grads
+
+
+def call_forward(p, s, dtype, save_hidden):
+    c = {k: (None if v is None else v.to(dtype)) for k, v in p.items()}
+    x4 = c["x"].contiguous(memory_format=torch.channels_last)
+    sc = None if c["shortcut"] is None else rows(c["shortcut"].contiguous(memory_format=torch.channels_last))
+    xr = rows(x4)
+    assert xr.data_ptr() == x4.data_ptr() and xr.stride(1) == 1  # the NHWC view, no copy
+    rps = x4.shape[2] * x4.shape[3]
+    out, h = extension.mlp_forward(xr, c["w1"], c["b1"], c["w2"], c["b2"], c["gamma"], sc, s, rps, save_hidden)
+    return c, xr, rps, out, h
+
+
+def check(ours, ref64, lowp, name, dtype):
+    scale = max(ref64.abs().max().item(), 1.0)
+    if dtype == torch.float32:
+        # fp32: elementwise 1e-5 relative, plus 1e-5 of the tensor's scale for entries near zero
+        # (gradients are sums over hundreds of rows).
+        assert_matches_reference(ours, ref64, name=name, atol=1e-5 * scale, rtol=1e-5)
+    else:
+        assert_matches_reference(ours, ref64, lowp, name=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("terms,save_hidden", TERMS, ids=["all", "none", "b1-gamma-s", "b2-shortcut"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_forward_backward_match_reference(shape, terms, save_hidden, dtype, threads):
+    p, s = make_inputs(*shape, terms, dtype)
+    c, xr, rps, out, h = call_forward(p, s, dtype, save_hidden)
+    M, C = xr.shape
+    assert out.shape == (M, C) and out.dtype == dtype
+    assert (h is not None) == save_hidden
+    grad = torch.randn(M, C, dtype=torch.float64).to(dtype)
+
+    out64, h64, g64 = reference_run(p, s, grad.double(), torch.float64, with_grad=True)
+    lowp = reference_run(p, s, grad.double(), dtype, with_grad=dtype != torch.float32)
+    check(out, out64, lowp[0], "out", dtype)
+    if save_hidden:
+        assert h.shape == (M, 4 * C) and h.dtype == dtype
+        check(h, h64, lowp[1], "h", dtype)
+
+    grads = extension.mlp_backward(grad, xr, c["w1"], c["b1"], c["w2"], c["b2"], c["gamma"], s, rps, h)
+    names = ("x", "w1", "b1", "w2", "b2", "gamma")
+    for name, g in zip(names, grads):
+        if name in g64:
+            assert g is not None, f"grad of {name} missing"
+            assert g.dtype == dtype and g.shape == g64[name].shape, (name, g.dtype, g.shape)
+            check(g, g64[name], lowp[2].get(name), f"grad {name}", dtype)
+        else:
+            assert g is None, f"grad of absent {name} should be None"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_backward_is_bitwise_repeatable(dtype, threads):
+    p, s = make_inputs(2, 96, 17, 19, TERMS[0][0], dtype)
+    c, xr, rps, out, h = call_forward(p, s, dtype, save_hidden=False)
+    grad = torch.randn(out.shape).to(dtype)
+    args = (grad, xr, c["w1"], c["b1"], c["w2"], c["b2"], c["gamma"], s, rps, None)
+    first, second = extension.mlp_backward(*args), extension.mlp_backward(*args)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    again, _ = extension.mlp_forward(xr, c["w1"], c["b1"], c["w2"], c["b2"], c["gamma"], None, s, rps, False)
+    o2, _ = extension.mlp_forward(xr, c["w1"], c["b1"], c["w2"], c["b2"], c["gamma"], None, s, rps, False)
+    assert torch.equal(again, o2)
+
+
+def test_strided_rows_and_empty_input():
+    """Rows with a stride larger than C (a column slice) and M = 0."""
+    big = torch.randn(50, 64)
+    x = big[:, :40]
+    w1, w2 = torch.randn(160, 40) * 0.1, torch.randn(40, 160) * 0.1
+    out, _ = extension.mlp_forward(x, w1, None, w2, None, None, None, None, 1, False)
+    ref = torch.nn.functional.linear(torch.nn.functional.gelu(x.double() @ w1.double().T), w2.double())
+    assert_matches_reference(out, ref, name="out", atol=1e-5, rtol=1e-5)
+    out0, h0 = extension.mlp_forward(x[:0], w1, None, w2, None, None, None, None, 1, True)
+    assert out0.shape == (0, 40) and h0.shape == (0, 160)
+
+
+def test_errors_name_the_numbers():
+    x = torch.randn(12, 8)
+    w1, w2 = torch.randn(32, 8), torch.randn(8, 32)
+    with pytest.raises(RuntimeError, match=r"w2 must have shape \[8, 32\]"):
+        extension.mlp_forward(x, w1, None, w2.T.contiguous(), None, None, None, None, 1, False)
+    with pytest.raises(RuntimeError, match="N=5 entries and rows_per_sample=2, but x has M=12"):
+        extension.mlp_forward(x, w1, None, w2, None, None, None, torch.ones(5), 2, False)
+    with pytest.raises(RuntimeError, match="gamma has dtype"):
+        extension.mlp_forward(x, w1, None, w2, None, torch.ones(8, dtype=torch.bfloat16), None, None, 1, False)
+    with pytest.raises(NotImplementedError, match="float32 and bfloat16"):
+        extension.mlp_forward(x.double(), w1.double(), None, w2.double(), None, None, None, None, 1, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("mode", ["grad_enabled", "inference_mode"])
+def test_parameters_requiring_grad_and_inference_mode(dtype, mode, threads):
+    """nn.Parameter weights (requires_grad) and torch.inference_mode tensors, with the row blocks on
+    worker threads (whose grad mode / inference mode state is the default, not the caller's)."""
+    import contextlib
+
+    ctx = torch.inference_mode() if mode == "inference_mode" else contextlib.nullcontext()
+    with ctx:
+        x = torch.randn(646, 40).to(dtype)
+        w1 = torch.nn.Parameter((torch.randn(160, 40) * 0.1).to(dtype))
+        b1 = torch.nn.Parameter(torch.zeros(160, dtype=dtype))
+        w2 = torch.nn.Parameter((torch.randn(40, 160) * 0.1).to(dtype))
+        out, h = extension.mlp_forward(x, w1, b1, w2, None, None, x, None, 1, True)
+        ref = x.double() + torch.nn.functional.linear(
+            torch.nn.functional.gelu(torch.nn.functional.linear(x.double(), w1.double(), b1.double())), w2.double())
+        assert_matches_reference(out, ref.detach(), ref.detach().to(dtype), name="out", atol=1e-5, rtol=1e-5)
+        assert not out.requires_grad
+        grads = extension.mlp_backward(torch.ones_like(out), x, w1, b1, w2, None, None, None, 1, h)
+        assert all(g is None or not g.requires_grad for g in grads)
