@@ -8,9 +8,10 @@ the cubin with the ``cuobjdump`` that ships in the triton wheel.
 
 Usage: ``python -m convnext_fast.aot_check [--arch 90 80] [--json] [--mix] [--only REGEX]``.
 ``--mix`` adds the instruction mix of each kernel's hot loop (``convnext_fast/sass_mix.py``: FFMA
-share, moves, memory, conversion, barrier and shuffle instructions), the offline measure of how
-close a kernel can get to the fp32 FMA rate. Must run with ``TRITON_INTERPRET`` unset (under the interpreter
-``@triton.jit`` functions cannot be compiled).
+share, moves, memory, conversion, barrier and shuffle instructions, and ``loop_mma``, the
+tensor-core MMAs of the GEMM-shaped kernels), the offline measure of how close a kernel can get to
+the fp32 FMA rate (or whether its dots reach the tensor cores). Must run with ``TRITON_INTERPRET``
+unset (under the interpreter ``@triton.jit`` functions cannot be compiled).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ KERNEL_MODULES = (
     "convnext_fast.kernels.depthwise_conv",
     "convnext_fast.kernels.layer_norm",
     "convnext_fast.kernels.dwconv_layer_norm",
+    "convnext_fast.kernels.pointwise_mlp",
 )
 
 _RESOURCE_RE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
@@ -74,7 +76,7 @@ def compile_config(cfg: dict, arch: int, mix: bool = False) -> dict:
            "spills": stack > 0 or local > 0}
     if mix:
         loop = hot_loop_mix(disassemble(compiled.asm["cubin"]))
-        row.update(loop.as_dict() if loop else {"loop_instructions": 0})
+        row.update(loop.as_dict() if loop else {"loop_instructions": 0, "loop_mma": 0})
     return row
 
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     parser.add_argument("--mix", action="store_true",
                         help="also the hot loop's instruction mix (loop instructions, FFMA share, MOV, memory, "
-                             "conversion, barrier and shuffle instructions)")
+                             "conversion, barrier and shuffle instructions, tensor-core MMAs)")
     parser.add_argument("--only", metavar="REGEX", help="only the configurations whose name matches")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         head = f"{'kernel config':60s} {'sm':>3s} {'regs':>5s} {'stack':>6s} {'smem':>7s}"
         if args.mix:
-            head += f" {'loop':>5s} {'FFMA%':>6s} {'MOV':>4s} {'mem':>4s} {'cvt':>4s} {'BAR':>4s} {'SHFL':>4s}"
+            head += (f" {'loop':>5s} {'FFMA%':>6s} {'MOV':>4s} {'mem':>4s} {'cvt':>4s} {'BAR':>4s} {'SHFL':>4s}"
+                     f" {'MMA':>4s}")
         print(head)
         for r in rows:
             line = (f"{r['name']:60s} {r['arch']:>3d} {r['registers']:>5d} {r['stack_bytes']:>6d} "
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.mix and r["loop_instructions"]:
                 line += (f" {r['loop_instructions']:>5d} {100 * r['loop_ffma_share']:>5.1f}% {r['loop_mov']:>4d} "
                          f"{r['loop_memory']:>4d} {r['loop_convert']:>4d} {r['loop_barriers']:>4d} "
-                         f"{r['loop_shuffles']:>4d}")
+                         f"{r['loop_shuffles']:>4d} {r['loop_mma']:>4d}")
             print(line)
     return 1 if any(r["spills"] for r in rows) else 0
 

@@ -8,8 +8,11 @@ the instructions a kernel's main loop issues is therefore a ceiling on the fract
 FMA rate it can reach, and a way to compare kernel variants on a machine with no GPU.
 
 This module disassembles a cubin with the ``nvdisasm`` that ships in the triton wheel, finds the
-loops (a branch back to an earlier label), and counts the opcodes of the hot one (the most FFMAs;
-see :func:`hot_loop_mix`). Counts are static: a conditional block inside the loop counts as if it
+loops (a branch back to an earlier label), and counts the opcodes of the hot one (the most
+tensor-core MMAs, then the most FFMAs; see :func:`hot_loop_mix`). For the GEMM-shaped kernels (the
+pointwise MLP) ``loop_mma`` counts the tensor-core instructions of that loop (``HGMMA``, the sm_90
+warpgroup MMA, and ``HMMA``, the warp-level MMA of sm_80 and of small sm_90 tiles): zero means the
+dot fell back to FMAs. Counts are static: a conditional block inside the loop counts as if it
 always ran, and a loop nested in the hot loop counts once (so the mix of a kernel whose FMAs sit in
 an inner loop that runs many times per outer iteration, like the fused backward's conv recompute,
 understates its FFMA share). ``python -m convnext_fast.aot_check --mix`` prints the table for every
@@ -34,6 +37,8 @@ _BRANCH_TARGET_RE = re.compile(r"`\((\.L_x_\d+)\)")
 # Opcode families reported as columns (base mnemonic, before the first '.').
 CONVERT_OPS = ("SHF", "PRMT", "LOP3", "F2F", "F2FP", "I2F", "F2I", "HADD2")
 MEMORY_OPS = ("LDG", "STG", "LDS", "STS", "LDSM", "LDL", "STL")
+# Tensor-core matrix multiply-accumulate (16-bit and tf32 operands).
+MMA_OPS = ("HGMMA", "HMMA")
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,11 @@ class LoopMix:
         """FFMAs / instructions: the most of the fp32 FMA rate this loop can reach."""
         return self.ffma / self.instructions if self.instructions else 0.0
 
+    @property
+    def mma(self) -> int:
+        """Tensor-core MMA instructions (HGMMA / HMMA) in the loop."""
+        return self.count(MMA_OPS)
+
     def count(self, families: tuple[str, ...]) -> int:
         return sum(self.opcodes[f] for f in families)
 
@@ -59,7 +69,8 @@ class LoopMix:
         return {"loop_instructions": self.instructions, "loop_ffma": self.ffma,
                 "loop_ffma_share": round(self.ffma_share, 4), "loop_mov": self.opcodes["MOV"],
                 "loop_memory": self.count(MEMORY_OPS), "loop_convert": self.count(CONVERT_OPS),
-                "loop_barriers": self.opcodes["BAR"], "loop_shuffles": self.opcodes["SHFL"]}
+                "loop_barriers": self.opcodes["BAR"], "loop_shuffles": self.opcodes["SHFL"],
+                "loop_mma": self.mma}
 
 
 def _parse(sass: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
@@ -80,9 +91,10 @@ def _parse(sass: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
 def hot_loop_mix(sass: str) -> LoopMix | None:
     """The opcode mix of the hot loop in ``sass`` (nvdisasm output), or None if it has no loop.
 
-    The hot loop is the one holding the most FFMAs, the innermost of those that hold the same
-    number (an outer loop around an inner FMA loop holds the same FFMAs plus its own overhead,
-    which runs once per inner loop); without FFMAs anywhere, the largest loop.
+    The hot loop is the one holding the most tensor-core MMAs (a GEMM's main loop), then the most
+    FFMAs, the innermost of those that hold the same numbers (an outer loop around an inner FMA
+    loop holds the same FFMAs plus its own overhead, which runs once per inner loop); without MMAs
+    or FFMAs anywhere, the largest loop.
     """
     instrs, labels = _parse(sass)
     loops: list[tuple[int, int]] = []
@@ -96,11 +108,12 @@ def hot_loop_mix(sass: str) -> LoopMix | None:
     if not loops:
         return None
 
-    def ffma(loop: tuple[int, int]) -> int:
-        return sum(op == "FFMA" for op, _ in instrs[loop[0]:loop[1] + 1])
+    def weight(loop: tuple[int, int]) -> tuple[int, int]:
+        body = instrs[loop[0]:loop[1] + 1]
+        return sum(op in MMA_OPS for op, _ in body), sum(op == "FFMA" for op, _ in body)
 
-    counts = {loop: ffma(loop) for loop in loops}
-    if max(counts.values()) > 0:
+    counts = {loop: weight(loop) for loop in loops}
+    if max(counts.values()) > (0, 0):
         start, end = max(loops, key=lambda lp: (counts[lp], -(lp[1] - lp[0])))
     else:
         start, end = max(loops, key=lambda lp: lp[1] - lp[0])

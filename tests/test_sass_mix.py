@@ -63,3 +63,46 @@ def test_dwconv_forward_row_loop_on_sm90():
     # one input row per iteration feeds K output rows x K taps x PW columns x cpt channels per thread
     assert row["loop_ffma"] == 7 * 7 * pw * cpt
     assert 0 < row["loop_ffma_share"] < 1 and row["loop_instructions"] > row["loop_ffma"]
+
+
+MMA_LOOPS = """
+.L_x_0:
+        /*0000*/                   FFMA R5, R3, R6, R5 ;
+        /*0010*/                   FFMA R7, R3, R8, R7 ;
+        /*0020*/                   FFMA R9, R3, R8, R9 ;
+        /*0030*/              @P1 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0040*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0050*/                   FFMA R5, R3, R6, R5 ;
+        /*0060*/                   HMMA.16816.F32.BF16 R8, R12, R16, R8 ;
+        /*0070*/              @P0 BRA `(.L_x_1) ;
+        /*0080*/                   EXIT ;
+"""
+
+
+def test_the_mma_loop_is_the_hot_one():
+    mix = hot_loop_mix(MMA_LOOPS)
+    assert mix.instructions == 4 and mix.mma == 2 and mix.ffma == 1  # .L_x_1, not the loop with more FFMAs
+    assert mix.as_dict()["loop_mma"] == 2
+    assert hot_loop_mix(MMA_LOOPS.replace("HGMMA", "NOP").replace("HMMA", "NOP")).ffma == 3
+
+
+def test_fused_mlp_forward_hidden_loop_on_sm90():
+    """The fused MLP forward's hidden-chunk loop issues wgmma for both dots: fc1 over the padded C
+    (BLOCK_K / 16 k-steps) and fc2 over the hidden chunk (BLOCK_H / 16), and spills nothing."""
+    pytest.importorskip("triton")
+    import torch
+
+    from convnext_fast.kernels.pointwise_mlp import _fwd_config
+
+    route, _, block_k, _, block_h, _, _ = _fwd_config(96, 384, torch.bfloat16)
+    assert route == "fused"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "convnext_fast.aot_check", "--json", "--mix", "--arch", "90",
+                           "--only", r"^mlp_fwd_fused_bf16_C96_.*H\d+$"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row, = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not row["spills"]
+    assert row["loop_mma"] == block_k // 16 + block_h // 16
+    assert row["loop_ffma"] > 0  # the erf GELU sits in the same loop

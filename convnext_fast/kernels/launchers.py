@@ -7,6 +7,7 @@ signatures.
 from .depthwise_conv import dwconv_backward, dwconv_forward
 from .dwconv_layer_norm import dwconv_ln_backward, dwconv_ln_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward
+from .pointwise_mlp import mlp_backward, mlp_forward
 
 __all__ = [
     "dwconv_forward",
@@ -15,4 +16,6 @@ __all__ = [
     "layer_norm_backward",
     "dwconv_ln_forward",
     "dwconv_ln_backward",
+    "mlp_forward",
+    "mlp_backward",
 ]
