@@ -14,8 +14,8 @@
 // backward, then it is written once, from the same pass). bfloat16 fuses less (GEMMs below).
 //
 // GEMMs. float32: oneDNN's batch-reduce GEMM micro-kernel (at::native::cpublas::brgemm, fp32 in,
-// fp32 accumulate/out), B as K x N row-major, so the weights are transposed once per call. On the
-// 2-core AVX-512 dev machine it ran the per-block GEMMs about 2x faster than at::mm on the same
+// fp32 accumulate/out), B as K x N row-major, so the weights are transposed once per call. On a
+// 2-core AVX-512 CPU (Zen 4) it ran the per-block GEMMs about 2x faster than at::mm on the same
 // tiles (MKL's sgemm, which is also what F.linear runs). Wide layers (Hd > kMaxChunk) are split
 // into hidden chunks of J columns (flash-attention's loop over key blocks): fc2 accumulates the
 // chunks into the output rows with brgemm's add_C, so the tile stays R x J whatever the width.
@@ -63,15 +63,15 @@ using OptTensor = c10::optional<Tensor>;
 
 #define CFM_AI inline __attribute__((always_inline))
 
-// Hidden tile budget per thread: R x J fp32 values (L2 is 1 MiB per core on the dev machine; the
+// Hidden tile budget per thread: R x J fp32 values (L2 is 1 MiB per core on AMD Zen 4; the
 // weight panels and the output rows share it).
 constexpr int64_t kTileBytes = 256 * 1024;
 // Hidden chunking (fp32). brgemm is a micro-kernel: it does no cache blocking of its own and
 // re-reads B (C x J of w1.T, J x C of w2.T) for every few rows of A, so each call's B panel must
 // stay in L2: up to Hd = kMaxChunk the layer runs unchunked (ConvNeXt-T stages 1-2, panels of
 // 144 / 576 KiB), wider ones in chunks of J columns with C * J floats <= kPanelBytes (stage 3:
-// J = 256, stage 4: 128). Measured on the dev machine (1 thread, batch 8): stage 4 took 69 ms
-// unchunked, 39 ms with J = 128.
+// J = 256, stage 4: 128). Measured on a 2-core AVX-512 Zen 4 CPU (1 thread, batch 8): stage 4
+// took 69 ms unchunked, 39 ms with J = 128.
 constexpr int64_t kMaxChunk = 768;
 constexpr int64_t kPanelBytes = 384 * 1024;
 constexpr int64_t kMinRows = 32, kMaxRows = 256;
@@ -424,7 +424,7 @@ RowBlocks row_blocks(int64_t M, int64_t target) {
 
 // w.T, contiguous (w: contiguous fp32 (R, K)), in 32 x 32 tiles over all threads: at stage 4 the
 // two weights are 9 MiB each, and ATen's single-threaded transposing copy took 2.5 ms per weight
-// (~6% of the MLP on the dev machine).
+// (~6% of the MLP on a 2-core Zen 4 CPU).
 Tensor transposed(const Tensor& w) {
   const int64_t R = w.size(0), K = w.size(1);
   Tensor t = at::empty({K, R}, w.options());
