@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "reference", "triton", "cuda", "cpu")
-OPS = ("depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm")
+OPS = ("depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm", "pointwise_mlp")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -127,10 +127,39 @@ def _unavailable_reason(backend: str, device_type: str) -> str:
     return _extension_reason(backend, device_type)
 
 
+# The kernel backends that implement an op, and the launchers each needs from its module
+# (``implementation``), for ops that not every kernel backend has; the others run on all of them.
+# The compiled extension's MLP kernel is CPU-only.
+_KERNEL_LAUNCHERS = {
+    "pointwise_mlp": {"triton": ("mlp_forward", "mlp_backward"), "cpu": ("mlp_forward", "mlp_backward")},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_reason(op: str, backend: str) -> str:
+    """'' when ``backend`` has kernels for ``op``, else why not."""
+    wanted = _KERNEL_LAUNCHERS.get(op)
+    if wanted is None or backend == "reference":
+        return ""
+    if backend not in wanted:
+        return f"the {backend} backend has no {op} kernel (backends with one: {', '.join(wanted)})"
+    module = implementation(backend)
+    missing = [name for name in wanted[backend] if not hasattr(module, name)]
+    if missing:
+        return f"the {backend} backend has no {op} kernel ({module.__name__} lacks {', '.join(missing)})"
+    return ""
+
+
+@torch.compiler.assume_constant_result
+def _op_unavailable_reason(op: str, backend: str, device_type: str) -> str:
+    return _unavailable_reason(backend, device_type) or _kernel_reason(op, backend)
+
+
 def dispatch_table() -> dict:
     """The measured ``auto`` choices on CUDA (``dispatch.json``): for each op and pass, the smallest
     H*W at which Triton beats the CUDA extension, with the device, date and result file they come
-    from. On CPU the compiled extension runs; the Triton interpreter is never chosen automatically."""
+    from; ``kernels_verified`` says which ops' kernels a recorded GPU parity run has checked. On CPU
+    the compiled extension runs; the Triton interpreter is never chosen automatically."""
     with open(os.path.join(os.path.dirname(__file__), "dispatch.json")) as f:
         return json.load(f)
 
@@ -138,10 +167,17 @@ def dispatch_table() -> dict:
 # Read once at import into a plain dict, which torch.compile treats as a constant.
 _MIN_HW_TRITON = {(op, pass_ == "backward"): hw
                   for op, passes in dispatch_table()["cuda"]["min_hw_triton"].items() for pass_, hw in passes.items()}
+# Ops whose kernels have no recorded parity run on a GPU yet (``kernels_verified`` false in
+# dispatch.json): auto runs the reference for them on CUDA tensors until a run on a GPU has checked
+# the kernels there. A backend asked for by name still runs its kernels (that is how the run is made).
+_UNVERIFIED_ON_CUDA = frozenset(op for op, verified in dispatch_table()["cuda"].get("kernels_verified", {}).items()
+                                if not verified)
 
 
 def _auto_candidates(op: str, device_type: str, hw: int, backward: bool = False) -> tuple[str, ...]:
     if device_type == "cuda":
+        if op in _UNVERIFIED_ON_CUDA:
+            return ("reference",)
         if hw >= _MIN_HW_TRITON.get((op, backward), 0):
             return ("triton", "cuda", "reference")
         return ("cuda", "triton", "reference")
@@ -152,7 +188,7 @@ def _auto_candidates(op: str, device_type: str, hw: int, backward: bool = False)
 
 def _resolve_auto(op: str, device_type: str, hw: int, backward: bool) -> str:
     for candidate in _auto_candidates(op, device_type, hw, backward):
-        if not _unavailable_reason(candidate, device_type):
+        if not _op_unavailable_reason(op, candidate, device_type):
             return candidate
     return "reference"
 
@@ -176,7 +212,7 @@ def resolve_passes(op: str, device: torch.device, hw: int = 0) -> tuple[str, str
     requested = _default if scoped is None else scoped
     device_type = device.type
     if requested != "auto":
-        reason = _unavailable_reason(requested, device_type)
+        reason = _op_unavailable_reason(op, requested, device_type)
         if reason:
             raise BackendUnavailableError(f"convnext_fast backend {requested!r} cannot run {op}: {reason}")
         return requested, requested
@@ -194,8 +230,9 @@ def implementation(backend: str) -> ModuleType:
     """The module holding the forward/backward functions of a concrete, non-reference backend.
 
     Every such module provides ``dwconv_forward``, ``dwconv_backward``, ``layer_norm_forward``,
-    ``layer_norm_backward``, ``dwconv_ln_forward`` and ``dwconv_ln_backward`` with the signatures
-    documented in ``convnext_fast/ops.py``.
+    ``layer_norm_backward``, ``dwconv_ln_forward`` and ``dwconv_ln_backward`` (and, where
+    ``_KERNEL_LAUNCHERS`` says so, ``mlp_forward`` / ``mlp_backward``) with the signatures
+    documented in each op module (``depthwise_conv.py``, ...).
     """
     module = _IMPLEMENTATIONS.get(backend)
     if module is not None:  # every op call comes here: a dict lookup, not an import statement
