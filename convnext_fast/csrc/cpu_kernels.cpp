@@ -47,6 +47,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -888,6 +889,68 @@ avec<A> prep_vec(const T* v, int64_t C, int64_t Cp, A fill_absent = A(0)) {
   return out;
 }
 
+// NaN and Inf taps. The conv multiplies the zero padding like the real pixels (what float64
+// F.conv2d computes): 0 * NaN and 0 * Inf are NaN, so an output whose window puts a NaN or Inf tap
+// over the padding is NaN. The row kernels skip the padding rows (and the padding columns of
+// whole-row blocks) for speed, so PadNaN finds the channels with a non-finite tap in the prepared
+// weights and marks those outputs afterwards: output (h, w) of such a channel is NaN when a
+// non-finite tap's kernel row lies over a padding row, or its kernel column over a padding column.
+// For finite weights (the normal case) it is one pass over the C*K*K taps and holds nothing.
+template <class A>
+struct PadNaN {
+  int64_t H, W;
+  std::vector<int64_t> chans;       // channels with a NaN or Inf tap
+  std::vector<uint8_t> rows, cols;  // [i][H], [i][W]: the padding products of chans[i] are NaN there
+
+  // wt: channel-blocked taps (prep_weight, flipped or not: the flags follow the taps as applied).
+  PadNaN(const A* wt, int64_t C, int64_t H_, int64_t W_, int64_t K) : H(H_), W(W_) {
+    const int64_t KK = K * K, P = K / 2;
+    std::vector<uint8_t> bad_kh(static_cast<size_t>(K)), bad_kw(static_cast<size_t>(K));
+    for (int64_t c = 0; c < C; ++c) {
+      const A* taps = wt + (c / kCAlign) * KK * kCAlign + c % kCAlign;
+      bool any = false;
+      std::fill(bad_kh.begin(), bad_kh.end(), 0);
+      std::fill(bad_kw.begin(), bad_kw.end(), 0);
+      for (int64_t t = 0; t < KK; ++t) {
+        if (std::isfinite(taps[t * kCAlign])) continue;
+        bad_kh[t / K] = bad_kw[t % K] = 1;
+        any = true;
+      }
+      if (!any) continue;
+      chans.push_back(c);
+      auto flags = [&](int64_t len, const std::vector<uint8_t>& bad, std::vector<uint8_t>& out) {
+        for (int64_t i = 0; i < len; ++i) {
+          uint8_t f = 0;
+          for (int64_t k = 0; k < K; ++k) f |= bad[k] & uint8_t(i + k - P < 0 || i + k - P >= len);
+          out.push_back(f);
+        }
+      };
+      flags(H, bad_kh, rows);
+      flags(W, bad_kw, cols);
+    }
+  }
+
+  // Marks row h (of any image): W pixels at a stride of ps elements, channel c at offset c.
+  template <class T>
+  void mark_row(int64_t h, T* row, int64_t ps) const {
+    for (size_t i = 0; i < chans.size(); ++i) {
+      const bool in_row = rows[i * H + h];
+      const uint8_t* in_col = cols.data() + i * W;
+      for (int64_t w = 0; w < W; ++w)
+        if (in_row || in_col[w]) row[w * ps + chans[i]] = static_cast<T>(std::numeric_limits<float>::quiet_NaN());
+    }
+  }
+
+  // Marks a whole (N, H, W, C) output of type T.
+  template <class T>
+  void mark(T* out, int64_t N, int64_t C) const {
+    if (chans.empty()) return;
+    par_for(N * H, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) mark_row(r % H, out + r * W * C, C);
+    });
+  }
+};
+
 // A ring of K zero-padded input rows for one thread; row(n, ih) converts input row (n, ih) into its
 // slot (ih mod K) unless it is already there. Consecutive output rows reuse K-1 of the K rows.
 template <class S, class A>
@@ -1151,6 +1214,7 @@ void dwconv_igrad(const S* gy, const T* w, const Shape& s, int64_t Cp, T* gx) {
   A* direct = std::is_same<T, A>::value && Cp == s.C ? reinterpret_cast<A*>(gx) : nullptr;
   conv_rows<S, A>(gy, wt.data(), nullptr, s, Cp, gx, s.W * s.C * int64_t(sizeof(T)),
                   [&](int64_t r, const A* out) { store_row(out, s.W, s.C, Cp, gx + r * s.W * s.C); }, direct);
+  PadNaN<A>(wt.data(), s.C, s.H, s.W, s.K).mark(gx, s.N, s.C);  // the same conv semantics as the forward
 }
 
 template <class T>
@@ -1162,6 +1226,7 @@ void dwconv_forward_t(const T* x, const T* w, const T* b, T* y, const Shape& s) 
   A* direct = std::is_same<T, A>::value && Cp == s.C ? reinterpret_cast<A*>(y) : nullptr;
   conv_rows<T, A>(x, wt.data(), b ? bias.data() : nullptr, s, Cp, y, s.W * s.C * int64_t(sizeof(T)),
                   [&](int64_t r, const A* out) { store_row(out, s.W, s.C, Cp, y + r * s.W * s.C); }, direct);
+  PadNaN<A>(wt.data(), s.C, s.H, s.W, s.K).mark(y, s.N, s.C);
 }
 
 template <class T>
@@ -1182,11 +1247,13 @@ void dwconv_ln_forward_t(const T* x, const T* dw_w, const T* dw_b, const T* ln_w
   const avec<A> g = prep_vec<T, A>(ln_w, s.C, Cp), bb = prep_vec<T, A>(ln_b, s.C, Cp);
   const avec<A> mask = prep_vec<T, A>(nullptr, s.C, Cp, A(1));
   const RowOps<A>& ops = row_ops<A>();
+  const PadNaN<A> pad_nan(wt.data(), s.C, s.H, s.W, s.K);
   // Without channel padding (C % 16 == 0) and in the accumulation type, normalize straight into y.
   const bool direct = std::is_same<T, A>::value && Cp == s.C;
   conv_rows<T, A>(x, wt.data(), dw_b ? bias.data() : nullptr, s, Cp, y, s.W * s.C * int64_t(sizeof(T)),
                   [&](int64_t r, const A* out) {
     A* z = const_cast<A*>(out);  // the row buffer is ours to normalize in place
+    pad_nan.mark_row(r % s.H, z, Cp);  // before the LayerNorm, which spreads a NaN over the pixel
     T* yr = y + r * s.W * s.C;
     A* dst = direct ? reinterpret_cast<A*>(yr) : z;
     ops.ln_fwd_row(z, g.data(), bb.data(), mask.data(), s.W, s.C, Cp, eps, mean + r * s.W, rstd + r * s.W, dst,
@@ -1287,6 +1354,7 @@ struct ConvRows {
   const A* bias;
   Shape s;
   int64_t Cp;
+  const PadNaN<A>* pad_nan;  // the forward's NaN outputs (see PadNaN)
   struct State {
     BlockRing<T, A> ring;
     A* out;
@@ -1298,6 +1366,7 @@ struct ConvRows {
   const A* operator()(State& st, int64_t r) const {
     row_ops<A>().conv_row(st.ring.rows_for(r / s.H, r % s.H), wt, bias, st.out, s.W, Cp, s.K, st.ring.Lp,
                           nullptr, 1, 0);
+    pad_nan->mark_row(r % s.H, st.out, Cp);
     return st.out;
   }
 };
@@ -1321,11 +1390,12 @@ void dwconv_ln_backward_t(const T* gy, const T* x, const T* dw_w, const T* dw_b,
   const int64_t Cp = round_up(s.C, kCAlign);
   const avec<A> wt = prep_weight<T, A>(dw_w, s.C, Cp, s.K, false);
   const avec<A> bias = prep_vec<T, A>(dw_b, s.C, Cp);
+  const PadNaN<A> pad_nan(wt.data(), s.C, s.H, s.W, s.K);
   // Gradient with respect to the conv output, kept in the accumulation type (not rounded to T).
   // Every element is written by ln_backward_rows before igrad and wgrad read it.
   const Workspace<A> gz(static_cast<size_t>(s.N * s.H * s.W * s.C));
   ln_backward_rows<T, A>(gy, ln_w, mean, rstd, s, Cp, g_ln_w, g_ln_b,
-                         ConvRows<T, A>{x, wt.data(), dw_b ? bias.data() : nullptr, s, Cp},
+                         ConvRows<T, A>{x, wt.data(), dw_b ? bias.data() : nullptr, s, Cp, &pad_nan},
                          [&](int64_t r, const A* g) { store_row(g, s.W, s.C, Cp, gz.data() + r * s.W * s.C); },
                          [&](int64_t r) -> A* { return Cp == s.C ? gz.data() + r * s.W * s.C : nullptr; });
   dwconv_igrad<T, A, A>(gz.data(), dw_w, s, Cp, gx);

@@ -5,6 +5,10 @@
 // (x, y, gy, gx: N*H*W*C elements, C fastest), weights are contiguous (C, 1, K, K), vectors are (C,),
 // mean/rstd are dense (N, H, W) in float (double when dtype is F64). The binding (ext.cpp) checks all
 // shapes, dtypes and strides before calling in here.
+//
+// NaN / Inf depthwise weights: every conv (forward, the fused op's recompute, the input gradient)
+// multiplies the zero padding as float64 F.conv2d does (0 * NaN = 0 * Inf = NaN), so an output
+// whose window puts a NaN or Inf tap over the padding is NaN.
 #pragma once
 
 #include <cstdint>

@@ -10,6 +10,11 @@
 // (h + kh - K/2, w + kw - K/2), zero outside the image; the input gradient is the same conv of
 // grad_y with the flipped kernel (kh -> K-1-kh, kw -> K-1-kw) and no bias.
 //
+// NaN and Inf taps: every conv here multiplies the zero padding like the real pixels (what float64
+// F.conv2d computes): 0 * NaN and 0 * Inf are NaN, so an output whose window puts a NaN or Inf tap
+// over the padding is NaN. The tile kernel gets this from its zero-filled halo; the kernels that
+// skip padding taps mark those outputs from per-block tap masks (PadMasks below).
+//
 // Kernels:
 //  * dwconv_tile_kernel   - 7x7 fast path (and any K whose tile fits): a (TH + K-1) x (TW + K-1) x 32
 //                           channel input tile with halo in shared memory, loaded with 16-byte vector
@@ -132,6 +137,70 @@ inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ------------------------------------------------------------------------------------- dwconv
 
+// Padding products of NaN / Inf taps, for the kernels that skip padding taps. A block builds, once,
+// per 8-channel group g: bit kh of rows[g] (bit kw of cols[g]) is set when a channel of the group has
+// a NaN or Inf tap in kernel row kh (column kw), as applied (flipped for the input gradient). That is
+// one coalesced pass over the C*K*K weights per block (shared-memory atomics only for non-finite
+// taps); per output it is two mask tests, and only a group whose non-finite taps lie over the
+// padding looks at its weights again. K <= 31, so a kernel row or column is one bit of 32.
+template <class Tw, class A>
+__device__ void build_pad_masks(const Tw* __restrict__ w, int C, int K, bool flip, unsigned* rows, unsigned* cols) {
+  const int groups = (C + kVec - 1) / kVec, KK = K * K;
+  for (int g = threadIdx.x; g < groups; g += blockDim.x) rows[g] = cols[g] = 0u;
+  __syncthreads();
+  const int64_t n = int64_t(C) * KK;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    if (isfinite(to_acc<A>(w[i]))) continue;
+    const int c = int(i / KK), t = int(i % KK);
+    const int kh = flip ? K - 1 - t / K : t / K, kw = flip ? K - 1 - t % K : t % K;
+    atomicOr(rows + c / kVec, 1u << kh);
+    atomicOr(cols + c / kVec, 1u << kw);
+  }
+  __syncthreads();
+}
+
+// Taps k (bits) that put output o of a dimension of length len over the padding: o + k - K/2 < 0 or
+// >= len.
+__device__ __forceinline__ unsigned pad_taps(int o, int len, int K) {
+  const int P = K / 2;
+  const int lo = min(K, max(0, P - o)), hi = max(0, min(K, len - o + P));
+  return ((1u << lo) - 1u) | (((1u << K) - 1u) & ~((1u << hi) - 1u));
+}
+
+// The rare case of add_pad_products, out of line (it would cost registers in the conv loop):
+// nan[j] = 0 * w of the first NaN / Inf tap of channel c + j over the padding, else 0.
+template <class Tw, class A>
+__device__ __noinline__ void pad_products(A* nan, const Tw* __restrict__ w, int c, int nvalid, int K, bool flip,
+                                          unsigned prow, unsigned pcol) {
+  const int KK = K * K;
+  for (int j = 0; j < nvalid; ++j) {
+    nan[j] = A(0);
+    for (int t = 0; t < KK; ++t) {
+      const A v = to_acc<A>(w[int64_t(c + j) * KK + t]);
+      const int kh = flip ? K - 1 - t / K : t / K, kw = flip ? K - 1 - t % K : t % K;
+      if (!isfinite(v) && (((prow >> kh) | (pcol >> kw)) & 1u)) {
+        nan[j] = A(0) * v;
+        break;
+      }
+    }
+  }
+}
+
+// Adds the padding products of output (oh, ow), channels c .. c + nvalid - 1, to acc: 0 * w of each
+// NaN / Inf tap over the padding (NaN), nothing for finite taps. g_rows / g_cols: the group's masks.
+template <class Tw, class A>
+__device__ __forceinline__ void add_pad_products(A (&acc)[kVec], const Tw* __restrict__ w, int c, int nvalid, int K,
+                                                 bool flip, int oh, int ow, int H, int W, unsigned g_rows,
+                                                 unsigned g_cols) {
+  const unsigned prow = pad_taps(oh, H, K), pcol = pad_taps(ow, W, K);
+  if (((g_rows & prow) | (g_cols & pcol)) == 0u) return;
+  A nan[kVec];
+  pad_products<Tw, A>(nan, w, c, nvalid, K, flip, prow, pcol);
+#pragma unroll
+  for (int j = 0; j < kVec; ++j)
+    if (j < nvalid) acc[j] += nan[j];
+}
+
 // Pointers: x (N,H,W,C) of Tin; w (C,K,K) of Tw (the module's weight, flipped on load when FLIP);
 // b (C,) of Tw or null; y (N,H,W,C) of Tout. Grid: x = w-tiles * c-tiles * N, y = h-tiles.
 // Dynamic shared memory: (TH+K-1)*(TW+K-1)*32 Tin (input tile with halo) + K*K*32 A (weights).
@@ -161,7 +230,8 @@ __global__ void __launch_bounds__(kTileThreads) dwconv_tile_kernel(const Tin* __
     const int sh = flip ? K - 1 - kh : kh, sw = flip ? K - 1 - kw : kw;
     wsm[i] = cc < cvalid ? to_acc<A>(w[(int64_t(c0 + cc) * K + sh) * K + sw]) : A(0);
   }
-  // Input tile with halo: 8-channel chunks, zero outside the image and beyond C.
+  // Input tile with halo: 8-channel chunks, zero outside the image and beyond C. Every tap below
+  // multiplies its tile value, the zeros of the padding included (NaN for a NaN / Inf tap).
   const int chunks = THp * TWp * (kTileCB / kVec);
   for (int i = threadIdx.x; i < chunks; i += blockDim.x) {
     const int g = i % (kTileCB / kVec), pix = i / (kTileCB / kVec);
@@ -222,6 +292,11 @@ __global__ void __launch_bounds__(kDirectThreads) dwconv_direct_kernel(const Tin
   const int groups = (C + kVec - 1) / kVec;
   const int64_t total = int64_t(N) * H * W * groups;
   const int P = K / 2;
+  // Dynamic shared memory: the padding masks of build_pad_masks, 2 * groups words.
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned* pad_rows = reinterpret_cast<unsigned*>(smem_raw);
+  unsigned* pad_cols = pad_rows + groups;
+  build_pad_masks<Tw, A>(w, C, K, flip, pad_rows, pad_cols);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int g = int(i % groups);
     const int64_t pix = i / groups;
@@ -247,6 +322,7 @@ __global__ void __launch_bounds__(kDirectThreads) dwconv_direct_kernel(const Tin
           if (j < nvalid) acc[j] += xv[j] * to_acc<A>(w[(int64_t(c + j) * K + sh) * K + sw]);
       }
     }
+    add_pad_products<Tw, A>(acc, w, c, nvalid, K, flip, oh, ow, H, W, pad_rows[g], pad_cols[g]);
     store8<VEC>(y + pix * C + c, nvalid, acc);
   }
 }
@@ -285,15 +361,22 @@ cudaError_t conv(const Tin* x, const Tw* w, const Tw* b, Tout* y, const Shape& s
     return vec ? launch_tile<Tin, Tw, Tout, A, 0, true>(x, w, b, y, s, flip, st)
                : launch_tile<Tin, Tw, Tout, A, 0, false>(x, w, b, y, s, flip, st);
   }
-  const int64_t total = s.N * s.H * s.W * cdiv(s.C, kVec);
-  const unsigned blocks = unsigned(std::min<int64_t>(cdiv(total, kDirectThreads), int64_t(1) << 20));
-  if (vec)
-    dwconv_direct_kernel<Tin, Tw, Tout, A, true><<<blocks, kDirectThreads, 0, st>>>(x, w, b, y, int(s.N), int(s.H),
-                                                                                    int(s.W), int(s.C), int(s.K), flip);
-  else
-    dwconv_direct_kernel<Tin, Tw, Tout, A, false><<<blocks, kDirectThreads, 0, st>>>(x, w, b, y, int(s.N), int(s.H),
-                                                                                     int(s.W), int(s.C), int(s.K), flip);
-  return cudaGetLastError();
+  const int64_t groups = cdiv(s.C, kVec), total = s.N * s.H * s.W * groups;
+  // Each block reads all C*K*K weights once for its padding masks: give a thread about C/256 outputs
+  // (grid-stride), so that pass stays near 1/8 of the weight loads of its conv work.
+  const int64_t per_thread = std::max<int64_t>(1, s.C / 256);
+  const unsigned blocks = unsigned(std::max<int64_t>(1, std::min<int64_t>(cdiv(total, kDirectThreads * per_thread),
+                                                                          int64_t(1) << 20)));
+  const size_t smem = size_t(2 * groups) * sizeof(unsigned);
+  auto launch = [&](auto kernel) -> cudaError_t {
+    if (smem > 48 * 1024) {
+      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+      if (err != cudaSuccess) return err;
+    }
+    kernel<<<blocks, kDirectThreads, smem, st>>>(x, w, b, y, int(s.N), int(s.H), int(s.W), int(s.C), int(s.K), flip);
+    return cudaGetLastError();
+  };
+  return vec ? launch(dwconv_direct_kernel<Tin, Tw, Tout, A, true>) : launch(dwconv_direct_kernel<Tin, Tw, Tout, A, false>);
 }
 
 // ------------------------------------------------------------------------------------- reductions
@@ -539,6 +622,12 @@ __global__ void __launch_bounds__(kFusedThreads) dwconv_ln_fused_kernel(const T*
   const int64_t n = row / H;
   const int P = K / 2, groups = (C + kVec - 1) / kVec;
   const int npix = min(S, W - w0);
+  // Padding masks (build_pad_masks) after zs, for strips with an output whose window meets the
+  // padding (the same for the whole block, so the barriers inside are uniform).
+  unsigned* pad_rows = reinterpret_cast<unsigned*>(zs + size_t(S) * C);
+  unsigned* pad_cols = pad_rows + groups;
+  const bool at_border = h < P || h >= H - P || w0 < P || w0 + npix > W - P;
+  if (at_border) build_pad_masks<T, A>(dw_w, C, K, false, pad_rows, pad_cols);
   for (int item = threadIdx.x; item < npix * groups; item += blockDim.x) {
     const int g = item % groups, j = item / groups;
     const int ow = w0 + j, c = g * kVec, nvalid = min(kVec, C - c);
@@ -558,6 +647,7 @@ __global__ void __launch_bounds__(kFusedThreads) dwconv_ln_fused_kernel(const T*
           if (i < nvalid) acc[i] += xv[i] * to_acc<A>(dw_w[(int64_t(c + i) * K + kh) * K + kw]);
       }
     }
+    if (at_border) add_pad_products<T, A>(acc, dw_w, c, nvalid, K, false, h, ow, H, W, pad_rows[g], pad_cols[g]);
 #pragma unroll
     for (int i = 0; i < kVec; ++i)
       if (i < nvalid) zs[j * C + c + i] = acc[i];
@@ -633,7 +723,7 @@ struct Ops {
     const size_t row_bytes = size_t(s.C) * sizeof(A);
     if (row_bytes > kFusedSmemLimit) return cudaErrorInvalidValue;  // C beyond any ConvNeXt: say so
     const int S = int(std::max<int64_t>(1, std::min<int64_t>({16, s.W, int64_t(48 * 1024 / row_bytes)})));
-    const size_t smem = size_t(S) * row_bytes;
+    const size_t smem = size_t(S) * row_bytes + size_t(2 * cdiv(s.C, kVec)) * sizeof(unsigned);  // zs, padding masks
     const bool vec = s.C % kVec == 0 && aligned16(x);
     auto launch = [&](auto kernel) -> cudaError_t {
       cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));

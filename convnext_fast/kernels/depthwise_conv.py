@@ -12,6 +12,12 @@ bytes of channels. Any strides are accepted (a stride of 0 too: the expanded gra
 first, because channel-innermost tiles over NCHW memory would touch one 32-byte sector per element.
 Outputs are channels_last (``convnext_fast.layout.empty_channels_last``).
 
+NaN / Inf weights: the conv multiplies the zero padding like the real pixels, as float64
+``F.conv2d`` does (0 * NaN = 0 * Inf = NaN), so an output whose window puts a NaN or Inf tap over the
+padding is NaN (a NaN tap makes its whole channel NaN); the forward kernels skip padding rows and add
+their products, 0 * w summed over the taps per channel, to the bias of the output rows they touch,
+and the input gradient (the same kernels on grad_y) follows the same rule.
+
 Kernels:
 
 * ``_dwconv_fwd_kernel``: y = conv(x, w) + b. Also computes the input gradient: grad_x is the
@@ -128,7 +134,7 @@ def _dwconv_fwd_kernel(
 
     for i in range(0, n_rows + K - 1):
         ih = oh0 - P + i
-        if (ih >= 0) & (ih < H):  # padding rows contribute nothing: skip their loads and FMAs
+        if (ih >= 0) & (ih < H):  # padding rows: no x loads, no FMAs (see row_bias below)
             x_row = x_img + tl.cast(ih, tl.int64) * sxh
             # A runtime loop over kw (not static_range): the K weight vectors of column kw are then
             # loaded inside it. With every tap unrolled, the compiler hoists all K*K weight vectors
@@ -144,7 +150,15 @@ def _dwconv_fwd_kernel(
                 accs = updated
         oh = ih - P
         if oh >= oh0:  # the first K-1 steps only fill the window
-            out = accs[0] + bias[None, :]
+            # The skipped padding rows' products, 0 * w (NaN for a NaN or Inf tap; the padding
+            # columns get theirs from the masked loads), go in with the bias: the taps of kernel
+            # rows kh < P - oh and kh >= H - oh + P, two loops that are empty inside the image.
+            row_bias = bias
+            for t in range(0, tl.maximum(P - oh, 0) * K):
+                row_bias += tl.load(w_ptr + t * C + c, mask=c_mask, other=0) * 0
+            for t in range(tl.minimum(H - oh + P, K) * K, K * K):
+                row_bias += tl.load(w_ptr + t * C + c, mask=c_mask, other=0) * 0
+            out = accs[0] + row_bias[None, :]
             tl.store(y_img + tl.cast(oh, tl.int64) * W * C + y_tile_off, out.to(y_ptr.dtype.element_ty), mask=out_mask)
         accs = accs[1:] + (zero,)
 
@@ -193,6 +207,7 @@ def _dwconv_fwd_px_kernel(
     # Weight tile [BLOCK_G, BLOCK_C] (the same vector for every group: loaded as a 2-D tile so it
     # gets the accumulators' layout, no layout conversion); taps at immediate offsets t*BLOCK_C.
     w_tile = w_ptr + cb * (KK * BLOCK_C) + (g0 * 0)[:, None] + tl.arange(0, BLOCK_C)[None, :]
+    w_vec = w_ptr + cb * (KK * BLOCK_C) + tl.arange(0, BLOCK_C)  # the same taps as [BLOCK_C] vectors
 
     oh0 = seg * rows
     n_rows = tl.minimum(rows, H - oh0)
@@ -208,7 +223,7 @@ def _dwconv_fwd_px_kernel(
 
     for i in range(0, n_rows + K - 1):
         ih = oh0 - P + i
-        if (ih >= 0) & (ih < H):  # padding rows contribute nothing
+        if (ih >= 0) & (ih < H):  # padding rows: see row_bias below
             x_row = x_img + tl.cast(ih, tl.int64) * sxh
             cols = ()
             for j in tl.static_range(PW + K - 1):
@@ -234,9 +249,15 @@ def _dwconv_fwd_px_kernel(
             accs = updated
         oh = ih - P
         if oh >= oh0:
+            # The skipped padding rows' products go in with the bias (see _dwconv_fwd_kernel).
+            row_bias = bias
+            for t in range(0, tl.maximum(P - oh, 0) * K):
+                row_bias += tl.load(w_vec + t * BLOCK_C) * 0
+            for t in range(tl.minimum(H - oh + P, K) * K, KK):
+                row_bias += tl.load(w_vec + t * BLOCK_C) * 0
             for p in tl.static_range(PW):
                 ow = g0 + p
-                out = accs[p] + bias[None, :]
+                out = accs[p] + row_bias[None, :]
                 tl.store(y_img + tl.cast(oh, tl.int64) * W * C + ow[:, None] * C + c[None, :],
                          out.to(y_ptr.dtype.element_ty), mask=(ow < W)[:, None] & c_mask[None, :])
         accs = accs[PW:]

@@ -24,6 +24,11 @@ Fast path. For K <= 7, C <= 1024 and fp16/bf16/fp32, ``_dwconv_ln_fwd_px_kernel`
 x 4 channels (2 in the backward), so per input row a loaded input column and a weight vector serve
 PW outputs (see ``fused_px_config``); both compute the conv with the same code (``_conv_strip``).
 
+NaN / Inf weights: the conv multiplies the zero padding like the real pixels, as float64
+``F.conv2d`` does (0 * NaN = 0 * Inf = NaN, ``kernels/depthwise_conv.py``), so a NaN or Inf tap of
+channel c gives a non-finite conv value of c at every pixel and the LayerNorm makes those pixels NaN
+in every channel, as the reference does; the backward recomputes the conv with the same code.
+
 Channel chunks. When C exceeds one register tile (C > 1024, ConvNeXt-V2-H's 1408 / 2816), the forward
 pass loops over channel chunks, merging chunk mean / sum of squared deviations with Chan's parallel
 formula, then loops again to normalize. The second loop *recomputes* the conv chunk rather than
@@ -197,7 +202,7 @@ def _conv_strip(
         accs = accs + (zero,)
     for kh in range(K):
         ih = h + (kh - P)
-        if valid & (ih >= 0) & (ih < H):  # padding rows contribute nothing
+        if valid & (ih >= 0) & (ih < H):  # padding rows: no loads, no FMAs (see the else branch)
             x_row = x_img + ih.to(tl.int64) * s_h
             cols = ()
             for j in tl.static_range(PW + K - 1):
@@ -212,6 +217,17 @@ def _conv_strip(
                 for p in tl.static_range(PW):
                     b2 = b2 + (accs[p] + cols[p + kw] * wv,)
                 accs = b2
+        else:
+            # A padding row: its K taps multiply zeros, and 0 * w is NaN for a NaN or Inf tap (the
+            # column padding gets the same from the masked loads). One sum of 0 * w per channel
+            # for the row, then one add per output: K weight loads per padding row and strip.
+            pad = zero
+            for kw in range(K):
+                pad += tl.load(w_tile + kh * (K * BLOCK_C) + kw * BLOCK_C) * 0
+            b2 = ()
+            for p in tl.static_range(PW):
+                b2 = b2 + (accs[p] + pad,)
+            accs = b2
     return accs
 
 
