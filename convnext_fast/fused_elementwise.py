@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["linear_gelu", "layer_scale_residual", "drop_path_scale", "global_response_norm"]
+__all__ = ["linear_gelu", "layer_scale_residual", "drop_path_scale", "global_response_norm", "mlp_composite"]
 
 
 def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -137,3 +137,23 @@ def global_response_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1
     nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)
     y = xc + torch.addcmul(bias.to(compute), weight.to(compute), xc * nx)
     return y.to(x.dtype)
+
+
+def mlp_composite(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight: Tensor,
+                  fc2_bias: Optional[Tensor], gamma: Optional[Tensor] = None, shortcut: Optional[Tensor] = None,
+                  grn_weight: Optional[Tensor] = None, grn_bias: Optional[Tensor] = None,
+                  drop_scale: Optional[Tensor] = None, grn_eps: float = 1e-6) -> Tensor:
+    """``reference.pointwise_mlp`` in the fewest PyTorch passes (bias + GELU with the GEMM, layer
+    scale + stochastic depth + residual as one ``addcmul``), differentiable by PyTorch: what
+    ``pointwise_mlp`` runs where no kernel serves the call. Same arguments and result as the
+    reference (x and shortcut (N, C, H, W); returns (N, C, H, W))."""
+    t = linear_gelu(x.permute(0, 2, 3, 1), fc1_weight.flatten(1), fc1_bias)
+    if grn_weight is not None:
+        t = global_response_norm(t, grn_weight, grn_bias, grn_eps)
+    y = F.linear(t, fc2_weight.flatten(1), fc2_bias)
+    scale = None if drop_scale is None else drop_scale.reshape(-1, 1, 1, 1).to(y.dtype)
+    if shortcut is None:
+        if gamma is not None:
+            y = y * gamma
+        return (y if scale is None else y * scale).permute(0, 3, 1, 2)
+    return layer_scale_residual(y, gamma, shortcut.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)

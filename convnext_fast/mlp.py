@@ -35,6 +35,7 @@ from torch import Tensor
 
 from . import reference
 from .backend import implementation, resolve_passes
+from .fused_elementwise import mlp_composite
 from .kernels.layout import device_guard
 from .route import check_params, check_x, direct_ok, needs_graph, needs_reference, reference_backward
 
@@ -269,7 +270,8 @@ def pointwise_mlp(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2
     math as ``reference.pointwise_mlp``.
 
     The kernels fuse fc1, GELU, fc2, layer scale, stochastic depth and the residual. These calls
-    run the reference instead (PyTorch's GEMMs and autograd: the same math, not fused):
+    run PyTorch instead (``fused_elementwise.mlp_composite``: the reference's math in the fewest
+    PyTorch passes, PyTorch's autograd):
 
     * GRN (``grn_weight`` given): its normalizer is a norm over each image's whole hidden
       activation, which a kernel working on tiles of rows cannot form in one pass;
@@ -308,9 +310,8 @@ def pointwise_mlp(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2
     if (backend == "reference" or needs_reference() or grn_weight is not None
             or x.dtype not in KERNEL_DTYPES.get(backend, ()) or x.dtype not in KERNEL_DTYPES.get(bwd_backend, ())
             or hd == 0 or needs_graph(drop_scale)):
-        return reference.pointwise_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, gamma=gamma, shortcut=shortcut,
-                                       grn_weight=grn_weight, grn_bias=grn_bias, drop_scale=drop_scale,
-                                       grn_eps=float(grn_eps))
+        return mlp_composite(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, gamma, shortcut, grn_weight, grn_bias,
+                             drop_scale, float(grn_eps))
     # The reference multiplies by drop_scale rounded to x's dtype; the kernels read it as float32.
     s = None if drop_scale is None else drop_scale.detach().reshape(n).to(x.dtype).to(torch.float32).contiguous()
     params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, gamma, shortcut)

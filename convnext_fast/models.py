@@ -29,6 +29,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .dwconv_ln import dwconv_layer_norm
+from .mlp import pointwise_mlp
 from .fused_elementwise import drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu
 from .layers import DepthwiseConv2d, LayerNorm2d
 
@@ -160,15 +161,14 @@ class ConvNeXtMlp(nn.Module):
 class ConvNeXtBlock(nn.Module):
     """ConvNeXt block: ``x + drop_path(gamma * fc2(GRN(GELU(fc1(LN(dwconv(x)))))))``.
 
-    The depthwise conv and the channels-first LayerNorm run as one fused op
-    (:func:`convnext_fast.dwconv_layer_norm`, parameters kept in ``conv_dw`` (a
-    :class:`~convnext_fast.DepthwiseConv2d`) and ``norm`` (a :class:`~convnext_fast.LayerNorm2d`),
-    timm's names); the MLP runs as Linear layers on the free NHWC view of the channels_last
-    activation; layer scale, stochastic depth and the residual add are one pass.
+    Two fused ops: :func:`convnext_fast.dwconv_layer_norm` (parameters kept in ``conv_dw``, a
+    :class:`~convnext_fast.DepthwiseConv2d`, and ``norm``, a :class:`~convnext_fast.LayerNorm2d`:
+    timm's names) and :func:`convnext_fast.pointwise_mlp` (fc1, GELU, [GRN], fc2, layer scale,
+    stochastic depth and the residual add; parameters in ``mlp.fc1`` / ``mlp.grn`` / ``mlp.fc2`` and
+    ``gamma``).
 
     If ``conv_dw``/``norm`` are replaced by plain PyTorch modules (what
-    :func:`convnext_fast.convert.to_reference` does for export), the block calls them instead of
-    the fused op.
+    :func:`convnext_fast.convert.to_reference` does for export), the block runs plain PyTorch ops.
 
     Under ``torch.autocast`` the fused op runs in the autocast dtype (its parameters are cast to
     it); the residual add follows PyTorch's type promotion, as timm's block does.
@@ -205,20 +205,28 @@ class ConvNeXtBlock(nn.Module):
             self.gamma = None
         self.drop_path = float(drop_path)
 
-    def _token_mixer(self, x: Tensor) -> Tensor:
-        conv, norm = self.conv_dw, self.norm
-        if isinstance(conv, DepthwiseConv2d) and isinstance(norm, LayerNorm2d):
-            dt = _compute_dtype(x)
-            return dwconv_layer_norm(_cast(x, dt), _cast(conv.weight, dt), _cast(conv.bias, dt),
-                                     _cast(norm.weight, dt), _cast(norm.bias, dt), norm.eps)
-        return norm(conv(x))
-
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x
-        y = self._token_mixer(x).permute(0, 2, 3, 1)
-        y = self.mlp(y)
+        conv, norm, mlp = self.conv_dw, self.norm, self.mlp
+        if not (isinstance(conv, DepthwiseConv2d) and isinstance(norm, LayerNorm2d) and type(mlp) is ConvNeXtMlp):
+            # Plain PyTorch modules (to_reference(), for export): plain PyTorch ops throughout.
+            y = mlp(norm(conv(x)).permute(0, 2, 3, 1))
+            scale = drop_path_scale(y, self.drop_path, self.training)
+            return layer_scale_residual(y, self.gamma, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
+        dt = _compute_dtype(x)
+        y = dwconv_layer_norm(_cast(x, dt), _cast(conv.weight, dt), _cast(conv.bias, dt), _cast(norm.weight, dt),
+                              _cast(norm.bias, dt), norm.eps)
+        fc1, fc2, grn, gamma = mlp.fc1, mlp.fc2, mlp.grn, self.gamma
         scale = drop_path_scale(y, self.drop_path, self.training)
-        return layer_scale_residual(y, self.gamma, shortcut.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
+        args = (y, _cast(fc1.weight, dt), _cast(fc1.bias, dt), _cast(fc2.weight, dt), _cast(fc2.bias, dt))
+        grn_args = {} if grn is None else dict(grn_weight=_cast(grn.weight, dt), grn_bias=_cast(grn.bias, dt),
+                                               grn_eps=grn.eps)
+        if x.dtype == dt and (gamma is None or gamma.dtype == dt):
+            # One dtype (no autocast, or parameters already in it): the residual add is the kernel's epilogue.
+            return pointwise_mlp(*args, gamma=gamma, shortcut=x, drop_scale=scale, **grn_args)
+        # Autocast over float32 parameters: the residual add follows PyTorch's type promotion, as
+        # timm's block does (a float32 gamma keeps the residual stream in float32).
+        y = pointwise_mlp(*args, **grn_args).permute(0, 2, 3, 1)
+        return layer_scale_residual(y, gamma, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return f"drop_path={self.drop_path}" if self.drop_path else ""

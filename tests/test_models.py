@@ -115,7 +115,7 @@ def test_block_rejects_bad_arguments():
         ConvNeXtBlock(8, drop_path=1.0)
     with pytest.raises(ValueError, match="positive channel count"):
         ConvNeXtBlock(0)
-    with pytest.raises(ValueError, match="odd kernel_size"):
+    with pytest.raises(ValueError, match="odd kernel size"):
         ConvNeXtBlock(8, kernel_size=4)
 
 

@@ -112,17 +112,17 @@ def test_gradient_checkpointing_same_gradients_and_recomputes():
     expected = _grads(model)
     model.zero_grad()
     calls = []
-    mlp = model.stages[2].blocks[0].mlp
-    mlp_forward = mlp.forward
+    block = model.stages[2].blocks[0]
+    block_forward = block.forward
 
     def counting_forward(*args):
         calls.append(1)
-        return mlp_forward(*args)
+        return block_forward(*args)
 
-    mlp.forward = counting_forward
+    block.forward = counting_forward
     model.set_grad_checkpointing(True)
     F.cross_entropy(model(x), torch.tensor([1, 2])).backward()
-    del mlp.forward
+    del block.forward
     assert len(calls) == 2  # forward, and recomputed in backward
     for k, g in _grads(model).items():
         assert rel_err(g, expected[k]) < 1e-5, k
