@@ -7,6 +7,7 @@ Importing this package never touches the GPU and needs neither Triton nor the co
 """
 from .backend import BackendUnavailableError, available_backends, get_backend, set_backend, use_backend
 from .convert import convert, to_reference
+from .inference import optimize_for_inference
 from .depthwise_conv import depthwise_conv2d
 from .dwconv_ln import dwconv_layer_norm
 from .layer_norm import layer_norm_2d
@@ -45,7 +46,7 @@ __all__ = [
     "BackendUnavailableError", "CheckpointError", "ConvNeXt", "ConvNeXtBlock", "DepthwiseConv2d",
     "GlobalResponseNorm", "LayerNorm2d", "available_backends", "convert", "convert_state_dict",
     "create_model", "depthwise_conv2d", "dwconv_layer_norm", "get_backend", "layer_norm_2d",
-    "list_models", "load_weights", "pointwise_mlp", "set_backend", "to_reference", "use_backend",
+    "list_models", "load_weights", "optimize_for_inference", "pointwise_mlp", "set_backend", "to_reference", "use_backend",
     "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small",
     "convnext_base", "convnext_large", "convnext_xlarge", "convnextv2_atto", "convnextv2_femto",
     "convnextv2_pico", "convnextv2_nano", "convnextv2_tiny", "convnextv2_small", "convnextv2_base",

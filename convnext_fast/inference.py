@@ -1,0 +1,155 @@
+"""Whole-block inference: :func:`optimize_for_inference` folds each ConvNeXt block's weights and
+runs the block as two fused passes over memory.
+
+In inference a block's LayerNorm affine folds into fc1 and its layer scale into fc2
+(timm PR #1747 measured the layer-scale fold alone at +8-9%):
+
+* ``W1' = W1 diag(ln_w)``, ``b1' = b1 + W1 ln_b``;
+* ``W2' = diag(gamma) W2``, ``b2' = gamma * b2``.
+
+Then a block is ``x + MLP'(LN0(dwconv(x)))`` with a LayerNorm without affine (``LN0``): the fused
+depthwise conv + LayerNorm op reads x once and writes its normalized output, and the fused MLP
+op (fc1, GELU, [GRN], fc2 and the residual add in its epilogue) reads that and x once and writes
+the block's output. Nothing is saved for a backward pass. The folds are computed in float64 and
+rounded once to the model's dtype.
+
+Not yet: one kernel per block (the depthwise conv + LayerNorm as the MLP kernel's prologue, so a
+block reads x once and writes once) and CUDA-graph capture built in; ``torch.compile`` composes
+with the optimized model (tested), which is the way to cut per-launch host time today.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .dwconv_ln import dwconv_layer_norm
+from .layers import DepthwiseConv2d, LayerNorm2d
+from .mlp import pointwise_mlp
+from .models import ConvNeXtBlock, ConvNeXtMlp
+
+__all__ = ["FoldedBlock", "optimize_for_inference"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class FoldedBlock(nn.Module):
+    """A :class:`~convnext_fast.ConvNeXtBlock` with its LayerNorm affine folded into fc1 and its layer
+    scale into fc2, for inference only. Built by :func:`optimize_for_inference`.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H, W), channels_last.
+    """
+
+    def __init__(self, block: ConvNeXtBlock, dtype: torch.dtype) -> None:
+        super().__init__()
+        conv, norm, mlp = block.conv_dw, block.norm, block.mlp
+        c = conv.weight.shape[0]
+        f64 = dict(dtype=torch.float64)
+        ln_w, ln_b = norm.weight.detach().to(**f64), norm.bias.detach().to(**f64)
+        w1, w2 = mlp.fc1.weight.detach().flatten(1).to(**f64), mlp.fc2.weight.detach().flatten(1).to(**f64)
+        b1 = torch.zeros(w1.shape[0], **f64, device=w1.device) if mlp.fc1.bias is None else mlp.fc1.bias.detach().to(**f64)
+        b2 = torch.zeros(c, **f64, device=w1.device) if mlp.fc2.bias is None else mlp.fc2.bias.detach().to(**f64)
+        gamma = None if block.gamma is None else block.gamma.detach().to(**f64)
+        fc1_w, fc1_b = w1 * ln_w[None, :], b1 + w1 @ ln_b
+        fc2_w, fc2_b = (w2, b2) if gamma is None else (gamma[:, None] * w2, gamma * b2)
+        cast = lambda t: t.to(dtype).contiguous()  # noqa: E731
+        self.register_buffer("dw_weight", cast(conv.weight.detach()))
+        self.register_buffer("dw_bias", None if conv.bias is None else cast(conv.bias.detach()))
+        self.register_buffer("ln_ones", torch.ones(c, dtype=dtype, device=w1.device))
+        self.register_buffer("ln_zeros", torch.zeros(c, dtype=dtype, device=w1.device))
+        self.register_buffer("fc1_weight", cast(fc1_w))
+        self.register_buffer("fc1_bias", cast(fc1_b))
+        self.register_buffer("fc2_weight", cast(fc2_w))
+        self.register_buffer("fc2_bias", cast(fc2_b))
+        grn = mlp.grn
+        self.register_buffer("grn_weight", None if grn is None else cast(grn.weight.detach()))
+        self.register_buffer("grn_bias", None if grn is None else cast(grn.bias.detach()))
+        self.grn_eps = 1e-6 if grn is None else grn.eps
+        self.eps = norm.eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = dwconv_layer_norm(x, self.dw_weight, self.dw_bias, self.ln_ones, self.ln_zeros, self.eps)
+        return pointwise_mlp(y, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias, shortcut=x,
+                             grn_weight=self.grn_weight, grn_bias=self.grn_bias, grn_eps=self.grn_eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.dw_weight.shape[0]}, kernel_size={self.dw_weight.shape[-1]}, grn={self.grn_weight is not None}"
+
+
+def _foldable(block: ConvNeXtBlock) -> bool:
+    return (isinstance(block.conv_dw, DepthwiseConv2d) and isinstance(block.norm, LayerNorm2d)
+            and type(block.mlp) is ConvNeXtMlp)
+
+
+def _refuse_training(model: nn.Module):
+    def train(mode: bool = True) -> nn.Module:
+        if mode:
+            raise RuntimeError("this model was made by convnext_fast.optimize_for_inference and runs inference "
+                               "only (its weights are folded); train the original model instead")
+        return nn.Module.train(model, False)
+    return train
+
+
+def _input_hook(dtype: torch.dtype):
+    def hook(module: nn.Module, args):
+        x = args[0]
+        if torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad:
+            raise RuntimeError("a model made by convnext_fast.optimize_for_inference does not support backward: "
+                               "its weights are folded and frozen; run it under torch.no_grad() / "
+                               "torch.inference_mode(), or use the original model")
+        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != dtype:
+            return (x.to(dtype),) + tuple(args[1:])
+        return None
+    return hook
+
+
+def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """An inference-only copy of ``model`` with every ConvNeXt block folded (see the module docstring).
+
+    The input model is left untouched. The copy computes the same function (float32: relative error
+    over the output norm within about 1e-5; lower precision: within bf16 / fp16 rounding of the
+    folded weights), keeps ``forward_features`` / ``forward_head`` / ``forward_intermediates``, has
+    frozen parameters, and refuses ``train()`` and inputs that require grad with a clear error.
+
+    Saving: save the original model's ``state_dict`` and call this after loading it; the folded
+    copy's state dict is not a checkpoint format.
+
+    Args:
+        model: a ``convnext_fast`` ConvNeXt (V1 or V2), or a timm model made fast with
+            :func:`convnext_fast.convert`: anything containing :class:`~convnext_fast.ConvNeXtBlock`
+            modules whose ``conv_dw`` / ``norm`` are ``convnext_fast`` modules.
+        dtype: run in this dtype (e.g. ``torch.bfloat16``); default: the model's own. Inputs of
+            another floating dtype are cast to it at the stem.
+
+    Returns:
+        The optimized copy, in eval mode, on the model's device.
+
+    Raises:
+        ValueError: the model contains no ConvNeXt block that can be folded.
+        TypeError: ``dtype`` is not a floating dtype.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize_for_inference expects an nn.Module, got {type(model).__name__}")
+    if dtype is not None and dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"optimize_for_inference expects a floating dtype, got {dtype!r}")
+    blocks = [name for name, m in model.named_modules() if isinstance(m, ConvNeXtBlock) and _foldable(m)]
+    if not blocks:
+        raise ValueError(f"optimize_for_inference found no ConvNeXt block to fold in {type(model).__name__}: pass a "
+                         "convnext_fast model or a timm model made fast with convnext_fast.convert()")
+    if dtype is None:
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    optimized = copy.deepcopy(model).eval()
+    optimized.requires_grad_(False)
+    for name in blocks:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = optimized.get_submodule(owner_name) if owner_name else optimized
+        setattr(owner, leaf, FoldedBlock(getattr(owner, leaf), dtype))
+    optimized.to(dtype)
+    stem = getattr(optimized, "stem", None)
+    if isinstance(stem, nn.Module):
+        stem.register_forward_pre_hook(_input_hook(dtype))
+    optimized.train = _refuse_training(optimized)
+    return optimized

@@ -1,0 +1,116 @@
+"""optimize_for_inference: the folded model computes the original's function for every factory (V1
+and V2, reduced depths, tiny inputs), on every backend that runs here; keeps the feature APIs;
+refuses training; leaves the input model untouched; works on a convert()ed timm model and under
+torch.compile(fullgraph=True)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import convnext_fast
+from convnext_fast.inference import FoldedBlock
+
+from conftest import DEVICE
+
+
+def rel_err(a, e):
+    return ((a.double() - e.double()).norm() / e.double().norm()).item()
+
+
+def _randomized(model):
+    """Non-trivial LayerNorm affines, layer scales and GRN parameters, so a wrong fold shows."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma") or ".norm." in name or "grn" in name:
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _small(name):
+    depths = (1, 1, 1, 1)
+    return _randomized(convnext_fast.create_model(name, depths=depths, num_classes=7)).to(DEVICE)
+
+
+ALL = convnext_fast.list_models()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_factory_fp32(name):
+    """Default backend (the compiled CPU kernels here), 32x32: every width from atto to V2 huge."""
+    model = _small(name)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    optimized = convnext_fast.optimize_for_inference(model)
+    assert sum(isinstance(m, FoldedBlock) for m in optimized.modules()) == 4
+    with torch.no_grad():
+        assert rel_err(optimized(x), model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "convnextv2_atto"])
+def test_kernel_backends_and_intermediates(kernel_backend, name):
+    model = _small(name)
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    optimized = convnext_fast.optimize_for_inference(model)
+    with torch.no_grad():
+        assert rel_err(optimized(x), model(x)) < 1e-5
+        ours = optimized.forward_intermediates(x, intermediates_only=True)
+        expected = model.forward_intermediates(x, intermediates_only=True)
+        for a, e in zip(ours, expected):
+            assert rel_err(a, e) < 1e-5
+        assert rel_err(optimized.forward_head(optimized.forward_features(x)), model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_low_precision_within_its_rounding(dtype):
+    """bf16 weights and activations: within 2x of PyTorch's own bf16 error on the same model."""
+    model = _small("convnext_atto")
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    optimized = convnext_fast.optimize_for_inference(model, dtype=dtype)
+    with torch.no_grad():
+        expected = model.double()(x.double())
+        torch_err = rel_err(convnext_fast.to_reference(_small("convnext_atto").to(dtype))(x.to(dtype)), expected)
+        ours = optimized(x)  # the stem casts fp32 input to the model's dtype
+    assert ours.dtype == dtype
+    assert rel_err(ours, expected) <= 2 * torch_err + 1e-3
+
+
+def test_refuses_training_and_backward_and_leaves_the_original():
+    model = _small("convnext_atto")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimized = convnext_fast.optimize_for_inference(model)
+    assert not optimized.training and not any(p.requires_grad for p in optimized.parameters())
+    with pytest.raises(RuntimeError, match="inference only"):
+        optimized.train()
+    optimized.eval()  # allowed
+    with pytest.raises(RuntimeError, match="does not support backward"):
+        optimized(torch.randn(1, 3, 32, 32, device=DEVICE, requires_grad=True))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(isinstance(m, FoldedBlock) for m in model.modules())
+    with pytest.raises(ValueError, match="no ConvNeXt block"):
+        convnext_fast.optimize_for_inference(torch.nn.Linear(3, 3))
+    with pytest.raises(TypeError, match="floating dtype"):
+        convnext_fast.optimize_for_inference(model, dtype=torch.int8)
+
+
+def test_converted_timm_model():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    original = timm.create_model("convnext_atto", pretrained=False, num_classes=5, depths=(1, 1, 1, 1)).eval()
+    _randomized(original)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = original(x)
+        optimized = convnext_fast.optimize_for_inference(convnext_fast.convert(original))
+        assert rel_err(optimized(x), expected) < 1e-5
+
+
+def test_compile_fullgraph():
+    model = _small("convnext_atto")
+    optimized = convnext_fast.optimize_for_inference(model)
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    compiled = torch.compile(optimized, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
