@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from convnext_fast import extension, reference
 from numerics import assert_matches_reference
@@ -203,3 +204,43 @@ def test_parameters_requiring_grad_and_inference_mode(dtype, mode, threads):
         assert not out.requires_grad
         grads = extension.mlp_backward(torch.ones_like(out), x, w1, b1, w2, None, None, None, 1, h)
         assert all(g is None or not g.requires_grad for g in grads)
+
+
+def test_inference_reuses_weight_transposes_until_weights_change(monkeypatch):
+    """float32 inference transposes each weight once and reuses it; an in-place update (an
+    optimizer step, load_state_dict) is seen through the version counter; training skips the cache."""
+    from convnext_fast import extension
+
+    module = extension._mlp_ext()
+    made = []
+    real = module.mlp_weight_transposed
+    monkeypatch.setattr(extension, "_TRANSPOSED", extension.WeakIdKeyDictionary())
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(module, name)
+
+        def mlp_weight_transposed(self, w):
+            made.append(tuple(w.shape))
+            return real(w)
+
+    monkeypatch.setattr(extension, "_mlp_ext", lambda: Spy())
+    torch.manual_seed(0)
+    x = torch.randn(37, 8)
+    w1, w2 = torch.randn(32, 8, requires_grad=True), torch.randn(8, 32, requires_grad=True)
+    b1, b2 = torch.randn(32), torch.randn(8)
+
+    def expected():
+        return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+
+    with torch.no_grad():
+        for _ in range(3):
+            out, _ = extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, 37, False)
+            torch.testing.assert_close(out, expected(), rtol=1e-5, atol=1e-5)
+        assert made == [(32, 8), (8, 32)]
+        w1.mul_(0.5)  # in place: the next call must see it
+        out, _ = extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, 37, False)
+        torch.testing.assert_close(out, expected(), rtol=1e-5, atol=1e-5)
+        assert made == [(32, 8), (8, 32), (32, 8)]
+    extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, 37, True)  # grad mode, weights require grad
+    assert len(made) == 3

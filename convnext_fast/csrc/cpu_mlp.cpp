@@ -444,15 +444,12 @@ Tensor transposed(const Tensor& w) {
   return t;
 }
 
-void forward_f32(const Tensor& x, const Tensor& w1, const std::vector<float>& b1, const Tensor& w2,
+void forward_f32(const Tensor& x, const Tensor& w1t, const std::vector<float>& b1, const Tensor& w2t,
                  const std::vector<float>& b2, const std::vector<float>& gamma, const OptTensor& shortcut,
                  const float* s, int64_t rps, const Dims& d, Tensor& out, float* hsave) {
   const int64_t M = d.M, C = d.C, Hd = d.Hd;
   const int64_t J = Hd <= kMaxChunk ? Hd : std::clamp<int64_t>(kPanelBytes / (4 * C) / 64 * 64, 64, Hd);
   const RowBlocks rb = row_blocks(M, std::clamp<int64_t>(kTileBytes / (4 * J), kMinRows, kMaxRows));
-  // brgemm multiplies K x N row-major B: the weights transposed, once per call.
-  const Tensor w1t = transposed(w1);  // (C, Hd)
-  const Tensor w2t = transposed(w2);  // (Hd, C)
   const int64_t T = std::max<int64_t>(1, at::get_num_threads());
   const Tensor scratch = at::empty({T, rb.rows * (J + 1)}, x.options());
   const float* X = x.data_ptr<float>();
@@ -552,9 +549,28 @@ Tensor sum_partials(const std::vector<float>& partials, int64_t nb, int64_t n) {
 
 }  // namespace
 
+Tensor weight_transposed(const Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.scalar_type() == at::kFloat && w.device().is_cpu(),
+              "weight_transposed expects a contiguous 2-D float32 CPU tensor, got ", w.sizes(), " ", w.scalar_type());
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return transposed(w);
+}
+
+// brgemm multiplies K x N row-major B: the weights transposed, (K, N) = (C, Hd) for fc1 and
+// (Hd, C) for fc2; made here unless the caller passes them (reused across inference calls).
+static Tensor transposed_or(const OptTensor& given, const Tensor& w, const char* name) {
+  if (!given) return transposed(w);
+  TORCH_CHECK(given->scalar_type() == at::kFloat && given->is_contiguous() && given->dim() == 2 &&
+                  given->size(0) == w.size(1) && given->size(1) == w.size(0),
+              "mlp_forward: ", name, " must be the contiguous float32 transpose of its weight ", w.sizes(), ", got ",
+              given->sizes());
+  return *given;
+}
+
 std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
                                           const OptTensor& b2, const OptTensor& gamma, const OptTensor& shortcut,
-                                          const OptTensor& sample_scale, int64_t rows_per_sample, bool save_hidden) {
+                                          const OptTensor& sample_scale, int64_t rows_per_sample, bool save_hidden,
+                                          const OptTensor& w1t, const OptTensor& w2t) {
   const Dims d = check_inputs(x, w1, b1, w2, b2, gamma, sample_scale, rows_per_sample);
   if (shortcut) check_rows(*shortcut, "shortcut", d.M, d.C, x);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: nothing here is differentiated
@@ -565,7 +581,8 @@ std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, con
   const float* s = sample_scale ? sample_scale->data_ptr<float>() : nullptr;
   const std::vector<float> gvec = vec_f32(gamma, d.C, 1.f);
   if (x.scalar_type() == at::kFloat) {
-    forward_f32(x, w1, vec_f32(b1, d.Hd, 0.f), w2, vec_f32(b2, d.C, 0.f), gvec, shortcut, s, rows_per_sample, d, out,
+    forward_f32(x, transposed_or(w1t, w1, "w1t"), vec_f32(b1, d.Hd, 0.f), transposed_or(w2t, w2, "w2t"),
+                vec_f32(b2, d.C, 0.f), gvec, shortcut, s, rows_per_sample, d, out,
                 hsave ? hsave->data_ptr<float>() : nullptr);
   } else {
     forward_bf16(x, w1, b1, w2, b2, gvec, shortcut, s, rows_per_sample, d, out, hsave);
