@@ -4,6 +4,7 @@ Contract (every backend module provides the same functions): see ``convnext_fast
 for the allocation rules and each op module (``convnext_fast/depthwise_conv.py`` ...) for the
 signatures.
 """
+from .block import block_forward
 from .depthwise_conv import dwconv_backward, dwconv_forward
 from .dwconv_layer_norm import dwconv_ln_backward, dwconv_ln_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward
@@ -18,4 +19,5 @@ __all__ = [
     "dwconv_ln_backward",
     "mlp_forward",
     "mlp_backward",
+    "block_forward",
 ]
