@@ -174,6 +174,11 @@ _UNVERIFIED_ON_CUDA = frozenset(op for op, verified in dispatch_table()["cuda"].
                                 if not verified)
 
 
+def verified_on_cuda(op: str) -> bool:
+    """Whether a recorded GPU parity run has checked ``op``'s kernels (``kernels_verified``)."""
+    return op not in _UNVERIFIED_ON_CUDA
+
+
 def _auto_candidates(op: str, device_type: str, hw: int, backward: bool = False) -> tuple[str, ...]:
     if device_type == "cuda":
         if op in _UNVERIFIED_ON_CUDA:

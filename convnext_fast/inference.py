@@ -13,9 +13,14 @@ op (fc1, GELU, [GRN], fc2 and the residual add in its epilogue) reads that and x
 the block's output. Nothing is saved for a backward pass. The folds are computed in float64 and
 rounded once to the model's dtype.
 
-Not yet: one kernel per block (the depthwise conv + LayerNorm as the MLP kernel's prologue, so a
-block reads x once and writes once) and CUDA-graph capture built in; ``torch.compile`` composes
-with the optimized model (tested), which is the way to cut per-launch host time today.
+On a GPU, where C <= 256 and K <= 7 (ConvNeXt stages 1-2) and there is no GRN, a block can also
+run as one Triton kernel (``kernels/block.py``: the depthwise conv + LayerNorm as the prologue of
+the flash-style MLP, so the block reads x once and writes once). It runs when the ``triton``
+backend is asked for by name; ``auto`` takes it once a recorded GPU parity run has checked it
+(``dispatch.json``, ``kernels_verified``). Everything else takes the two fused ops.
+
+Not yet: CUDA-graph capture built in; ``torch.compile`` composes with the optimized model
+(tested), which is the way to cut per-launch host time today.
 """
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from . import backend
 from .dwconv_ln import dwconv_layer_norm
+from .kernels.layout import device_guard, empty_channels_last
 from .layers import DepthwiseConv2d, LayerNorm2d
 from .mlp import pointwise_mlp
 from .models import ConvNeXtBlock, ConvNeXtMlp
@@ -33,6 +40,37 @@ from .models import ConvNeXtBlock, ConvNeXtMlp
 __all__ = ["FoldedBlock", "optimize_for_inference"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# The one-kernel block's limits (kernels/block.py); a block beyond them runs the two fused ops.
+_BLOCK_MAX_C, _BLOCK_MAX_K = 256, 7
+_BLOCK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@torch.library.custom_op("convnext_fast::block_fwd", mutates_args=())
+def block_fwd(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], eps: float, fc1_weight: Tensor,
+              fc1_bias: Tensor, fc2_weight: Tensor, fc2_bias: Tensor) -> Tensor:
+    """A folded block in one Triton kernel (inference only: no autograd)."""
+    with device_guard(x):
+        return backend.implementation("triton").block_forward(x, dw_weight, dw_bias, eps, fc1_weight, fc1_bias,
+                                                              fc2_weight, fc2_bias)
+
+
+@block_fwd.register_fake
+def _(x, dw_weight, dw_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+    return empty_channels_last(x.shape, x.dtype, x.device)
+
+
+def _one_kernel(x: Tensor) -> bool:
+    """Whether a foldable block on ``x`` runs as one kernel: triton asked for by name, or ``auto`` on a
+    GPU once the kernel is verified there."""
+    if x.dtype not in _BLOCK_DTYPES:
+        return False
+    requested = backend.get_backend()
+    if requested == "triton":
+        return True
+    return (requested == "auto" and x.device.type == "cuda" and backend.verified_on_cuda("folded_block")
+            and not backend.available_backends("cuda")["triton"])
 
 
 class FoldedBlock(nn.Module):
@@ -69,8 +107,13 @@ class FoldedBlock(nn.Module):
         self.register_buffer("grn_bias", None if grn is None else cast(grn.bias.detach()))
         self.grn_eps = 1e-6 if grn is None else grn.eps
         self.eps = norm.eps
+        k = conv.weight.shape[-1]
+        self.one_kernel_ok = grn is None and c <= _BLOCK_MAX_C and k <= _BLOCK_MAX_K
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.one_kernel_ok and _one_kernel(x):
+            return block_fwd(x, self.dw_weight, self.dw_bias, self.eps, self.fc1_weight, self.fc1_bias,
+                             self.fc2_weight, self.fc2_bias)
         y = dwconv_layer_norm(x, self.dw_weight, self.dw_bias, self.ln_ones, self.ln_zeros, self.eps)
         return pointwise_mlp(y, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias, shortcut=x,
                              grn_weight=self.grn_weight, grn_bias=self.grn_bias, grn_eps=self.grn_eps)

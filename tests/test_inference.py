@@ -114,3 +114,37 @@ def test_compile_fullgraph():
     compiled = torch.compile(optimized, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         assert rel_err(compiled(x), model(x)) < 1e-5
+
+
+@pytest.mark.parametrize("name,one_kernel", [("convnext_atto", True), ("convnextv2_atto", False)])
+def test_one_kernel_blocks_under_triton(name, one_kernel, monkeypatch):
+    """With triton asked for by name, V1 blocks (C <= 256, K <= 7) run as one kernel and give the
+    original's output; V2 blocks (GRN) take the two fused ops."""
+    from convnext_fast import backend
+
+    if backend.available_backends(DEVICE.type)["triton"]:
+        pytest.skip("the triton backend cannot run here (on CPU it needs TRITON_INTERPRET=1)")
+    impl = backend.implementation("triton")
+    calls = []
+    real = impl.block_forward
+    monkeypatch.setattr(impl, "block_forward", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    model = convnext_fast.create_model(name, depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=3)
+    model = _randomized(model).to(DEVICE)
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    optimized = convnext_fast.optimize_for_inference(model)
+    with torch.no_grad(), convnext_fast.use_backend("triton"):
+        assert rel_err(optimized(x), model(x)) < 1e-5
+    assert len(calls) == (4 if one_kernel else 0)
+
+
+def test_one_kernel_block_op_is_registered():
+    from convnext_fast.inference import block_fwd
+
+    c, hd = 8, 32
+    args = (torch.randn(1, c, 5, 4).contiguous(memory_format=torch.channels_last), torch.randn(c, 1, 3, 3),
+            torch.randn(c), 1e-6, torch.randn(hd, c), torch.randn(hd), torch.randn(c, hd), torch.randn(c))
+    from convnext_fast import backend
+
+    if backend.available_backends("cpu")["triton"]:
+        pytest.skip("the triton backend cannot run here (on CPU it needs TRITON_INTERPRET=1)")
+    torch.library.opcheck(block_fwd, args)
