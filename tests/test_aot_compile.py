@@ -42,7 +42,8 @@ def resource_rows(request):
 
 def test_every_module_has_configs(resource_rows):
     names = {r["name"] for r in resource_rows}
-    for family in ("dwconv", "layer_norm", "dwconv_ln", "mlp_fwd_fused", "mlp_linear", "mlp_dgelu", "mlp_wgrad", "block_fwd"):
+    for family in ("dwconv", "layer_norm", "dwconv_ln", "mlp_fwd_fused", "mlp_linear", "mlp_dgelu", "mlp_wgrad",
+                   "block_fwd"):
         assert any(family in n for n in names), f"no AOT configuration for the {family} kernels: {sorted(names)}"
     assert {r["arch"] for r in resource_rows} == set(ARCHS)
 
