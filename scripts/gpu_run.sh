@@ -17,11 +17,26 @@
 #   tests_by_file.txt with the `testfiles` step (each test file in its own process)
 #   tune.json, tune.md only with the optional `tune` step (run it in a call of its own:
 #                      STEPS="build tune"; it sweeps the Triton launchers' constants)
+#   mlp_parity.txt     with the `mlp` step: pointwise_mlp (triton) against the float64 reference
+#   mlp_tests.txt      with the `mlp` step, when time is left: the two MLP test files on CUDA
+#
+# The `mlp` step, in a call of its own: STEPS="mlp" (no `build` needed: the MLP has no kernel in the
+# compiled extension, and the step turns the extension off rather than compile it on first use, unless
+# `build` ran before it). Within MLP_S (default 480 s) on a fresh machine with cold compile caches:
+#   1. parity of convnext_fast.pointwise_mlp with the triton backend, bf16, forward and every
+#      gradient, at ConvNeXt-T's four stages (batch 8) and an odd shape, against the float64
+#      reference with the report's rule (at most 2x PyTorch's own error + a small atol): mlp_parity.txt;
+#   2. the report's headline rows only, bf16: the MLP half at stages 1-2 (fwd, fwd+bwd) and
+#      convnext_tiny inference + training step (batch 256) against timm eager and torch.compile,
+#      ours = triton, triton_compile and optimize_for_inference (eager, compiled):
+#      `--quick --only mlp,model --exclude sweep,latency --stages 1,2` -> results.json, report.md and
+#      the plots (the same files as `bench`: run the two in separate calls);
+#   3. tests/test_mlp_op.py and tests/test_pointwise_mlp_kernels.py on CUDA, if 60 s or more are left.
 # Copy them to benchmarks/results/<device-slug>/<date>/ (the summary prints the exact folder).
 #
 # Environment knobs (all optional):
 #   STEPS            steps to run, in order (default "build info testfiles"; also "tests" (the suite in
-#                    one process, junit.xml), "host", "bench", "pybench", "tune"). On a bare machine the
+#                    one process, junit.xml), "host", "bench", "pybench", "tune", "mlp"). On a bare machine the
 #                    test files one after another took ~7 minutes (Triton compiles every kernel variant
 #                    first; `testfiles` now runs TEST_JOBS of them at once), so the benchmark gets a
 #                    call of its own: STEPS="build host bench"
@@ -34,6 +49,7 @@
 #   PYTEST_ARGS      test-suite options (default "-q -rf --maxfail=25": every failure listed, up to 25)
 #   BENCH_ARGS       extra options for python -m convnext_fast.bench (e.g. "--quick", "--compile-all")
 #   MAX_JOBS         parallel compile jobs for the extension (default 16)
+#   MLP_S            wall-time cap of the `mlp` step (default 480)
 #   PYTHON           interpreter (default: python, else python3)
 #
 # A failing step never stops the later ones: each step's exit code is recorded, and the script
@@ -204,6 +220,74 @@ step_host() {
     timeout 150 "$PY" benchmarks/bench_host_overhead.py --device cuda --backend $backends --repeats 1000 \
         --json "$OUT/host_overhead.json" --profile "$OUT/host_profile.txt"
 }
+step_mlp() {
+    local deadline left budget rc=0 brc trc ext=(env)
+    deadline=$(( $(elapsed) + ${MLP_S:-480} ))
+    [ "$deadline" -gt "$TOTAL_S" ] && deadline=$TOTAL_S
+    case " $STEPS " in
+        *" build "*) ;;
+        # nothing here runs the extension's kernels: do not let its first use compile it (minutes)
+        *) ext=(env CONVNEXT_FAST_BUILD_CPU=0 CONVNEXT_FAST_BUILD_CUDA=0) ;;
+    esac
+    echo "--- 1. pointwise_mlp parity (triton, bf16) -> mlp_parity.txt"
+    timeout 120 "${ext[@]}" "$PY" - >"$OUT/mlp_parity.txt" 2>&1 <<'EOF'
+import sys
+import time
+
+import torch
+
+from convnext_fast.bench import cases as C
+
+if not torch.cuda.is_available():
+    sys.exit("no CUDA device: this parity run is for a GPU")
+dev = torch.device("cuda")
+shapes = [(8,) + s for s in C.STAGES] + [(3, 100, 9, 11)]  # + C not a multiple of any block size
+failed = 0
+print("pointwise_mlp, triton backend, against the float64 reference (output and every gradient; "
+      "tol = 2 x PyTorch's own relative error in the dtype + atol)")
+for dtype in ("bfloat16",):
+    for shape in shapes:
+        t0 = time.perf_counter()
+        r = C.check_parity(C.Case("mlp", "fwdbwd", shape, dtype), "triton", dev, batch=shape[0])
+        worst = max(r["outputs"].items(), key=lambda kv: kv[1]["rel_err"] / kv[1]["tol"], default=None)
+        failed += not r["passed"]
+        what = (f"worst {worst[0]}: rel err {worst[1]['rel_err']:.2e}, tol {worst[1]['tol']:.2e}" if worst
+                else r["error"])
+        print(f"{'x'.join(map(str, shape)):>14} {dtype:>9} {'ok' if r['passed'] else 'FAILED':>6}  {what}  "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        if r["error"]:
+            print("   error:", r["error"])
+sys.exit(1 if failed else 0)
+EOF
+    rc=$?
+    cat "$OUT/mlp_parity.txt"
+    echo "--- 2. headline rows: MLP half at stages 1-2, convnext_tiny inference + training (bf16)"
+    left=$(( deadline - $(elapsed) ))
+    budget=$(( left - 40 ))  # Python start-up, writing the report and the plots
+    [ "$budget" -lt 60 ] && budget=60
+    # shellcheck disable=SC2086
+    timeout $(( budget + 35 )) "${ext[@]}" "$PY" -m convnext_fast.bench --out "$OUT" --budget-s "$budget" --quick \
+        --only mlp,model --exclude sweep,latency --stages 1,2 \
+        --providers torch,torch_compile,triton,triton_compile,triton_optimized,triton_optimized_compile $BENCH_ARGS
+    brc=$?
+    if [ $brc -ne 0 ] && [ -f "$OUT/results.json" ]; then
+        echo "bench exited with $brc: rendering report.md and plots from the checkpointed results.json"
+        timeout 60 "${ext[@]}" "$PY" -m convnext_fast.bench --out "$OUT" --from-json "$OUT/results.json"
+    fi
+    [ $brc -ne 0 ] && rc=$brc
+    left=$(( deadline - $(elapsed) ))
+    if [ "$left" -ge 60 ]; then
+        echo "--- 3. the MLP test files on CUDA (${left}s left) -> mlp_tests.txt"
+        timeout -s INT -k 10 $(( left - 15 )) "${ext[@]}" "$PY" -m pytest tests/test_mlp_op.py \
+            tests/test_pointwise_mlp_kernels.py -q -rfE --tb=short -p no:cacheprovider >"$OUT/mlp_tests.txt" 2>&1
+        trc=$?
+        tail -n 3 "$OUT/mlp_tests.txt"
+        case $trc in 0|5) ;; *) rc=$trc ;; esac
+    else
+        echo "--- 3. MLP test files not run: ${left}s left of MLP_S"
+    fi
+    return $rc
+}
 step_tune() {
     local budget
     budget=$(( $(remaining) - 30 ))
@@ -228,6 +312,7 @@ for step in $STEPS; do
         bench)   run_step bench step_bench ;;
         pybench) run_step pybench step_pybench ;;
         tune)    run_step tune step_tune ;;
+        mlp)     run_step mlp step_mlp ;;
         *)       record "$step" "unknown-step" 0 ;;
     esac
 done

@@ -188,7 +188,7 @@ def test_perf_md_from_fabricated_results(tmp_path):
     text = out.read_text()
     assert "FAKE cuda device" in text and "2026-01-01" in text
     assert "**met**" in text and "**not met**" in text and "**not measured**" in text
-    assert "5 of 8 met" in text
+    assert f"5 of {len(aggregate.TARGETS)} met" in text
 
 
 def test_perf_md_placeholder_without_results(tmp_path):
@@ -366,6 +366,8 @@ def _synthetic_all_providers(device_type="cuda", narrow=False):
 
     def add(op, mode, shape, k, group, base):
         for p in C.PROVIDERS:
+            if C.provider_skip_reason(p, C.Case(op, mode, tuple(shape), "bfloat16", k, group)):
+                continue  # as a run records it: this provider does not measure the case
             r = _row(op, mode, shape, p, base / speed[p], k=k, group=group)
             if op == "model":
                 r.update(img_per_s=shape[0] / (r["time_ms"] / 1e3), peak_mem_mb=15000.0)
@@ -383,6 +385,8 @@ def _synthetic_all_providers(device_type="cuda", narrow=False):
         for k in C.SWEEP_K:
             if k != 7:
                 add(op, mode, shape, k, "sweep", 0.02 * k * k)
+    if device_type == "cuda":
+        add("model", "infer", (1, 3, 224, 224), 7, "latency", 0.004)
     data = _fake_results(device_type, "2026-01-01T00:00:00Z", rows)
     data["meta"]["device_name"] = "NVIDIA H100 80GB HBM3 (fabricated)" if device_type == "cuda" else \
         "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz (fabricated, 2 of 112 cores)"
@@ -419,7 +423,8 @@ def test_overlap_check_catches_crowded_provider_names():
     plt = pytest.importorskip("matplotlib.pyplot")
     from convnext_fast.bench import cases as C
 
-    gpu_providers = [p for p in C.PROVIDERS if p != "cpu"]
+    gpu_providers = ["torch", "torch_compile", "triton", "cuda", "triton_compile"]
+    assert set(gpu_providers) <= set(C.PROVIDERS)
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
     for ax, mode in zip(axes, ("infer", "train")):
         ax.bar(gpu_providers, [7662, 15133, 12760, 5912, 15813])
@@ -437,9 +442,23 @@ def test_every_plot_renders_with_every_provider_and_no_text_overlaps(tmp_path, d
     plt = pytest.importorskip("matplotlib.pyplot")
     from convnext_fast.bench.report import make_figures, write_plots
 
+    from convnext_fast.bench import cases as C
+
     data = _synthetic_all_providers(device_type, narrow)
+    rows = data["results"]
+    if not narrow:
+        assert {r["op"] for r in rows} >= {"mlp", "model"} and any(r.get("group") == "latency" for r in rows) == \
+            (device_type == "cuda")
     figs = make_figures(data)
     assert sorted(figs) == ["model.png", "speedup.png", "sweep.png"]
+    # the providers each figure shows: those that measure its cases (the optimized models and the
+    # resnet50 anchor only the model; every provider measures model inference)
+    ops = {r["provider"] for r in rows if r["op"] != "model" and r["group"] == "standard"}
+    shown = {"speedup.png": ops - {"torch"},
+             "sweep.png": {r["provider"] for r in rows if r["group"] == "sweep"},
+             "model.png": set(C.PROVIDERS)}
+    assert {"triton_optimized", "resnet50_compile"} <= {r["provider"] for r in rows if r["op"] == "model"}
+    assert not shown["speedup.png"] & (set(C.OPTIMIZED) | set(C.ANCHORS))
     for name, fig in figs.items():
         clashes, outside = _text_overlaps(fig)
         assert not clashes, f"{name}: overlapping texts {clashes}"
@@ -447,9 +466,9 @@ def test_every_plot_renders_with_every_provider_and_no_text_overlaps(tmp_path, d
         # every provider has its own entry: a legend (speedup, sweep) or a bar label (model)
         labels = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
         labels |= {t.get_text() for ax in fig.axes for t in ax.get_yticklabels()}
-        from convnext_fast.bench import cases as C
-        expected = set(C.PROVIDERS) - ({"torch"} if name == "speedup.png" else set())
-        assert expected <= labels, (name, expected - labels)
+        assert shown[name] <= labels, (name, shown[name] - labels)
+        if name == "speedup.png" and not narrow:
+            assert any(ax.get_title().startswith("MLP half") for ax in fig.axes)
         plt.close(fig)
     paths = write_plots(data, tmp_path)
     assert sorted(p.name for p in paths) == ["model.png", "speedup.png", "sweep.png"]
@@ -558,3 +577,259 @@ def test_compiled_ours_provider():
             _row("block", "fwdbwd", (128, 96, 56, 56), "triton_compile", 0.6)]
     best = aggregate.best_ours(rows, aggregate.row_key(rows[0]))
     assert best["provider"] == "triton_compile"
+
+
+# ------------------------------------------------------------------------------------------------
+# the MLP half, the optimized model, the resnet50 anchor, batch-1 latency
+# ------------------------------------------------------------------------------------------------
+
+def test_mlp_bytes_and_flops_by_hand():
+    # (2, 8, 4, 4) bf16: M = 32 rows, C = 8, Hd = 32; act = 256 elements
+    w = roofline.mlp_work((2, 8, 4, 4), "bfloat16", "fwd")
+    params = 8 * 32 + 32 + 32 * 8 + 8 + 8  # fc1, b1, fc2, b2, gamma
+    assert w.bytes == (3 * 256 + params) * 2  # x + shortcut in, out written; the (M, Hd) hidden: never
+    gemm = 4 * 32 * 8 * 32
+    assert w.flops - w.fp32_flops == gemm  # the two GEMMs on tensor cores
+    assert w.fp32_flops == 8 * 32 * 32 + 2 * 256  # GELU, layer scale, residual
+    wb = roofline.mlp_work((2, 8, 4, 4), "float32", "fwdbwd")
+    assert wb.flops - wb.fp32_flops == 3 * gemm  # backward: grad input and grad weight of each Linear
+    assert wb.bytes == (3 * 256 + params) * 4 + (3 * 256 + 2 * params) * 4
+    assert roofline.op_work("mlp", (2, 8, 4, 4), 7, "bfloat16", "fwd") == w
+    with pytest.raises(ValueError, match="mlp has modes fwd/fwdbwd"):
+        roofline.mlp_work((2, 8, 4, 4), "bfloat16", "bwd")
+
+
+def test_mlp_roofline_bound_by_stage():
+    # H100-like ceilings, bf16, batch 128: M*C*Hd is the same at every stage (M quarters as C
+    # doubles), so the GEMMs take as long everywhere while the activations halve at each stage:
+    # stage 1 sits at the ridge (the bytes alone near the floor), stage 4 is tensor-core bound.
+    ceil = roofline.Ceilings(copy_gbps=3000.0, matmul_tflops={"bfloat16": 738.0}, fp32_fma_tflops=51.7)
+    works = [roofline.mlp_work((128,) + s, "bfloat16", "fwd") for s in STAGES]
+    assert len({w.flops - w.fp32_flops for w in works}) == 1
+    assert [round(works[0].bytes / w.bytes) for w in works] == [1, 2, 4, 6]  # stage 4: the weights weigh in
+    first = roofline.roofline(roofline.mlp_work((128,) + STAGES[0], "bfloat16", "fwd"), 1.0, ceil, "bfloat16")
+    last = roofline.roofline(roofline.mlp_work((128,) + STAGES[3], "bfloat16", "fwd"), 1.0, ceil, "bfloat16")
+    assert first["pct_bandwidth_max"] > 90.0
+    assert last["bound"] == "tensor cores" and last["pct_bandwidth_max"] < 25.0
+
+
+def test_resnet50_anchor_work():
+    w = roofline.resnet50_work(2, "bfloat16", "infer")
+    assert w.flops == 2 * 2 * roofline.RESNET50_MACS_PER_IMAGE and w.fp32_flops == 0
+    assert roofline.resnet50_work(2, "bfloat16", "train").flops == 3 * w.flops
+
+
+def test_mlp_and_latency_cases_in_the_standard_set():
+    cpu = standard_cases("cpu", quick=True)
+    mlp = [c for c in cpu if c.op == "mlp"]
+    assert [(c.mode, c.shape[1:]) for c in mlp] == [(m, s) for m in ("fwd", "fwdbwd") for s in STAGES]
+    assert all(c.shape[0] == 2 and c.dtype == "float32" for c in mlp)
+    assert not [c for c in cpu if c.group == "latency"]  # batch 1 latency: a GPU row
+    gpu = standard_cases("cuda")
+    assert Case("mlp", "fwd", (128,) + STAGES[0], "bfloat16") in gpu
+    assert Case("model", "infer", (1, 3, 224, 224), "bfloat16", 7, "latency") in gpu
+    order = [c.op for c in gpu]
+    assert order.index("mlp") < order.index("block") < order.index("model")
+    latency = gpu.index(Case("model", "infer", (1, 3, 224, 224), "bfloat16", 7, "latency"))
+    assert latency < next(i for i, c in enumerate(gpu) if c.group == "sweep")  # before the sweep
+    # --stages: the op and block cases at the stages asked for; the model is not affected
+    two = standard_cases("cuda", quick=True, stages=[2, 1])
+    assert {c.shape[1:] for c in two if c.op not in ("model",)} == {STAGES[0], STAGES[1]}
+    assert any(c.op == "model" and c.mode == "train" for c in two)
+    with pytest.raises(ValueError, match="stage numbers 1-4, got \\[0, 5\\]"):
+        standard_cases("cpu", stages=[0, 5])
+
+
+def test_which_provider_measures_which_case():
+    from convnext_fast.bench import cases as C
+
+    assert C.OURS == aggregate.OURS and C.OPTIMIZED == aggregate.OPTIMIZED
+    assert not set(C.ANCHORS) & set(C.OURS)  # the anchor is reported, never ours
+    assert set(aggregate.MODEL_OURS) == set(C.OURS) - set(C.OPTIMIZED)
+    assert C.backend_of("triton_optimized_compile") == "triton" and C.backend_of("cpu_optimized") == "cpu"
+    assert C.eager_twin("triton_optimized_compile") == "triton_optimized" and C.eager_twin("triton_compile") == "triton"
+    infer = Case("model", "infer", (256, 3, 224, 224), "bfloat16")
+    train = Case("model", "train", (256, 3, 224, 224), "bfloat16")
+    mlp = Case("mlp", "fwd", (128,) + STAGES[0], "bfloat16")
+    sweep = Case("model", "infer", (256, 3, 224, 224), "bfloat16", 13, "sweep")
+    for p in C.PROVIDERS:
+        assert C.provider_skip_reason(p, infer) == "", p  # every provider measures model inference
+    for p in C.OPTIMIZED:
+        assert "inference only" in C.provider_skip_reason(p, train)
+        assert "inference only" in C.provider_skip_reason(p, mlp)
+    for p in C.ANCHORS:
+        assert "convnext_tiny table only" in C.provider_skip_reason(p, mlp)
+        assert "no depthwise kernel size" in C.provider_skip_reason(p, sweep)
+        assert C.provider_skip_reason(p, train) == ""
+    assert "block and model only" in C.provider_skip_reason("triton_compile", mlp)
+    for p in ("torch", "torch_compile", "triton", "cuda", "cpu"):
+        assert C.provider_skip_reason(p, mlp) == ""
+
+
+def test_mlp_case_parity_and_timing_on_cpu():
+    """One small MLP case end to end on the CPU: parity of ours (cpu backend) and eager PyTorch
+    against the float64 reference for the output and every gradient, then each provider timed."""
+    import torch
+
+    from convnext_fast.bench import cases as C
+    from convnext_fast.bench.timing import measure
+
+    cpu = torch.device("cpu")
+    if C.provider_unavailable("cpu", cpu):
+        pytest.skip(C.provider_unavailable("cpu", cpu))
+    case = Case("mlp", "fwdbwd", (1, 40, 5, 6), "float32")
+    res = C.check_parity(case, "cpu", cpu, batch=1)
+    assert res["error"] is None and res["passed"] is True
+    names = ["y", "grad_x", "grad_fc1_weight", "grad_fc1_bias", "grad_fc2_weight", "grad_fc2_bias", "grad_gamma",
+             "grad_shortcut"]
+    assert list(res["outputs"]) == names
+    for o in res["outputs"].values():  # both ours and eager PyTorch near the reference in fp32
+        assert o["rel_err"] < 1e-5 and o["torch_rel_err"] < 1e-5
+    with pytest.raises(C.Skip, match="inference only"):
+        C.check_parity(case, "cpu_optimized", cpu)
+    for mode in ("fwd", "fwdbwd"):
+        for p in ("torch", "cpu"):
+            prep = C.prepare(Case("mlp", mode, (1, 40, 5, 6), "float32"), p, cpu, warmup_calls=1)
+            t = measure(prep.fn, cpu, warmup_ms=1, rep_ms=2)
+            assert t.median_ms > 0
+    with pytest.raises(C.Skip):
+        C.prepare(case, "triton", cpu)  # never the interpreter for timing
+
+
+def test_eager_mlp_is_timms_block_tail():
+    """The eager provider computes what timm's block computes after its norm (Mlp on the NHWC view,
+    layer scale, residual): the same numbers as timm's modules with the same parameters."""
+    import torch
+
+    from convnext_fast.bench import cases as C
+
+    timm_layers = pytest.importorskip("timm.layers")
+    case = Case("mlp", "fwd", (2, 16, 3, 5), "float64")
+    x, w1, b1, w2, b2, gamma, shortcut = C._op_inputs(case, torch.device("cpu"))
+    mlp = timm_layers.Mlp(16, 64, act_layer=torch.nn.GELU).double()
+    with torch.no_grad():
+        mlp.fc1.weight.copy_(w1), mlp.fc1.bias.copy_(b1), mlp.fc2.weight.copy_(w2), mlp.fc2.bias.copy_(b2)
+        timm_y = mlp(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).mul(gamma.reshape(1, -1, 1, 1)) + shortcut
+        ours_eager = C._eager_mlp(x, w1, b1, w2, b2, gamma, shortcut)
+    torch.testing.assert_close(ours_eager, timm_y, rtol=1e-12, atol=1e-12)
+    assert ours_eager.is_contiguous(memory_format=torch.channels_last)
+
+
+def _new_feature_rows():
+    """Fabricated GPU rows: the MLP half at four stages (fwd, fwdbwd), blocks, the model with the
+    optimized providers, the resnet50 anchor and a batch-1 latency row."""
+    rows = []
+    for i, (c, h, w) in enumerate(STAGES):
+        s = (128, c, h, w)
+        for mode in ("fwd", "fwdbwd"):
+            ours = 0.5 if i < 2 else 2.0  # 2x compile at stages 1-2, 0.5x at 3-4 (must not count)
+            rows += [_row("mlp", mode, s, "torch", 1.5), _row("mlp", mode, s, "torch_compile", 1.0),
+                     _row("mlp", mode, s, "triton", ours)]
+        rows += [_row("block", "fwd", s, "torch", 1.6), _row("block", "fwd", s, "torch_compile", 1.2),
+                 _row("block", "fwd", s, "triton", 1.0),
+                 _row("block", "fwdbwd", s, "torch", 1.6), _row("block", "fwdbwd", s, "torch_compile", 1.25),
+                 _row("block", "fwdbwd", s, "triton", 1.0)]
+    m, one = (256, 3, 224, 224), (1, 3, 224, 224)
+
+    def model(mode, shape, provider, t, group="standard"):
+        return _row("model", mode, shape, provider, t, img_per_s=shape[0] / (t / 1e3), group=group)
+
+    rows += [model("infer", m, "torch", 40.0), model("infer", m, "torch_compile", 20.0),
+             model("infer", m, "triton", 16.0), model("infer", m, "triton_compile", 15.0),
+             model("infer", m, "triton_optimized", 9.0), model("infer", m, "triton_optimized_compile", 12.0),
+             model("infer", m, "resnet50", 30.0), model("infer", m, "resnet50_compile", 25.0),
+             model("train", m, "torch", 100.0), model("train", m, "torch_compile", 65.0),
+             model("train", m, "triton_compile", 60.0), model("train", m, "resnet50", 90.0),
+             # batch 1: the optimized model 10x compile there; latency rows never enter a target
+             model("infer", one, "torch", 4.0, "latency"), model("infer", one, "torch_compile", 3.0, "latency"),
+             model("infer", one, "triton_optimized", 0.3, "latency")]
+    return rows
+
+
+def test_new_targets_named_by_what_they_measure():
+    t = {x["id"]: x for x in aggregate.evaluate_targets(_new_feature_rows())}
+    mlp = t["mlp_vs_compile"]
+    assert mlp["target"] == "MLP half vs torch.compile, stages 1-2" and mlp["threshold"] == 1.5
+    assert mlp["value"] == pytest.approx(2.0) and mlp["verdict"] == "met"  # stages 3-4 (0.5x) not counted
+    assert mlp["detail"].count("(triton)") == 4 and "128x96x56x56 fwdbwd: 2.00x" in mlp["detail"]
+    assert "768x7x7" not in mlp["detail"]
+    assert t["block_fwd_vs_compile"]["value"] == pytest.approx(1.2)
+    assert t["block_fwd_vs_compile"]["verdict"] == "not met"  # 1.2x < 1.5x
+    assert t["block_fwdbwd_vs_timm_compile"]["verdict"] == "not met"  # 1.25x < 1.3x
+    assert t["block_vs_compile"]["verdict"] == "met"  # the existing 1.2x goal stays
+    # the model targets count our trainable model (15 ms), not the optimized copy (9 ms)
+    assert t["model_infer_vs_compile"]["value"] == pytest.approx(20.0 / 15.0)
+    assert t["model_train_vs_compile"]["value"] == pytest.approx(65.0 / 60.0)
+    assert t["model_train_vs_compile"]["verdict"] == "not met"
+    opt = t["optimized_infer_vs_compile"]
+    assert opt["value"] == pytest.approx(20.0 / 9.0) and opt["verdict"] == "met"
+    assert "triton_optimized" in opt["detail"] and "batch" not in opt["target"].split("(")[0]
+    # nothing measured -> "not measured"
+    empty = {x["id"]: x["verdict"] for x in aggregate.evaluate_targets([])}
+    assert set(empty.values()) == {"not measured"} and len(empty) == len(aggregate.TARGETS)
+    names = [x.target for x in aggregate.TARGETS]
+    for name in ("MLP half vs torch.compile, stages 1-2", "ConvNeXt block forward vs timm block under torch.compile",
+                 "ConvNeXt block forward + backward vs timm block under torch.compile",
+                 "convnext_tiny inference (batch 256) vs timm torch.compile",
+                 "convnext_tiny training step (batch 256) vs timm torch.compile",
+                 "optimized convnext_tiny inference (batch 256) vs timm torch.compile"):
+        assert name in names
+    assert len(set(names)) == len(names) and len({x.id for x in aggregate.TARGETS}) == len(names)
+
+
+def test_report_renders_the_new_cases():
+    data = _fake_results("cuda", "2026-01-01T00:00:00Z", _new_feature_rows())
+    md = render_markdown(data)
+    assert "| mlp | fwd | 128x96x56x56 | bfloat16 | 7 | triton |" in md
+    assert "| MLP half vs torch.compile, stages 1-2 | >= 1.50x | 2.00x | **met** |" in md
+    model = [ln for ln in md.split("## convnext_tiny", 1)[1].splitlines() if ln.startswith("| infer |")]
+    assert any("| 1 | bfloat16 (weights) | triton_optimized |" in ln for ln in model)  # batch-1 latency
+    assert any("| 256 | bfloat16 (autocast) | resnet50_compile |" in ln for ln in model)
+    assert "an anchor, not a target" in md
+    summary = final_summary(data)
+    assert "| MLP half forward | bfloat16, batch 128 | triton | 1.50x (0.75x-3.00x, 4 stages) | " \
+           "1.00x (0.50x-2.00x, 4 stages) |" in summary
+    assert "| convnext_tiny inference (latency) | bfloat16, batch 1 | triton_optimized | 13.33x | 10.00x |" in summary
+    assert "resnet50" not in summary.split("Speed targets")[0]  # the anchor is no provider of ours
+    perf_md = perf.render_perf_md(data)
+    assert "| infer | 1 | triton_optimized |" in perf_md and "resnet50_compile" in perf_md
+    assert f"of {len(aggregate.TARGETS)} met" in perf_md
+
+
+def test_cpu_quick_report_runs_the_mlp_family(tmp_path):
+    """The report's CLI on the CPU, restricted to the MLP half at stage 1: parity first (stages 1
+    and 4), then eager PyTorch and ours timed, then report.md / results.json with the MLP rows."""
+    import torch
+
+    from convnext_fast.bench import cases as C
+    from convnext_fast.bench.report import main
+
+    if C.provider_unavailable("cpu", torch.device("cpu")):
+        pytest.skip(C.provider_unavailable("cpu", torch.device("cpu")))
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "bench"
+    assert main(["--out", str(out), "--quick", "--only", "mlp,block", "--exclude", "block", "--stages", "1",
+                 "--providers", "torch,cpu,cpu_optimized", "--warmup-ms", "1", "--rep-ms", "5"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    parity = [p for p in data["parity"] if p["op"] == "mlp"]
+    assert {tuple(p["shape"]) for p in parity} == {(2,) + STAGES[0], (2,) + STAGES[3]}
+    assert all(p["passed"] is True and p["provider"] == "cpu" and len(p["outputs"]) == 8 for p in parity)
+    rows = data["results"]
+    assert {r["op"] for r in rows} == {"mlp"} and {r["mode"] for r in rows} == {"fwd", "fwdbwd"}
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sorted(r["provider"] for r in ok) == ["cpu", "cpu", "torch", "torch"]
+    assert all(r["parity"] == "ok" and r["speedup_vs_eager"] > 0 for r in ok if r["provider"] == "cpu")
+    opt, = {r["reason"] for r in rows if r["provider"] == "cpu_optimized"}
+    assert "inference only" in opt
+    md = (out / "report.md").read_text()
+    assert "| mlp | fwdbwd | 2x96x56x56 | float32 | 7 | cpu |" in md and "MLP half forward + backward" in md
+
+
+def test_gpu_script_has_the_mlp_step():
+    script = REPO / "scripts" / "gpu_run.sh"
+    out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = script.read_text()
+    header = text.split("set -u")[0]
+    assert "mlp" in header and "STEPS=\"mlp\"" in header
+    assert "mlp)" in text and "--only mlp,model" in text and "--stages 1,2" in text

@@ -15,24 +15,31 @@ PyTorch and ``torch.compile`` on the machine that ran, whatever it is) and :func
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from ..shapes import CONVNEXT_T_STAGES
 from .roofline import checked_pct
 
 __all__ = [
-    "OURS", "TARGETS", "TARGET_DEVICE", "add_speedups", "best_ours", "describe", "evaluate_targets", "fmt",
+    "OURS", "OPTIMIZED", "MODEL_OURS", "Target", "TARGETS", "TARGET_DEVICE", "add_speedups", "best_ours", "describe",
+    "evaluate_targets", "fmt",
     "geomean", "row_key", "markdown_table", "measured_summary", "roofline_pct", "summary_markdown",
     "targets_markdown", "targets_section",
 ]
 
-OURS = ("triton", "cuda", "cpu", "triton_compile")  # triton_compile: our model under torch.compile
+# Our providers (as in cases.OURS; this module imports nothing from torch): the kernels through a
+# backend, our model under torch.compile, and optimize_for_inference(model) eager and compiled.
+OURS = ("triton", "cuda", "cpu", "triton_compile", "triton_optimized", "cpu_optimized", "triton_optimized_compile")
+OPTIMIZED = ("triton_optimized", "cpu_optimized", "triton_optimized_compile")
+# Our model as users train and run it (not the inference-only optimized copy).
+MODEL_OURS = tuple(p for p in OURS if p not in OPTIMIZED)
 STAGE_SHAPES = CONVNEXT_T_STAGES
 
 # How the report names ops and modes. An op or mode missing here is shown by its own name, so a new
 # benchmark case needs no change here to appear in the summaries.
 OP_NAMES = {"dwconv": "depthwise conv", "layer_norm": "channels-first LayerNorm",
-            "dwconv_ln": "fused depthwise conv + LayerNorm", "block": "ConvNeXt block", "model": "convnext_tiny"}
+            "dwconv_ln": "fused depthwise conv + LayerNorm", "mlp": "MLP half", "block": "ConvNeXt block",
+            "model": "convnext_tiny"}
 MODE_NAMES = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward + backward", "infer": "inference",
               "train": "training step"}
 
@@ -83,9 +90,9 @@ def add_speedups(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def best_ours(rows: Sequence[dict], key: tuple) -> Optional[dict]:
-    """Our fastest ok row for a case key (over triton / cuda / cpu), or None."""
-    cands = [r for r in rows if r.get("status") == "ok" and r["provider"] in OURS and row_key(r) == key]
+def best_ours(rows: Sequence[dict], key: tuple, providers: Sequence[str] = OURS) -> Optional[dict]:
+    """Our fastest ok row for a case key (over ``providers``, default all of ours), or None."""
+    cands = [r for r in rows if r.get("status") == "ok" and r["provider"] in providers and row_key(r) == key]
     return min(cands, key=lambda r: r["time_ms"]) if cands else None
 
 
@@ -96,55 +103,95 @@ def _find(rows: Sequence[dict], key: tuple, provider: str) -> Optional[dict]:
     return None
 
 
-# The speed targets: (id, what it measures, op, mode, metric, threshold). metric: 'pct_bandwidth' |
-# 'vs_eager' | 'vs_compile' | 'peak_mem_vs_eager' (ours / eager, must be <= threshold). They are set
-# for a GPU in bf16 (TARGET_DEVICE); a run on another device reports measured_summary instead.
+class Target(NamedTuple):
+    """One speed target: ``id``, what it measures in words (``target``), the op, its mode (or modes:
+    the geometric mean covers each), the metric, the threshold, and which cases and providers count.
+
+    metric: 'pct_bandwidth' | 'vs_eager' | 'vs_compile' | 'peak_mem_vs_eager' (ours / eager, must
+    be <= threshold). ``stages``: ConvNeXt-T stage numbers (ops and block; None: all four);
+    ``batch``: only this batch size (None: any in the standard set); ``providers``: which of ours
+    count (our fastest of them per case).
+    """
+
+    id: str
+    target: str
+    op: str
+    mode: Any  # str or tuple of str
+    metric: str
+    threshold: float
+    stages: Optional[tuple] = None
+    batch: Optional[int] = None
+    providers: tuple = OURS
+
+
+# The speed targets. They are set for a GPU in bf16 (TARGET_DEVICE); a run on another device reports
+# measured_summary instead. The convnext_tiny targets count our model as users train and run it
+# (MODEL_OURS); the optimized inference model has its own target.
 TARGET_DEVICE = "cuda"
 TARGETS = (
-    ("dwconv_roofline", "depthwise conv 7x7 forward, % of the measured memory-bandwidth roofline", "dwconv", "fwd",
-     "pct_bandwidth", 85.0),
-    ("dwconv_ln_vs_eager", "fused depthwise conv + LayerNorm forward vs eager conv + permute + LayerNorm",
-     "dwconv_ln", "fwd", "vs_eager", 1.8),
-    ("block_vs_eager", "ConvNeXt block forward + backward vs eager PyTorch", "block", "fwdbwd", "vs_eager", 1.5),
-    ("block_vs_compile", "ConvNeXt block forward + backward vs torch.compile", "block", "fwdbwd", "vs_compile",
-     1.2),
-    ("model_infer_vs_eager", "convnext_tiny inference (batch 256) vs timm eager", "model", "infer", "vs_eager", 2.0),
-    ("model_infer_vs_compile", "convnext_tiny inference (batch 256) vs timm torch.compile", "model", "infer",
-     "vs_compile", 1.5),
-    ("model_train_vs_eager", "convnext_tiny training step (batch 256) vs timm eager", "model", "train", "vs_eager",
-     1.3),
-    ("model_train_peak_mem", "convnext_tiny training peak memory vs timm eager (ours / eager)", "model", "train",
-     "peak_mem_vs_eager", 1.0),
+    Target("dwconv_roofline", "depthwise conv 7x7 forward, % of the measured memory-bandwidth roofline", "dwconv",
+           "fwd", "pct_bandwidth", 85.0),
+    Target("dwconv_ln_vs_eager", "fused depthwise conv + LayerNorm forward vs eager conv + permute + LayerNorm",
+           "dwconv_ln", "fwd", "vs_eager", 1.8),
+    Target("block_vs_eager", "ConvNeXt block forward + backward vs eager PyTorch", "block", "fwdbwd", "vs_eager", 1.5),
+    Target("block_vs_compile", "ConvNeXt block forward + backward vs torch.compile", "block", "fwdbwd",
+           "vs_compile", 1.2),
+    Target("model_infer_vs_eager", "convnext_tiny inference (batch 256) vs timm eager", "model", "infer",
+           "vs_eager", 2.0, providers=MODEL_OURS),
+    Target("model_infer_vs_compile", "convnext_tiny inference (batch 256) vs timm torch.compile", "model", "infer",
+           "vs_compile", 1.5, providers=MODEL_OURS),
+    Target("model_train_vs_eager", "convnext_tiny training step (batch 256) vs timm eager", "model", "train",
+           "vs_eager", 1.3, providers=MODEL_OURS),
+    Target("model_train_peak_mem", "convnext_tiny training peak memory vs timm eager (ours / eager)", "model",
+           "train", "peak_mem_vs_eager", 1.0, providers=MODEL_OURS),
+    Target("mlp_vs_compile", "MLP half vs torch.compile, stages 1-2", "mlp", ("fwd", "fwdbwd"), "vs_compile", 1.5,
+           stages=(1, 2)),
+    Target("block_fwd_vs_compile", "ConvNeXt block forward vs timm block under torch.compile", "block", "fwd",
+           "vs_compile", 1.5),
+    Target("block_fwdbwd_vs_timm_compile", "ConvNeXt block forward + backward vs timm block under torch.compile",
+           "block", "fwdbwd", "vs_compile", 1.3),
+    Target("model_train_vs_compile", "convnext_tiny training step (batch 256) vs timm torch.compile", "model",
+           "train", "vs_compile", 1.3, providers=MODEL_OURS),
+    Target("optimized_infer_vs_compile", "optimized convnext_tiny inference (batch 256) vs timm torch.compile",
+           "model", "infer", "vs_compile", 2.0, batch=256, providers=OPTIMIZED),
 )
 
 
-def _target_rows(rows: Sequence[dict], op: str, mode: str, dtype: str) -> list[tuple]:
-    """Case keys for a target: the four stage shapes (ops, block) or the model, K = 7, standard set."""
-    keys = sorted({row_key(r) for r in rows if r["op"] == op and r["mode"] == mode and r["dtype"] == dtype
+def _target_rows(rows: Sequence[dict], target: Target, dtype: str) -> list[tuple]:
+    """Case keys for a target: its stage shapes (ops, block) or the model, K = 7, standard set, in
+    the order of the target's modes."""
+    modes = (target.mode,) if isinstance(target.mode, str) else tuple(target.mode)
+    keys = sorted({row_key(r) for r in rows if r["op"] == target.op and r["mode"] in modes and r["dtype"] == dtype
                    and int(r.get("k", 7)) == 7 and r.get("group", "standard") == "standard"},
-                  key=lambda k: (k[2][0], -k[2][2] if len(k[2]) > 2 else 0))
-    if op != "model":
-        keys = [k for k in keys if tuple(k[2][1:]) in STAGE_SHAPES]
+                  key=lambda k: (modes.index(k[1]), k[2][0], -k[2][2] if len(k[2]) > 2 else 0))
+    if target.op != "model":
+        shapes = STAGE_SHAPES if target.stages is None else tuple(STAGE_SHAPES[i - 1] for i in target.stages)
+        keys = [k for k in keys if tuple(k[2][1:]) in shapes]
+    if target.batch is not None:
+        keys = [k for k in keys if k[2][0] == target.batch]
     return keys
 
 
 def evaluate_targets(rows: list[dict], dtype: str = "bfloat16") -> list[dict]:
     """Each speed target with its measured value and a verdict: 'met' | 'not met' | 'not measured'.
 
-    Ops and the block: the geometric mean over the measured ConvNeXt-T stages (per-stage values in
-    ``detail``). Ours = our fastest backend for each case. A parity failure makes a target 'not met'.
+    Ops and the block: the geometric mean over the measured ConvNeXt-T stages the target covers, and
+    over its modes when it names several (per-case values in ``detail``). Ours = our fastest of the
+    target's providers for each case. A parity failure makes a target 'not met'.
     """
     add_speedups(rows)
     out = []
-    for tid, desc, op, mode, metric, thr in TARGETS:
+    for t in TARGETS:
+        tid, desc, metric, thr = t.id, t.target, t.metric, t.threshold
+        several_modes = not isinstance(t.mode, str)
         vals, details, parity_bad = [], [], False
-        for key in _target_rows(rows, op, mode, dtype):
-            ours = best_ours(rows, key)
+        for key in _target_rows(rows, t, dtype):
+            ours = best_ours(rows, key, t.providers)
             if ours is None:
                 continue
             if ours.get("parity") == "failed":
                 parity_bad = True
-            shape = "x".join(str(s) for s in key[2])
+            shape = "x".join(str(s) for s in key[2]) + (f" {key[1]}" if several_modes else "")
             if metric == "pct_bandwidth":
                 v = checked_pct(ours, "pct_bandwidth")
             elif metric == "vs_eager":
@@ -219,13 +266,14 @@ def targets_section(rows: list[dict], device_type: str) -> str:
     """The speed targets' table on a GPU run; elsewhere one line saying that they need a GPU."""
     if device_type == TARGET_DEVICE:
         return targets_markdown(evaluate_targets(rows))
-    example = next(desc for tid, desc, *_ in TARGETS if tid == "model_infer_vs_compile")
+    example = next(t.target for t in TARGETS if t.id == "model_infer_vs_compile")
     return (f"The {len(TARGETS)} speed targets (bf16, e.g. \"{example}\") are set for a CUDA GPU: "
             f"they need a GPU run and are not evaluated on this {device_type} run.")
 
 
 def _case_label(row: dict) -> str:
-    """How one case of a summary line is named: its stage (C x H x W), its K (sweep) or its batch."""
+    """How one case of a summary line is named: its stage (C x H x W), its K (sweep) or its batch
+    (the model, batch-1 latency included)."""
     if row.get("group") == "sweep":
         return f"K={int(row.get('k', 7))}"
     if row["op"] == "model":
@@ -248,9 +296,13 @@ def _spread(vals: Sequence[tuple[str, float]], n_cases: int, what: str) -> dict:
     return out
 
 
+_GROUP_SUFFIX = {"sweep": " (kernel-size sweep)", "latency": " (latency)"}
+
+
 def measured_summary(rows: list[dict]) -> list[dict]:
     """What each of our providers measured against eager PyTorch and ``torch.compile``, per op and
-    mode (ConvNeXt-T stages), model mode, and kernel-size sweep, on whatever device ran.
+    mode (ConvNeXt-T stages), model mode (and the model's batch-1 latency), and kernel-size sweep, on
+    whatever device ran.
 
     One entry per (group, op, mode, dtype, batch, our provider) that has an ok row, in the order the
     rows were measured (most important first). ``vs_eager`` / ``vs_compile`` hold the geometric mean
@@ -275,8 +327,7 @@ def measured_summary(rows: list[dict]) -> list[dict]:
         if group == "sweep":
             where += f", {'x'.join(str(s) for s in sel[0]['shape'][1:])}"
         out.append({"group": group, "op": op, "mode": mode, "dtype": dtype, "batch": batch,
-                    "provider": provider, "what": describe(op, mode) + (" (kernel-size sweep)"
-                                                                        if group == "sweep" else ""),
+                    "provider": provider, "what": describe(op, mode) + _GROUP_SUFFIX.get(group, ""),
                     "where": where, "vs_eager": _spread(eager, len(sel), what),
                     "vs_compile": _spread(comp, len(sel), what)})
     return out

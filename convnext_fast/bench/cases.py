@@ -3,18 +3,31 @@
 A *case* is (op, mode, shape, dtype, kernel size); a *provider* is who computes it:
 
 * ``torch``         eager PyTorch the way timm runs ConvNeXt: channels_last input, depthwise
-                    ``F.conv2d(groups=C)``, ``permute`` to NHWC, ``F.layer_norm``, Linear MLP; the
-                    model is timm's ``convnext_tiny`` in channels_last under ``torch.autocast`` (bf16).
+                    ``F.conv2d(groups=C)``, ``permute`` to NHWC, ``F.layer_norm``, Linear MLP
+                    (``F.linear`` -> ``F.gelu`` -> ``F.linear`` on the NHWC view, then layer scale and
+                    residual); the model is timm's ``convnext_tiny`` in channels_last under
+                    ``torch.autocast`` (bf16).
 * ``torch_compile`` the same code under ``torch.compile`` (mode ``default``; ``max-autotune`` on request).
-* ``triton``, ``cuda``, ``cpu``  ours, through ``convnext_fast.use_backend(name)``.
+* ``triton``, ``cuda``, ``cpu``  ours, through ``convnext_fast.use_backend(name)``: the backend is
+                    chosen by name, never ``auto`` (on CUDA ``auto`` still runs PyTorch for the MLP,
+                    ``dispatch.json`` ``kernels_verified``). A backend without a kernel for an op
+                    (``cuda`` has no MLP kernel) is skipped with the library's reason.
 * ``triton_compile`` ours (triton backend) under ``torch.compile``: our ops stay opaque custom ops,
                     Inductor fuses what is around them (MLP bias + GELU, layer scale, residual).
                     Block and model only: an op alone is one custom op, nothing to fuse.
+* ``triton_optimized``, ``cpu_optimized``  ``convnext_fast.optimize_for_inference(model, dtype=)`` of
+                    our convnext_tiny (folded weights, run in the case dtype without autocast), through
+                    that backend; ``triton_optimized_compile`` the same under ``torch.compile``. Model
+                    inference only.
+* ``resnet50``, ``resnet50_compile``  torchvision's ``resnet50`` in channels_last under autocast, eager
+                    and compiled: an anchor for the convnext_tiny numbers (images/s of a model every
+                    reader knows), reported, never a target, never "ours".
 
 Every provider that cannot run raises :class:`Skip` with the reason (the Triton interpreter is never
-used for timing: it would measure numpy, not a kernel). Ops: ``dwconv`` (fwd, fwdbwd),
-``layer_norm`` (fwd, bwd), ``dwconv_ln`` (fwd, fwdbwd), ``block`` (fwd, fwdbwd), ``model``
-(infer, train).
+used for timing: it would measure numpy, not a kernel); :func:`provider_skip_reason` says up front
+which providers do not measure a case at all. Ops: ``dwconv`` (fwd, fwdbwd), ``layer_norm`` (fwd,
+bwd), ``dwconv_ln`` (fwd, fwdbwd), ``mlp`` (fwd, fwdbwd: the MLP half of a block, fc1 -> GELU ->
+fc2 -> layer scale -> residual), ``block`` (fwd, fwdbwd), ``model`` (infer, train).
 """
 from __future__ import annotations
 
@@ -34,18 +47,25 @@ from ..shapes import CONVNEXT_T_STAGES
 from .deps import MissingDependency, require
 
 __all__ = [
-    "Case", "Prepared", "Skip", "PROVIDERS", "OURS", "STAGES", "SWEEP_K", "MODES",
-    "provider_unavailable", "prepare", "check_parity", "standard_cases", "dtype_of", "backend_of", "COMPILED",
+    "Case", "Prepared", "Skip", "PROVIDERS", "OURS", "STAGES", "SWEEP_K", "MODES", "ANCHORS", "OPTIMIZED",
+    "provider_unavailable", "provider_skip_reason", "prepare", "check_parity", "standard_cases", "dtype_of",
+    "backend_of", "eager_twin", "COMPILED",
 ]
 
-PROVIDERS = ("torch", "torch_compile", "triton", "cuda", "cpu", "triton_compile")
-OURS = ("triton", "cuda", "cpu", "triton_compile")
-COMPILED = ("torch_compile", "triton_compile")
+PROVIDERS = ("torch", "torch_compile", "triton", "cuda", "cpu", "triton_compile", "triton_optimized", "cpu_optimized",
+             "triton_optimized_compile", "resnet50", "resnet50_compile")
+OURS = ("triton", "cuda", "cpu", "triton_compile", "triton_optimized", "cpu_optimized", "triton_optimized_compile")
+COMPILED = ("torch_compile", "triton_compile", "triton_optimized_compile", "resnet50_compile")
+# optimize_for_inference(model) of our convnext_tiny: model inference only.
+OPTIMIZED = ("triton_optimized", "cpu_optimized", "triton_optimized_compile")
+# torchvision's resnet50, eager and compiled: a yardstick in the model table, never a target.
+ANCHORS = ("resnet50", "resnet50_compile")
 # ConvNeXt-T stage shapes (C, H, W) at 224x224 input: the one definition, convnext_fast.shapes.
 STAGES = CONVNEXT_T_STAGES
 SWEEP_K = (3, 5, 7, 9, 11, 13, 31)
 MODES = {"dwconv": ("fwd", "fwdbwd"), "layer_norm": ("fwd", "bwd"), "dwconv_ln": ("fwd", "fwdbwd"),
-         "block": ("fwd", "fwdbwd"), "model": ("infer", "train")}
+         "mlp": ("fwd", "fwdbwd"), "block": ("fwd", "fwdbwd"), "model": ("infer", "train")}
+MLP_RATIO = 4  # ConvNeXt's inverted bottleneck: hidden width Hd = 4C
 LN_EPS = 1e-6
 # Parity tolerance (DESIGN.md): ours <= 2 x PyTorch's own error in the dtype + this (relative, norm-wise).
 PARITY_ATOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2, "float64": 1e-10}
@@ -68,7 +88,7 @@ class Case:
     shape: tuple
     dtype: str
     k: int = 7
-    group: str = "standard"  # "standard" or "sweep"
+    group: str = "standard"  # "standard", "sweep" or "latency" (the model at batch 1, GPU)
 
     @property
     def key(self) -> tuple:
@@ -101,15 +121,26 @@ class Prepared:
 # Availability
 # ------------------------------------------------------------------------------------------------
 
-def backend_of(provider: str) -> str:
-    """The convnext_fast backend one of our providers runs (``triton_compile`` -> ``triton``)."""
+def eager_twin(provider: str) -> str:
+    """The provider a compiled one is the ``torch.compile`` of (``triton_optimized_compile`` ->
+    ``triton_optimized``): the compiled provider carries its parity, checked eagerly."""
     return provider.removesuffix("_compile")
+
+
+def backend_of(provider: str) -> str:
+    """The convnext_fast backend one of our providers runs (``triton_compile`` -> ``triton``,
+    ``cpu_optimized`` -> ``cpu``)."""
+    return eager_twin(provider).removesuffix("_optimized")
 
 
 def provider_unavailable(provider: str, device: torch.device) -> str:
     """'' when ``provider`` can be timed on ``device``, else the reason it cannot."""
     if provider in ("torch", "torch_compile"):
         return ""
+    if provider in ANCHORS:
+        from .deps import INSTALL_HINT, missing
+
+        return f"torchvision is not installed ({INSTALL_HINT})" if missing("torchvision") else ""
     if provider not in OURS:
         return f"unknown provider {provider!r}"
     provider = backend_of(provider)
@@ -123,10 +154,55 @@ def provider_unavailable(provider: str, device: torch.device) -> str:
     return reason
 
 
-def _require(provider: str, device: torch.device) -> None:
-    reason = provider_unavailable(provider, device)
+def _mlp_backend_reason(provider: str, device: torch.device) -> str:
+    """'' when our ``provider``'s backend has a pointwise_mlp kernel for ``device``, else the library's
+    reason (asked through the public dispatch, so the benchmark never second-guesses it)."""
+    import convnext_fast
+    from convnext_fast.backend import BackendUnavailableError, resolve_passes
+
+    try:
+        with convnext_fast.use_backend(backend_of(provider)):
+            resolve_passes("pointwise_mlp", device)
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return ""
+
+
+def provider_skip_reason(provider: str, case: Case, device: Optional[torch.device] = None) -> str:
+    """'' when ``provider`` measures ``case`` at all, else why not (a fact of the provider, not of
+    this machine: optimized models do inference only, the anchor is a whole model, ...). With
+    ``device``, also whether our backend has a kernel for the MLP there."""
+    if provider in OPTIMIZED and (case.op != "model" or case.mode != "infer"):
+        return "optimize_for_inference makes an inference-only convnext_tiny: measured for model inference only"
+    if provider in ANCHORS:
+        if case.op != "model":
+            return "the resnet50 anchor is measured in the convnext_tiny table only"
+        if case.group == "sweep":
+            return "the resnet50 anchor has no depthwise kernel size to sweep"
+    if provider == "triton_compile" and case.op not in ("block", "model"):
+        return f"{provider} is measured for block and model only (an op alone is one opaque custom op)"
+    if device is not None and case.op == "mlp" and provider in OURS and not provider_unavailable(provider, device):
+        return _mlp_backend_reason(provider, device)
+    return ""
+
+
+def _require(provider: str, device: torch.device, case: Optional[Case] = None) -> None:
+    reason = provider_unavailable(provider, device) or (provider_skip_reason(provider, case, device) if case else "")
     if reason:
         raise Skip(reason)
+
+
+@contextlib.contextmanager
+def _backend_errors_skip():
+    """A backend asked for by name that cannot run an op inside a module (``cuda`` has no MLP
+    kernel, and a ConvNeXt block runs its MLP through one) raises BackendUnavailableError: that
+    provider does not measure the case; the message says why."""
+    from convnext_fast.backend import BackendUnavailableError
+
+    try:
+        yield
+    except BackendUnavailableError as exc:
+        raise Skip(str(exc)) from exc
 
 
 def _set_compile_limits() -> None:
@@ -172,12 +248,22 @@ def _eager_dwconv_ln(x: Tensor, w: Tensor, b: Tensor, lw: Tensor, lb: Tensor) ->
     return _eager_ln(_eager_dwconv(x, w, b), lw, lb)
 
 
+def _eager_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, gamma: Tensor, shortcut: Tensor) -> Tensor:
+    # timm's ConvNeXtBlock after its norm (conv_mlp=False): Mlp on the NHWC view (a free view of a
+    # channels_last tensor; fc1, exact GELU, fc2), permute back, layer scale, residual. The 4C-wide
+    # hidden activation goes through memory between the GEMMs: what a fused kernel avoids.
+    y = F.linear(F.gelu(F.linear(x.permute(0, 2, 3, 1), w1, b1)), w2, b2).permute(0, 3, 1, 2)
+    return y.mul(gamma.reshape(1, -1, 1, 1)) + shortcut
+
+
 def _ours(op: str) -> Callable[..., Tensor]:
     import convnext_fast
 
     return {"dwconv": convnext_fast.depthwise_conv2d,
             "layer_norm": lambda x, w, b: convnext_fast.layer_norm_2d(x, w, b, LN_EPS),
-            "dwconv_ln": lambda x, w, b, lw, lb: convnext_fast.dwconv_layer_norm(x, w, b, lw, lb, LN_EPS)}[op]
+            "dwconv_ln": lambda x, w, b, lw, lb: convnext_fast.dwconv_layer_norm(x, w, b, lw, lb, LN_EPS),
+            "mlp": lambda x, w1, b1, w2, b2, g, s: convnext_fast.pointwise_mlp(x, w1, b1, w2, b2, gamma=g,
+                                                                               shortcut=s)}[op]
 
 
 def _reference(op: str) -> Callable[..., Tensor]:
@@ -185,10 +271,14 @@ def _reference(op: str) -> Callable[..., Tensor]:
 
     return {"dwconv": reference.depthwise_conv2d,
             "layer_norm": lambda x, w, b: reference.layer_norm_2d(x, w, b, LN_EPS),
-            "dwconv_ln": lambda x, w, b, lw, lb: reference.dwconv_layer_norm(x, w, b, lw, lb, LN_EPS)}[op]
+            "dwconv_ln": lambda x, w, b, lw, lb: reference.dwconv_layer_norm(x, w, b, lw, lb, LN_EPS),
+            "mlp": lambda x, w1, b1, w2, b2, g, s: reference.pointwise_mlp(x, w1, b1, w2, b2, gamma=g,
+                                                                           shortcut=s)}[op]
 
 
-_EAGER = {"dwconv": _eager_dwconv, "layer_norm": _eager_ln, "dwconv_ln": _eager_dwconv_ln}
+_EAGER = {"dwconv": _eager_dwconv, "layer_norm": _eager_ln, "dwconv_ln": _eager_dwconv_ln, "mlp": _eager_mlp}
+# Gradient names in the parity records (ops not listed: grad_0, grad_1, ... in argument order).
+_ARG_NAMES = {"mlp": ("x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "gamma", "shortcut")}
 
 
 def _op_inputs(case: Case, device: torch.device, batch: Optional[int] = None, seed: int = 0) -> list[Tensor]:
@@ -202,6 +292,13 @@ def _op_inputs(case: Case, device: torch.device, batch: Optional[int] = None, se
         return (torch.randn(*shape, generator=g) * scale + shift).to(device=device, dtype=dt)
 
     x = rnd(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    if case.op == "mlp":
+        # fan-in scaled weights keep the hidden activation O(1); layer scale around 1, not its 1e-6
+        # init, which would hide the MLP's errors under the residual
+        hd = MLP_RATIO * c
+        return [x, rnd(hd, c, scale=max(c, 1) ** -0.5), rnd(hd, scale=0.1), rnd(c, hd, scale=max(hd, 1) ** -0.5),
+                rnd(c, scale=0.1), rnd(c, scale=0.5, shift=1.0),
+                rnd(n, c, h, w).contiguous(memory_format=torch.channels_last)]
     k = case.k
     dw_w, dw_b = rnd(c, 1, k, k, scale=1.0 / k), rnd(c, scale=0.1)
     ln_w, ln_b = rnd(c, scale=0.1, shift=1.0), rnd(c, scale=0.1)
@@ -217,8 +314,8 @@ def _op_callable(case: Case, provider: str, compile_mode: str) -> Callable[..., 
         return _EAGER[case.op]
     if provider == "torch_compile":
         return _compile(_EAGER[case.op], compile_mode)
-    if provider in COMPILED:
-        raise Skip(f"{provider} is measured for block and model only (an op alone is one opaque custom op)")
+    if provider in COMPILED or provider in OPTIMIZED or provider in ANCHORS:
+        raise Skip(provider_skip_reason(provider, case) or f"{provider} does not measure {case.op}")
     fn = _ours(case.op)
 
     def run(*args: Tensor) -> Tensor:
@@ -324,9 +421,30 @@ def _ours_convnext_tiny(k: int) -> nn.Module:
     return factory(kernel_size=k) if k != 7 else factory()
 
 
+def _resnet50() -> nn.Module:
+    try:
+        models = require("torchvision.models", "the resnet50 anchor")
+    except MissingDependency as exc:
+        raise Skip(str(exc)) from exc
+    return models.resnet50()  # random weights: nothing is downloaded, the speed is the same
+
+
+def _optimized(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``convnext_fast.optimize_for_inference`` of ``model`` (channels_last first, as it will run)."""
+    import convnext_fast
+
+    if not hasattr(convnext_fast, "optimize_for_inference"):
+        raise Skip("convnext_fast has no optimize_for_inference yet")
+    return convnext_fast.optimize_for_inference(model.to(memory_format=torch.channels_last), dtype=dtype)
+
+
 def _modules(case: Case, provider: str, device: torch.device, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """(the reference module in float32 with random parameters, the provider's module sharing them)."""
+    """(the reference module in float32 with random parameters, the provider's module sharing them);
+    the resnet50 anchor has no reference: (it, it)."""
     c, k = case.shape[1], case.k
+    if provider in ANCHORS:
+        anchor = _resnet50().to(device)
+        return anchor, anchor
     if case.op == "block":
         ref = _timm_block(c, k)
     else:
@@ -341,6 +459,8 @@ def _modules(case: Case, provider: str, device: torch.device, seed: int = 0) -> 
         ours = _ours_convnext_tiny(k)
     ours = ours.to(device)
     _copy_params(ref, ours)
+    if provider in OPTIMIZED:
+        ours = _optimized(ours, dtype_of(case.dtype))
     return ref, ours
 
 
@@ -357,9 +477,9 @@ def prepare(case: Case, provider: str, device: torch.device, *, compile_mode: st
     """Build inputs, module and callable for ``case`` under ``provider``, warm it up (and compile).
 
     Raises:
-        Skip: the provider cannot run here (reason in the message).
+        Skip: the provider cannot run here, or does not measure this case (reason in the message).
     """
-    _require(provider, device)
+    _require(provider, device, case)
     notes: list = []
     if case.op in _EAGER:
         fn_op = _op_callable(case, provider, compile_mode)
@@ -390,8 +510,9 @@ def prepare(case: Case, provider: str, device: torch.device, *, compile_mode: st
         raise ValueError(f"unknown op {case.op!r}")
 
     t0 = time.perf_counter()
-    for _ in range(max(1, warmup_calls)):
-        fn()
+    with _backend_errors_skip():
+        for _ in range(max(1, warmup_calls)):
+            fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
     compile_s = time.perf_counter() - t0
@@ -432,10 +553,18 @@ def _module_fn(case: Case, provider: str, device: torch.device, compile_mode: st
         return fn
 
     # Full model: float32 parameters, channels_last, autocast to the case dtype (timm's AMP recipe).
+    # An optimized model holds its folded weights in the case dtype and runs in it without autocast
+    # (its stem casts the same float32 input).
     mod = mod.to(memory_format=torch.channels_last)
     n = case.shape[0]
     x = torch.randn(case.shape, device=device).contiguous(memory_format=torch.channels_last)
-    amp = dt != torch.float32
+    amp = dt != torch.float32 and provider not in OPTIMIZED
+    if provider in OPTIMIZED:
+        notes.append(f"convnext_fast.optimize_for_inference(model, dtype={case.dtype}): folded weights, "
+                     "no autocast")
+    if provider in ANCHORS:
+        notes.append(f"anchor: torchvision resnet50 (channels_last{' + autocast' if amp else ''}), not a ConvNeXt; "
+                     "reported, not a target")
     if provider in COMPILED:
         mod = _compile(mod, compile_mode)
     autocast = (lambda: torch.autocast(device.type, dtype=dt)) if amp else contextlib.nullcontext
@@ -484,10 +613,16 @@ def check_parity(case: Case, provider: str, device: torch.device, *, batch: int 
     float64 reference: forward output and, for the ops in gradient modes, every gradient (block and
     model: the forward output, against the module in float64 with the same parameters).
 
+    An optimized model runs in the dtype itself (no autocast): PyTorch's own error for it is timm's
+    model cast to that dtype. The resnet50 anchor has no parity (it is not a ConvNeXt).
+
     Returns a dict: passed, outputs {name: {rel_err, torch_rel_err, max_abs_err, tol}}, error.
-    Raises Skip when the provider cannot run here. Never raises for a wrong answer.
+    Raises Skip when the provider cannot run here or does not measure the case. Never raises for a
+    wrong answer.
     """
-    _require(provider, device)
+    _require(provider, device, case)
+    if provider in ANCHORS or provider in ("torch", "torch_compile"):
+        raise Skip(f"{provider} is a baseline: parity is checked for our providers")
     dt = case.dtype
     small = Case(case.op, case.mode, (batch,) + tuple(case.shape[1:]), dt, case.k, case.group)
     grads = case.mode in ("fwdbwd", "bwd", "train") and case.op != "model"
@@ -509,8 +644,10 @@ def check_parity(case: Case, provider: str, device: torch.device, *, batch: int 
             gy = torch.randn(small.shape, device=device, dtype=torch.float64) if grads else None
             ref = run(_reference(case.op), [a.double() for a in args], gy, contextlib.nullcontext)
             low = run(_EAGER[case.op], args, gy, contextlib.nullcontext)
-            ours = run(_ours(case.op), args, gy, lambda: _backend(provider))
-            names = ["y"] + [f"grad_{i}" for i in range(len(args))] if grads else ["y"]
+            with _backend_errors_skip():
+                ours = run(_ours(case.op), args, gy, lambda: _backend(provider))
+            arg_names = _ARG_NAMES.get(case.op, [str(i) for i in range(len(args))])
+            names = ["y"] + [f"grad_{a}" for a in arg_names] if grads else ["y"]
         else:
             ref_mod, ours_mod = _modules(small, provider, device, seed=seed)
             x = torch.randn(small.shape, device=device, dtype=torch.float64)
@@ -522,14 +659,18 @@ def check_parity(case: Case, provider: str, device: torch.device, *, batch: int 
                 ref = [copy.deepcopy(ref_mod).double()(x)]
                 if case.op == "block":
                     low = [copy.deepcopy(ref_mod).to(lowdt)(x.to(lowdt)).float()]
-                    with _backend(provider):
+                    with _backend(provider), _backend_errors_skip():
                         ours = [copy.deepcopy(ours_mod).to(lowdt)(x.to(lowdt)).float()]
+                elif provider in OPTIMIZED:
+                    low = [copy.deepcopy(ref_mod).to(lowdt)(x.to(lowdt)).float()]
+                    with _backend(provider), _backend_errors_skip():
+                        ours = [ours_mod(x.float()).float()]
                 else:
                     amp = (lambda: torch.autocast(device.type, dtype=lowdt)) if lowdt != torch.float32 \
                         else contextlib.nullcontext
                     with amp():
                         low = [ref_mod(x.float()).float()]
-                    with amp(), _backend(provider):
+                    with amp(), _backend(provider), _backend_errors_skip():
                         ours = [ours_mod(x.float()).float()]
             names = ["y"]
         ok = True
@@ -551,31 +692,49 @@ def check_parity(case: Case, provider: str, device: torch.device, *, batch: int 
 # The standard set
 # ------------------------------------------------------------------------------------------------
 
-def standard_cases(device_type: str, *, quick: bool = False, sweep_k: Sequence[int] = SWEEP_K) -> list[Case]:
+def standard_cases(device_type: str, *, quick: bool = False, sweep_k: Sequence[int] = SWEEP_K,
+                   stages: Optional[Sequence[int]] = None) -> list[Case]:
     """The report's cases, most important first (so a time budget cuts the least important).
 
-    GPU: ops/blocks at batch 128, model at batch 256, bf16 first (the targets' dtype), then the
-    kernel-size sweep, then fp16/fp32. CPU: fp32, batch 8 (quick: 2), model at batch 2 (quick: 1,
-    inference only), forward-only sweep.
+    GPU: ops (the MLP half among them) and blocks at batch 128, model at batch 256, bf16 first (the
+    targets' dtype), then the model's batch-1 latency (group ``latency``), the kernel-size sweep,
+    then fp16/fp32. CPU: fp32, batch 8 (quick: 2), model at batch 2 (quick: 1, inference only),
+    forward-only sweep.
+
+    Args:
+        device_type: ``"cuda"`` or ``"cpu"``.
+        quick: the reduced set (GPU: bf16 only, stages 1 and 3; CPU: smaller batches).
+        sweep_k: the kernel sizes of the sweep.
+        stages: ConvNeXt-T stage numbers (1-4) of the op and block cases, replacing the default
+            choice (``--stages``); the model and the sweep are not affected.
+
+    Raises:
+        ValueError: a stage number outside 1-4.
     """
     gpu = device_type == "cuda"
     if gpu:
         op_batch, model_batch = 128, 256
         dtypes = ("bfloat16",) if quick else ("bfloat16", "float16", "float32")
-        stages = STAGES if not quick else (STAGES[0], STAGES[2])
+        chosen = STAGES if not quick else (STAGES[0], STAGES[2])
     else:
         op_batch, model_batch = (2, 1) if quick else (8, 2)
         dtypes = ("float32",)
-        stages = STAGES
+        chosen = STAGES
+    if stages is not None:
+        bad = [s for s in stages if not (isinstance(s, int) and 1 <= s <= len(STAGES))]
+        if bad or not stages:
+            raise ValueError(f"stages are ConvNeXt-T stage numbers 1-{len(STAGES)}, got {list(stages)}")
+        chosen = tuple(STAGES[s - 1] for s in sorted(set(stages)))
     first, rest = dtypes[0], dtypes[1:]
     model_dtype = "bfloat16" if gpu else "float32"
 
     def ops_for(dtype: str) -> list[Case]:
         out = []
-        order = [("dwconv", "fwd"), ("dwconv_ln", "fwd"), ("dwconv_ln", "fwdbwd"), ("dwconv", "fwdbwd"),
-                 ("layer_norm", "fwd"), ("layer_norm", "bwd"), ("block", "fwd"), ("block", "fwdbwd")]
+        order = [("dwconv", "fwd"), ("dwconv_ln", "fwd"), ("mlp", "fwd"), ("mlp", "fwdbwd"), ("dwconv_ln", "fwdbwd"),
+                 ("dwconv", "fwdbwd"), ("layer_norm", "fwd"), ("layer_norm", "bwd"), ("block", "fwd"),
+                 ("block", "fwdbwd")]
         for op, mode in order:
-            for chw in stages:
+            for chw in chosen:
                 out.append(Case(op, mode, (op_batch,) + chw, dtype))
         return out
 
@@ -583,6 +742,9 @@ def standard_cases(device_type: str, *, quick: bool = False, sweep_k: Sequence[i
     cases.append(Case("model", "infer", (model_batch, 3, 224, 224), model_dtype))
     if gpu or not quick:
         cases.append(Case("model", "train", (model_batch, 3, 224, 224), model_dtype))
+    if gpu:
+        # one image at a time: what serving sees (reported; no target reads it)
+        cases.append(Case("model", "infer", (1, 3, 224, 224), model_dtype, 7, "latency"))
     ks = [k for k in sweep_k if k != 7] if not quick else [k for k in sweep_k if k in (3, 13, 31)]
     sweep_shape = (op_batch,) + STAGES[0]
     # On CPU the sweep is forward-only: PyTorch's CPU depthwise backward at K = 31 takes seconds a call.

@@ -43,7 +43,7 @@ def latest_results(root: Path, prefer_device_type: Optional[str] = "cuda") -> Op
 def _model_rows(rows: Sequence[dict]) -> list[list]:
     out = []
     for r in rows:
-        if r["op"] == "model" and r.get("status") == "ok" and r.get("group", "standard") == "standard" \
+        if r["op"] == "model" and r.get("status") == "ok" and r.get("group", "standard") in ("standard", "latency") \
                 and int(r.get("k", 7)) == 7:
             out.append([r["mode"], r["shape"][0], r["provider"], f"{r['img_per_s']:.0f}",
                         aggregate.fmt(r.get("peak_mem_mb")), aggregate.fmt(r.get("speedup_vs_eager"), "x"),
@@ -71,8 +71,8 @@ def render_perf_md(data: dict, source: str = "") -> str:
         lines.append(f"Measured ceilings: copy {ceil['copy_gbps']:.0f} GB/s (read + write), matmul {mm}.")
     if not m.get("complete", True) or any(r.get("status") == "budget" for r in rows):
         lines.append("Some cases were not measured in this run (time budget); see the full report.")
-    # the kernel-size sweep stays in the full report: the README keeps to the standard set
-    summary = [s for s in aggregate.measured_summary(rows) if s["group"] == "standard"]
+    # the kernel-size sweep stays in the full report: the README keeps to the standard set (and latency)
+    summary = [s for s in aggregate.measured_summary(rows) if s["group"] != "sweep"]
     lines += ["", "Ours against eager PyTorch (the way timm runs ConvNeXt: channels_last) and `torch.compile` of "
               "the same code: geometric mean over the cases measured, with the range.", "",
               aggregate.summary_markdown(summary), ""]
@@ -91,7 +91,8 @@ def render_perf_md(data: dict, source: str = "") -> str:
         lines += [aggregate.targets_section(rows, device_type), ""]
     model = _model_rows(rows)
     if model:
-        lines += ["convnext_tiny:", "",
+        lines += ["convnext_tiny (`*_optimized`: `optimize_for_inference(model)`; `resnet50*`: torchvision's resnet50, "
+                  "an anchor, not a target):", "",
                   aggregate.markdown_table(["mode", "batch", "provider", "img/s", "peak MiB", "x eager", "x compile"],
                                            model), ""]
     lines.append("Reproduce: `python -m convnext_fast.bench --out DIR` (see `benchmarks/results/README.md`).")

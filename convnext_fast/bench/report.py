@@ -7,8 +7,11 @@ Order of work (each step recorded in ``results.json``):
 2. the ceilings: device-to-device copy bandwidth (bytes read + written), the matmul rate per dtype
    and the fp32 FMA rate (see ``roofline.py``); on a CPU they are recorded but are no roofline
    (:func:`measure_ceilings`), so a CPU report gives no % of roofline;
-3. the standard set, most important first (dwconv 7x7 fwd, fused dwconv+LN, LN, block, model,
-   kernel-size sweep, other dtypes); a case that would run past ``--budget-s`` is skipped with a note;
+3. the standard set, most important first (dwconv 7x7 fwd, fused dwconv+LN, the MLP half, LN,
+   block, model, the model's batch-1 latency on a GPU, kernel-size sweep, other dtypes); a case
+   that would run past ``--budget-s`` is skipped with a note. ``--only`` / ``--exclude`` / ``--stages``
+   restrict the set (e.g. ``--only mlp,model --exclude sweep,latency --stages 1,2``: the MLP half at
+   stages 1-2 and convnext_tiny at batch 256);
 4. ``results.json`` (raw), ``report.md`` (tables), PNG plots.
 
 The run ends by printing what was measured on this device: each of our providers against eager
@@ -153,18 +156,23 @@ def roofline_ceilings(ceil: dict) -> Optional[roofline.Ceilings]:
 
 def _default_providers(device: torch.device, quick: bool) -> list[str]:
     if device.type == "cuda":
-        return ["torch", "torch_compile", "triton", "cuda", "triton_compile"]
+        return ["torch", "torch_compile", "triton", "cuda", "triton_compile", "triton_optimized",
+                "triton_optimized_compile", "resnet50", "resnet50_compile"]
     # CPU: compiling with gcc on a small machine costs tens of seconds per graph: only outside --quick.
-    return ["torch", "cpu"] if quick else ["torch", "torch_compile", "cpu"]
+    return ["torch", "cpu", "cpu_optimized", "resnet50"] if quick else \
+        ["torch", "torch_compile", "cpu", "cpu_optimized", "resnet50", "resnet50_compile"]
 
 
 def _estimated_cost_s(case: C.Case, provider: str, device: torch.device, seen: dict) -> float:
     """A guess at one measurement's wall time (compile included), to skip what cannot fit."""
     observed = seen.get((case.op, case.mode, provider))
     if provider in C.COMPILED:
-        guess = {"model": 150.0 if case.mode == "train" else 80.0, "block": 20.0}.get(case.op, 8.0)
+        # H100, 2026-11-23: compiling and timing convnext_tiny under torch.compile took 22-37 s (train)
+        # and 11-14 s (infer); the guesses leave room for a cold compile cache without skipping what
+        # would have fitted.
+        guess = {"model": 90.0 if case.mode == "train" else 45.0, "block": 20.0}.get(case.op, 8.0)
         if device.type != "cuda":
-            guess *= 2
+            guess *= 3
     else:
         guess = {"model": 15.0 if device.type == "cuda" else 20.0, "block": 2.0}.get(case.op, 1.0)
     return max(guess if observed is None else observed, 0.5)
@@ -194,13 +202,14 @@ def _compile_allowed(case: C.Case, device: torch.device, quick: bool, compile_al
 def _parity_plan(cases: Sequence[C.Case], device: torch.device) -> list[C.Case]:
     """Parity cases per (op, dtype, k), in the gradient mode, at the timed batch size (the kernels
     compile and autotune once for both): ops at stage 1 and stage 4 (C = 768 catches channel-tiling
-    bugs; K = 7 only), block at stage 1, the model at batch <= 32."""
+    bugs; K = 7 only; for the MLP, stage 1 runs the fused kernel and stage 4 the GEMMs with fused
+    epilogues), block at stage 1, the model at batch <= 32."""
     seen, plan = set(), []
     for case in cases:
-        grad_mode = {"dwconv": "fwdbwd", "layer_norm": "bwd", "dwconv_ln": "fwdbwd", "block": "fwdbwd",
-                     "model": "infer"}[case.op]
+        grad_mode = {"dwconv": "fwdbwd", "layer_norm": "bwd", "dwconv_ln": "fwdbwd", "mlp": "fwdbwd",
+                     "block": "fwdbwd", "model": "infer"}[case.op]
         shapes: list = [case.shape]
-        if case.op in ("dwconv", "layer_norm", "dwconv_ln") and case.k == 7:
+        if case.op in ("dwconv", "layer_norm", "dwconv_ln", "mlp") and case.k == 7:
             shapes = [(case.shape[0],) + C.STAGES[0], (case.shape[0],) + C.STAGES[3]]
         elif case.op == "block":
             shapes = [(case.shape[0],) + C.STAGES[0]]
@@ -225,10 +234,13 @@ def run(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.benchmark = True
     env = environment()
     providers = args.providers.split(",") if args.providers else _default_providers(device, args.quick)
-    cases = C.standard_cases(device.type, quick=args.quick)
+    cases = C.standard_cases(device.type, quick=args.quick, stages=_stage_numbers(args.stages))
     if args.only:
         wanted = set(args.only.split(","))
-        cases = [c for c in cases if c.op in wanted or f"{c.op}:{c.mode}" in wanted or c.group in wanted]
+        cases = [c for c in cases if _selects(wanted, c)]
+    if args.exclude:
+        unwanted = set(args.exclude.split(","))
+        cases = [c for c in cases if not _selects(unwanted, c)]
     if args.max_cases:
         cases = cases[: args.max_cases]
     ours = [p for p in providers if p in C.OURS]
@@ -246,7 +258,8 @@ def run(args: argparse.Namespace) -> dict:
     # parity of its backend, run eagerly (compiling a model per parity case would eat the budget).
     parity_providers = [p for p in runnable_ours if p not in C.COMPILED]
 
-    total = len(parity_plan) * len(parity_providers) + 1 + len(cases) * len(providers)
+    total = sum(1 for pc in parity_plan for p in parity_providers if not C.provider_skip_reason(p, pc)) + 1 + \
+        len(cases) * len(providers)
     bar = _Progress(total)
     ceil: dict = {"copy_gbps": None, "matmul_tflops": {}, "notes": ["not measured yet"]}
     parity: list = []
@@ -282,8 +295,8 @@ def run(args: argparse.Namespace) -> dict:
 
     def run_parity(pc: C.Case, p: str) -> None:
         key = (pc.op, pc.dtype, pc.k, p)
-        if (key, tuple(pc.shape)) in parity_done:
-            return
+        if (key, tuple(pc.shape)) in parity_done or C.provider_skip_reason(p, pc):
+            return  # done already, or a provider that does not measure this op (optimized: the model only)
         parity_done.add((key, tuple(pc.shape)))
         bar.step(f"parity {pc.op} {_shape_text(pc.shape)} {pc.dtype} k{pc.k} {p}")
         if args.budget_s and elapsed() > args.budget_s:
@@ -342,6 +355,10 @@ def run(args: argparse.Namespace) -> dict:
             if status[p]:
                 row.update(status="skipped", reason=status[p])
                 continue
+            why = C.provider_skip_reason(p, case)
+            if why:
+                row.update(status="skipped", reason=why)
+                continue
             if p in C.COMPILED:
                 why = _compile_allowed(case, device, args.quick, args.compile_all, p)
                 if why:
@@ -374,7 +391,8 @@ def run(args: argparse.Namespace) -> dict:
                 prep = None  # noqa: F841 - free the case's tensors before the next one
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            work = roofline.op_work(case.op, case.shape, case.k, case.dtype, case.mode)
+            work = (roofline.resnet50_work(case.shape[0], case.dtype, case.mode, int(case.shape[2])) if p in C.ANCHORS
+                    else roofline.op_work(case.op, case.shape, case.k, case.dtype, case.mode))
             row.update(status="ok", time_ms=t.median_ms, time_p20_ms=t.p20_ms, time_p80_ms=t.p80_ms, reps=t.reps,
                        cuda_graph=t.cuda_graph, host_ms=t.host_ms, setup_s=round(seen_cost[(case.op, case.mode, p)], 2))
             row.update(roofline.roofline(work, t.median_ms, ceilings, case.dtype))
@@ -384,7 +402,8 @@ def run(args: argparse.Namespace) -> dict:
             if case_notes:
                 row["notes"] = case_notes
             if p in C.OURS:
-                ok = parity_ok.get((case.op, case.dtype, case.k, C.backend_of(p)))
+                # a compiled provider carries the parity of its eager twin (same kernels, same model)
+                ok = parity_ok.get((case.op, case.dtype, case.k, C.eager_twin(p)))
                 row["parity"] = "n/a" if ok is None else ("ok" if ok else "failed")
     bar.close()
     aggregate.add_speedups(rows)
@@ -392,6 +411,22 @@ def run(args: argparse.Namespace) -> dict:
     if skipped_budget:
         notes.append(f"{skipped_budget} measurements skipped: time budget of {args.budget_s:.0f}s exceeded")
     return snapshot(True)
+
+
+def _stage_numbers(text: str) -> Optional[list[int]]:
+    """``--stages 1,2`` -> [1, 2]; '' -> None (the default stages)."""
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--stages takes ConvNeXt-T stage numbers such as 1,2, got {text!r}") from None
+
+
+def _selects(names: set, case: C.Case) -> bool:
+    """Whether an --only / --exclude list names ``case``: its op, ``op:mode`` or its group
+    ('standard', 'sweep', 'latency')."""
+    return case.op in names or f"{case.op}:{case.mode}" in names or case.group in names
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -468,8 +503,12 @@ def render_markdown(data: dict) -> str:
                  "once + outputs written once). ")
     out += ["", "Timing: median of CUDA-event-timed calls with an L2 flush between calls (GPU) or host-clock "
             "medians (CPU), after warm-up and compilation. *Eager* = PyTorch as timm runs ConvNeXt (channels_last, "
-            "depthwise `F.conv2d`, permute, `F.layer_norm`, Linear MLP); *compile* = the same under `torch.compile`. "
-            + roof_text + "*host ms* (GPU) = median host time to issue one call from an idle stream; "
+            "depthwise `F.conv2d`, permute, `F.layer_norm`, Linear MLP; the MLP half: `F.linear` -> `F.gelu` -> "
+            "`F.linear` on the NHWC view, then layer scale and residual); *compile* = the same under `torch.compile`. "
+            "Ours: `triton`, `cuda`, `cpu` = `convnext_fast.use_backend(name)` (chosen by name, never `auto`); "
+            "`*_compile` = under `torch.compile`; `*_optimized` = `convnext_fast.optimize_for_inference(model)` "
+            "(inference only). " + roof_text +
+            "*host ms* (GPU) = median host time to issue one call from an idle stream; "
             f"*host-bound* marks calls where it is at least {HOST_BOUND_FRACTION:.0%} of the measured time (the GPU "
             "waits for Python and launches, so the time is not the kernels').", ""]
 
@@ -512,14 +551,28 @@ def render_markdown(data: dict) -> str:
 
     std = [r for r in rows if r.get("group") == "standard" and r["op"] != "model"]
     out += ["## Ops and block", "", table(std), ""]
-    model = [r for r in rows if r["op"] == "model" and r.get("group") == "standard" and r.get("status") == "ok"]
+    model = [r for r in rows if r["op"] == "model" and r.get("group") in ("standard", "latency")
+             and r.get("status") == "ok"]
     out += ["## convnext_tiny", ""]
+    if model:
+        out += ["timm's convnext_tiny (`torch`, `torch_compile`) and ours, channels_last, 224x224, float32 parameters "
+                "(under autocast when the dtype is lower). `*_optimized`: "
+                "`convnext_fast.optimize_for_inference(model, dtype=)`, which holds folded weights in the dtype and "
+                "runs without autocast. `resnet50`, `resnet50_compile`: torchvision's "
+                "resnet50 the same way, an anchor, not a target (its *x eager* / *x compile* compare it with timm's "
+                "convnext_tiny). Batch 1 rows: latency of one image (ms = per image).", ""]
+
+    def dtype_text(r: dict) -> str:
+        if r["dtype"] == "float32":
+            return r["dtype"]
+        return r["dtype"] + (" (weights)" if r["provider"] in C.OPTIMIZED else " (autocast)")
+
     out.append(aggregate.markdown_table(
         ["mode", "batch", "dtype", "provider", "time ms", "img/s", "peak MiB", "x eager", "x compile", "% roofline"],
-        [[r["mode"], r["shape"][0], r["dtype"] + (" (autocast)" if r["dtype"] != "float32" else ""), r["provider"],
-          f"{r['time_ms']:.1f}", f"{r['img_per_s']:.0f}", aggregate.fmt(r.get("peak_mem_mb")),
-          aggregate.fmt(r.get("speedup_vs_eager"), "x"), aggregate.fmt(r.get("speedup_vs_compile"), "x"),
-          pct(r)] for r in model]) if model else "Not measured.")
+        [[r["mode"], r["shape"][0], dtype_text(r), r["provider"],
+          f"{r['time_ms']:.1f}" if r["time_ms"] >= 1 else f"{r['time_ms']:.3f}", f"{r['img_per_s']:.0f}",
+          aggregate.fmt(r.get("peak_mem_mb")), aggregate.fmt(r.get("speedup_vs_eager"), "x"),
+          aggregate.fmt(r.get("speedup_vs_compile"), "x"), pct(r)] for r in model]) if model else "Not measured.")
     out.append("")
     sweep_keys = {(r["op"], r["mode"], tuple(r["shape"]), r["dtype"]) for r in rows if r.get("group") == "sweep"}
     sweep = [r for r in rows if (r["op"], r["mode"], tuple(r["shape"]), r["dtype"]) in sweep_keys]
@@ -544,7 +597,9 @@ def render_markdown(data: dict) -> str:
 
 # One colour per provider in every plot; baselines in greys.
 PROVIDER_COLORS = {"torch": "#8c8c8c", "torch_compile": "#4d4d4d", "triton": "tab:orange", "cuda": "tab:green",
-                   "cpu": "tab:blue", "triton_compile": "tab:red"}
+                   "cpu": "tab:blue", "triton_compile": "tab:red", "triton_optimized": "tab:purple",
+                   "cpu_optimized": "tab:cyan", "triton_optimized_compile": "tab:pink", "resnet50": "#c9b38f",
+                   "resnet50_compile": "tab:brown"}
 _SPARE_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
@@ -603,7 +658,8 @@ def make_figures(data: dict) -> dict:
       PyTorch at each ConvNeXt-T stage (first dtype measured, standard set);
     * ``sweep.png``: time against kernel size, per swept case;
     * ``model.png``: convnext_tiny images/s per provider, one horizontal bar each (the provider names
-      sit on the y axis, so any number of them stays legible), with the speedup over eager.
+      sit on the y axis, so any number of them stays legible), with the speedup over eager (none
+      for the resnet50 anchor: another network's images/s, for scale), batch-1 latency rows left out.
 
     Raises:
         deps.MissingDependency: matplotlib is not installed.
@@ -692,7 +748,8 @@ def make_figures(data: dict) -> dict:
             ax.set_yticks(ys)
             ax.set_yticklabels([r["provider"] for r in sel], fontsize=8)
             for y, r in zip(ys, sel):
-                x = r.get("speedup_vs_eager")
+                # the anchor is another network: its images/s, never a speedup of ours
+                x = r.get("speedup_vs_eager") if r["provider"] not in C.ANCHORS else None
                 ax.text(r["img_per_s"], y, f" {aggregate.fmt(float(r['img_per_s']))}" + (f" ({x:.2f}x)" if x else ""),
                         va="center", fontsize=7)
             ax.set_xlim(0, max(vals) * 1.45)
@@ -742,7 +799,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--compile-all", action="store_true",
                     help="run torch_compile for every dtype, stage and the sweep (slow)")
     ap.add_argument("--providers", default="", help="comma list (default: every provider for this device)")
-    ap.add_argument("--only", default="", help="comma list of ops, op:mode or 'sweep' to run")
+    ap.add_argument("--only", default="",
+                    help="comma list of ops (dwconv, layer_norm, dwconv_ln, mlp, block, model), op:mode or groups "
+                         "(standard, sweep, latency) to run")
+    ap.add_argument("--exclude", default="", help="comma list in the form of --only: cases to leave out "
+                                                  "(e.g. 'sweep,latency')")
+    ap.add_argument("--stages", default="",
+                    help="ConvNeXt-T stages (1-4, comma list) of the op and block cases (default: all; "
+                         "GPU --quick: 1,3)")
     ap.add_argument("--max-cases", type=int, default=0, help="run only the first N cases (debugging)")
     ap.add_argument("--cuda-graphs", action="store_true", help="time forward/inference calls as CUDA graph replays")
     ap.add_argument("--warmup-ms", type=float, default=25.0)

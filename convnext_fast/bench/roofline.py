@@ -6,9 +6,9 @@ Pure functions (no timing, no device): the report and the pytest suite both use 
 Conventions (METHOD.md, "two numbers first"):
 
 * bytes: every input read once + every output written once, at the dtype's element size. The
-  hidden activations of the MLP, the LayerNorm statistics and the permute copies eager PyTorch makes
-  are *not* counted: they are what a fused implementation avoids, so counting them would flatter
-  the slow path.
+  hidden activations of the MLP (in the ``mlp`` op and the block), the LayerNorm statistics and the
+  permute copies eager PyTorch makes are *not* counted: they are what a fused implementation
+  avoids, so counting them would flatter the slow path.
 * flops: multiply-adds count 2. Depthwise conv 2*K^2 per output element; a Linear 2*in*out per row;
   elementwise work (LayerNorm, GELU, residual) is counted roughly.
 * Two kinds of flops. The Linear layers and the stem/downsampling convolutions run on tensor
@@ -41,8 +41,10 @@ __all__ = [
     "dwconv_ln_work",
     "dwconv_work",
     "layer_norm_work",
+    "mlp_work",
     "model_work",
     "op_work",
+    "resnet50_work",
     "roofline",
     "checked_pct",
 ]
@@ -148,6 +150,36 @@ def dwconv_ln_work(shape: Sequence[int], k: int, dtype: str, mode: str) -> Work:
     raise ValueError(f"dwconv_ln has modes fwd/fwdbwd, got {mode!r}")
 
 
+def mlp_work(shape: Sequence[int], dtype: str, mode: str, mlp_ratio: float = 4.0) -> Work:
+    """The MLP half of a ConvNeXt block on (N, C, H, W): fc1 (C -> Hd), exact GELU, fc2 (Hd -> C),
+    layer scale, residual; M = N*H*W token rows, Hd = ``mlp_ratio`` * C.
+
+    flops: the two GEMMs, 4*M*C*Hd (tensor cores), plus GELU, layer scale and residual (fp32, CUDA
+    cores). Bytes: x and the shortcut read, the output written, the parameters (fc1, fc2, their
+    biases, gamma) once. The (M, Hd) hidden activation is NOT counted: a fused kernel keeps it on
+    chip, which is the point of fusing (an unfused pipeline moves it 3-5 times). So stages 1-2 sit
+    near the ridge (bf16, H100: the bytes and the GEMMs take about as long) and stages 3-4 are
+    tensor-core bound; :func:`roofline` names the bound per case.
+
+    fwdbwd: the backward does twice the forward's GEMM flops (grad input and grad weight of each
+    Linear) and recomputes GELU; it reads gy and x again and writes gx, reads the parameters again
+    and writes their gradients. The shortcut's gradient is gy itself: nothing more to write.
+    """
+    e, c = DTYPE_BYTES[dtype], int(shape[1])
+    act = _numel(shape)
+    rows = act // c if c else 0
+    hidden = int(c * mlp_ratio)
+    params = c * hidden + hidden + hidden * c + c + c
+    gemm_f = 2 * 2 * rows * c * hidden
+    elem_f = _GELU_FLOPS * rows * hidden + 2 * act
+    fwd_b = (3 * act + params) * e
+    if mode == "fwd":
+        return Work(fwd_b, gemm_f + elem_f, elem_f)
+    if mode == "fwdbwd":
+        return Work(fwd_b + (3 * act + 2 * params) * e, 3 * (gemm_f + elem_f), 3 * elem_f)
+    raise ValueError(f"mlp has modes fwd/fwdbwd, got {mode!r}")
+
+
 def block_work(shape: Sequence[int], k: int, dtype: str, mode: str, mlp_ratio: float = 4.0) -> Work:
     """One ConvNeXt block (dwconv, LN, Linear C->4C, GELU, Linear 4C->C, layer scale, residual).
 
@@ -212,6 +244,25 @@ def model_work(batch: int, dtype: str, mode: str, kernel_size: int = 7, image_si
     raise ValueError(f"model has modes infer/train, got {mode!r}")
 
 
+# torchvision's ResNet-50 at 224x224: 4.09 GMACs per image (its model card's "GFLOPS"), 25,557,032 parameters.
+RESNET50_MACS_PER_IMAGE = 4_089_184_256
+RESNET50_PARAMS = 25_557_032
+
+
+def resnet50_work(batch: int, dtype: str, mode: str, image_size: int = 224) -> Work:
+    """torchvision's resnet50 (the model table's anchor), counted as :func:`model_work` counts
+    convnext_tiny: images in + logits out + parameters; its convolutions run on tensor cores
+    (no fp32-FMA part)."""
+    e = DTYPE_BYTES[dtype]
+    fwd_f = batch * 2 * RESNET50_MACS_PER_IMAGE * (image_size / 224) ** 2
+    io = batch * 3 * image_size * image_size * e + batch * 1000 * e
+    if mode == "infer":
+        return Work(int(io + RESNET50_PARAMS * e), int(fwd_f), 0)
+    if mode == "train":
+        return Work(int(io + 4 * RESNET50_PARAMS * 4), int(3 * fwd_f), 0)
+    raise ValueError(f"model has modes infer/train, got {mode!r}")
+
+
 def op_work(op: str, shape: Sequence[int], k: int, dtype: str, mode: str) -> Work:
     """Dispatch on the op name used by the benchmark cases."""
     if op == "dwconv":
@@ -220,6 +271,8 @@ def op_work(op: str, shape: Sequence[int], k: int, dtype: str, mode: str) -> Wor
         return layer_norm_work(shape, dtype, mode)
     if op == "dwconv_ln":
         return dwconv_ln_work(shape, k, dtype, mode)
+    if op == "mlp":
+        return mlp_work(shape, dtype, mode)
     if op == "block":
         return block_work(shape, k, dtype, mode)
     if op == "model":
