@@ -174,6 +174,13 @@ _UNVERIFIED_ON_CUDA = frozenset(op for op, verified in dispatch_table()["cuda"].
                                 if not verified)
 
 
+@torch.compiler.assume_constant_result
+def has_kernel(op: str, name: str) -> bool:
+    """Whether the backend ``name`` (``auto`` and ``reference`` count as yes) has kernels for ``op``:
+    not every kernel backend implements every op (the compiled extension's MLP is CPU-only)."""
+    return name in ("auto", "reference") or not _kernel_reason(op, name)
+
+
 def verified_on_cuda(op: str) -> bool:
     """Whether a recorded GPU parity run has checked ``op``'s kernels (``kernels_verified``)."""
     return op not in _UNVERIFIED_ON_CUDA

@@ -28,9 +28,11 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from .backend import get_backend, has_kernel
 from .dwconv_ln import dwconv_layer_norm
 from .mlp import pointwise_mlp
-from .fused_elementwise import drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu
+from .fused_elementwise import (drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu,
+                                mlp_composite)
 from .layers import DepthwiseConv2d, LayerNorm2d
 
 __all__ = [
@@ -158,6 +160,15 @@ class ConvNeXtMlp(nn.Module):
         return F.linear(x, self._weight(self.fc2), self.fc2.bias)
 
 
+def _mlp_composite(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight: Tensor,
+                   fc2_bias: Optional[Tensor], *, gamma: Optional[Tensor] = None, shortcut: Optional[Tensor] = None,
+                   grn_weight: Optional[Tensor] = None, grn_bias: Optional[Tensor] = None,
+                   drop_scale: Optional[Tensor] = None, grn_eps: float = 1e-6) -> Tensor:
+    """:func:`~convnext_fast.pointwise_mlp`'s signature over PyTorch's composite."""
+    return mlp_composite(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, gamma, shortcut, grn_weight, grn_bias,
+                         drop_scale, grn_eps)
+
+
 class ConvNeXtBlock(nn.Module):
     """ConvNeXt block: ``x + drop_path(gamma * fc2(GRN(GELU(fc1(LN(dwconv(x)))))))``.
 
@@ -220,12 +231,15 @@ class ConvNeXtBlock(nn.Module):
         args = (y, _cast(fc1.weight, dt), _cast(fc1.bias, dt), _cast(fc2.weight, dt), _cast(fc2.bias, dt))
         grn_args = {} if grn is None else dict(grn_weight=_cast(grn.weight, dt), grn_bias=_cast(grn.bias, dt),
                                                grn_eps=grn.eps)
+        # A backend asked for by name that has no MLP kernel (the compiled extension's is CPU-only)
+        # still runs the model: its MLP half takes PyTorch's composite.
+        mlp_op = pointwise_mlp if has_kernel("pointwise_mlp", get_backend()) else _mlp_composite
         if x.dtype == dt and (gamma is None or gamma.dtype == dt):
             # One dtype (no autocast, or parameters already in it): the residual add is the kernel's epilogue.
-            return pointwise_mlp(*args, gamma=gamma, shortcut=x, drop_scale=scale, **grn_args)
+            return mlp_op(*args, gamma=gamma, shortcut=x, drop_scale=scale, **grn_args)
         # Autocast over float32 parameters: the residual add follows PyTorch's type promotion, as
         # timm's block does (a float32 gamma keeps the residual stream in float32).
-        y = pointwise_mlp(*args, **grn_args).permute(0, 2, 3, 1)
+        y = mlp_op(*args, **grn_args).permute(0, 2, 3, 1)
         return layer_scale_residual(y, gamma, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:

@@ -193,3 +193,21 @@ def test_convnext_atto_triton_backend_matches_timm():
         with convnext_fast.use_backend("triton"):
             out = model(x)
     assert rel_err(out, expected) < 1e-4
+
+
+def test_block_mlp_falls_back_when_the_named_backend_has_no_mlp_kernel(monkeypatch):
+    """A backend asked for by name without an MLP kernel (the compiled extension's is CPU-only, so
+    `cuda`) still runs whole blocks: their MLP half takes PyTorch's composite, same outputs."""
+    import convnext_fast
+    from convnext_fast import models
+
+    torch.manual_seed(0)
+    block = ConvNeXtBlock(8, ls_init_value=0.5).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        expected = block(x)
+        monkeypatch.setattr(models, "has_kernel", lambda op, name: False)
+        monkeypatch.setattr(models, "pointwise_mlp", lambda *a, **k: pytest.fail("the MLP kernel op was called"))
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+    assert convnext_fast.backend.has_kernel("pointwise_mlp", "reference")
+    assert not convnext_fast.backend.has_kernel("pointwise_mlp", "cuda")

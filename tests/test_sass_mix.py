@@ -60,8 +60,11 @@ def test_dwconv_forward_row_loop_on_sm90():
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row, = json.loads(proc.stdout.strip().splitlines()[-1])
-    # one input row per iteration feeds K output rows x K taps x PW columns x cpt channels per thread
-    assert row["loop_ffma"] == 7 * 7 * pw * cpt
+    # one input row per iteration feeds K output rows x K taps x PW columns x cpt channels per thread;
+    # the loop body also holds the border rows' 0 * w products (the NaN-weight semantics), which run
+    # only where a window overlaps the padding: fewer than one more row's worth
+    taps = 7 * 7 * pw * cpt
+    assert taps <= row["loop_ffma"] < taps + 7 * pw * cpt
     assert 0 < row["loop_ffma_share"] < 1 and row["loop_instructions"] > row["loop_ffma"]
 
 
