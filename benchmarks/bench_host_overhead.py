@@ -14,7 +14,8 @@ itself takes a few microseconds) through
 * ``kernel``: the backend function alone (no validation, no autograd), the floor;
 
 for forward only (inputs that require grad, so autograd records the node) and forward + backward.
-Calls are interleaved round-robin so machine load hits every route alike; medians in microseconds.
+Calls are interleaved round-robin, each round starting one place later (so every call follows
+every other equally often), so machine load hits every route alike; medians in microseconds.
 
 Baselines come with the rows (``meta``): a bare ``sync()``, one small PyTorch op (``x + 1``)
 followed by ``sync()``, and an empty ``nn.Module`` call, so numbers from machines with different
@@ -87,10 +88,13 @@ def _median_us(fns: list[Callable], repeats: int, sync: Callable) -> list[float]
             fn()
     sync()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    order = list(range(len(fns)))
+    for r in range(repeats):
+        # Each round starts one place later, so every call follows every other equally often: a
+        # call right after a forward + backward runs measurably slower (allocator and cache state).
+        for i in order[r % len(fns):] + order[:r % len(fns)]:
             t0 = time.perf_counter()
-            fn()
+            fns[i]()
             sync()
             times[i].append(time.perf_counter() - t0)
     return [statistics.median(t) * 1e6 for t in times]

@@ -16,6 +16,8 @@ __all__ = ["DepthwiseConv2d", "LayerNorm2d"]
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype the op runs in: autocast's low-precision dtype when autocast is on, else x's."""
+    if not torch._C._is_any_autocast_enabled():  # the common case, without building x.device
+        return x.dtype
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)

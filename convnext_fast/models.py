@@ -68,8 +68,11 @@ __all__ = [
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype the fused ops run in: autocast's dtype when autocast is on for x's device, else x's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
+    if not torch._C._is_any_autocast_enabled():  # the common case, without building x.device
+        return x.dtype
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
     return x.dtype
 
 
