@@ -53,8 +53,11 @@ class DepthwiseConv2d(nn.Conv2d):
                          device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = _compute_dtype(x)
-        return depthwise_conv2d(_as(x, dtype), _as(self.weight, dtype), _as(self.bias, dtype))
+        w, b = self.weight, self.bias
+        if torch._C._is_any_autocast_enabled() or w.dtype != x.dtype:
+            dtype = _compute_dtype(x)
+            x, w, b = _as(x, dtype), _as(w, dtype), _as(b, dtype)
+        return depthwise_conv2d(x, w, b)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, kernel_size={self.kernel_size[0]}, bias={self.bias is not None}"
@@ -77,5 +80,7 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(channels, eps=check_eps("LayerNorm2d", eps), device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        return layer_norm_2d(x, _as(self.weight, dtype), _as(self.bias, dtype), self.eps)
+        w, b = self.weight, self.bias
+        if w.dtype != x.dtype:
+            w, b = w.to(x.dtype), b.to(x.dtype)
+        return layer_norm_2d(x, w, b, self.eps)
