@@ -188,26 +188,30 @@ def mlp_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Opt
     """
     module = _mlp_ext()
     w1t = w2t = None
-    if x.dtype == torch.float32 and not (torch.is_grad_enabled() and (w1.requires_grad or w2.requires_grad)):
+    if x.dtype == torch.float32 and _reusable(w1) and _reusable(w2):
         w1t, w2t = _transposed_weight(module, w1), _transposed_weight(module, w2)
     out, h = module.mlp_forward(x, w1, b1, w2, b2, gamma, shortcut, sample_scale, int(rows_per_sample),
                                 bool(save_hidden), w1t, w2t)
     return out, h
 
 
-# Inference reuses each float32 weight's transpose (the layout the CPU GEMM micro-kernel reads)
-# instead of making it on every call: for convnext_tiny that is about 100 MB of memory traffic per
-# forward, most of a batch-1 call. Keyed by the weight's base tensor (weakly: the entry goes with
-# the weight) and checked against its data pointer, shape, strides and version counter, so an
-# in-place update (an optimizer step, load_state_dict) makes a new transpose. Training calls (grad
-# mode on and a weight requiring grad) change the weights every step and skip the cache.
+# Frozen weights that are not parameters (the buffers of optimize_for_inference's folded blocks)
+# reuse their float32 transpose (the layout the CPU GEMM micro-kernel reads) instead of making it
+# on every call: for convnext_tiny that is about 100 MB of memory traffic per forward, most of a
+# batch-1 call. Keyed by the weight's base tensor (weakly: the entry goes with the weight) and
+# checked against its data pointer, shape, strides and version counter, so an in-place update
+# makes a new transpose. Parameters never use it: FSDP2 gathers updated parameters into the same
+# tensor while preserving its version counter, which would leave a stale transpose.
 _TRANSPOSED = WeakIdKeyDictionary()
+
+
+def _reusable(w: Tensor) -> bool:
+    base = w if w._base is None else w._base
+    return not (w.requires_grad or isinstance(base, torch.nn.Parameter) or base.is_inference())
 
 
 def _transposed_weight(module: ModuleType, w: Tensor) -> Tensor:
     base = w if w._base is None else w._base
-    if base.is_inference():  # no version counter to tell an in-place update: transpose every call
-        return module.mlp_weight_transposed(w)
     stamp = (w.data_ptr(), tuple(w.shape), tuple(w.stride()), base._version)
     hit = _TRANSPOSED.get(base)
     if hit is not None and hit[0] == stamp:

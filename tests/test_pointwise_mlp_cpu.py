@@ -207,8 +207,9 @@ def test_parameters_requiring_grad_and_inference_mode(dtype, mode, threads):
 
 
 def test_inference_reuses_weight_transposes_until_weights_change(monkeypatch):
-    """float32 inference transposes each weight once and reuses it; an in-place update (an
-    optimizer step, load_state_dict) is seen through the version counter; training skips the cache."""
+    """Frozen float32 weights that are not parameters (optimize_for_inference's buffers) are
+    transposed once and reused; an in-place update is seen through the version counter; weights
+    that require grad and nn.Parameters (FSDP2 refills them keeping their version) never use it."""
     from convnext_fast import extension
 
     module = extension._mlp_ext()
@@ -227,7 +228,7 @@ def test_inference_reuses_weight_transposes_until_weights_change(monkeypatch):
     monkeypatch.setattr(extension, "_mlp_ext", lambda: Spy())
     torch.manual_seed(0)
     x = torch.randn(37, 8)
-    w1, w2 = torch.randn(32, 8, requires_grad=True), torch.randn(8, 32, requires_grad=True)
+    w1, w2 = torch.randn(32, 8), torch.randn(8, 32)
     b1, b2 = torch.randn(32), torch.randn(8)
 
     def expected():
@@ -242,5 +243,8 @@ def test_inference_reuses_weight_transposes_until_weights_change(monkeypatch):
         out, _ = extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, 37, False)
         torch.testing.assert_close(out, expected(), rtol=1e-5, atol=1e-5)
         assert made == [(32, 8), (8, 32), (32, 8)]
-    extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, 37, True)  # grad mode, weights require grad
+    with torch.no_grad():
+        extension.mlp_forward(x, w1.requires_grad_(), b1, w2, b2, None, None, None, 37, False)
+        frozen_params = torch.nn.Parameter(w1.detach().clone(), requires_grad=False)
+        extension.mlp_forward(x, frozen_params, b1, w2, b2, None, None, None, 37, False)
     assert len(made) == 3

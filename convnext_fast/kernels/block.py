@@ -60,7 +60,7 @@ import triton.language as tl
 
 from .host_math import cdiv, next_power_of_2
 from .layout import device_guard, empty_channels_last
-from .pointwise_mlp import _TRITON_DTYPE, _dot_precision, _gelu, _small_smem
+from .pointwise_mlp import _TRITON_DTYPE, _dot_precision, _gelu
 
 __all__ = ["block_forward", "dw_taps", "aot_configs", "MAX_C", "MAX_K"]
 
@@ -212,11 +212,11 @@ def _block_fwd_kernel(
 
 
 @functools.lru_cache(maxsize=64)
-def _config(c: int, dtype: torch.dtype, small_smem: bool = False) -> tuple:
+def _config(c: int, dtype: torch.dtype) -> tuple:
     """(BLOCK_M, BLOCK_C, CONV_C, BLOCK_N, BLOCK_H, warps, stages) for width C in ``dtype``.
 
-    From ``aot_check --mix --only block`` (Triton 3.8, K = 7; registers / shared memory on sm_90
-    and sm_80, no spills in any row):
+    From ``aot_check --mix --only block`` (K = 7; registers / shared memory on sm_90 and sm_80; no
+    spills in any row with Triton 3.8 or 3.6):
 
     * 16-bit, C <= 128: BLOCK_M 128, conv chunks of 32 channels, 8 warps, BLOCK_H 32, 2 stages:
       146 / 184 registers, 64 / 48 KB. One [128, 128] conv tile instead of chunks: 255 registers
@@ -224,26 +224,23 @@ def _config(c: int, dtype: torch.dtype, small_smem: bool = False) -> tuple:
       registers. BLOCK_H 64: 173 registers, 96 KB (over sm_86's 99 KB with headroom to spare
       only on sm_90) for ~9% fewer MLP-loop instructions per pixel.
     * 16-bit, C = 160 .. 256 (BLOCK_C 256): one output slice of 256 (h computed once; two slices
-      of 128 recompute it and issue ~2x the MLP-loop instructions per pixel), BLOCK_M 128: 255
-      registers without spills, 128 / 104 KB; BLOCK_M 64 issues ~2.2x the MLP-loop instructions
-      per pixel (the warpgroup MMA overhead per step does not shrink with the tile). GPUs with
-      ~99 KB of shared memory per program (sm_86 / sm_89): BLOCK_M 64, 1 stage, 170 / 174
-      registers, 48 / 52 KB.
+      of 128 recompute it and issue ~2x the MLP-loop instructions per pixel), BLOCK_M 64, 1 stage:
+      170 / 174 registers (Triton 3.6: 182 / 181), 48 / 52 KB, so it also fits GPUs with ~99 KB of
+      shared memory per program (sm_86 / sm_89). BLOCK_M 128 issues ~2.2x fewer MLP-loop
+      instructions per pixel but sits at 255 registers with Triton 3.8 and spills 56 B with 3.6.
     * fp32 (exact fma dots, a correctness path): BLOCK_M 64, 8 warps (128 / 222 registers,
-      72 KB); C > 128: BLOCK_M 32, 4 warps, two output slices of 128 (202 / 222 registers, 84 KB;
-      one slice of 256 needs 100 KB).
+      72 KB); C > 128: BLOCK_M 32, 8 warps, two output slices of 128 (126 / 114 registers; 4 warps
+      spilled on sm_80 with Triton 3.6).
     """
     block_c = max(_MIN_DOT, next_power_of_2(c))
     conv_c = min(32, block_c)
     if dtype == torch.float32:
         if block_c <= 128:
             return (64, block_c, conv_c, block_c, 32, 8, 2)
-        return (32, block_c, conv_c, 128, 32, 4, 2)
+        return (32, block_c, conv_c, 128, 32, 8, 2)
     if block_c <= 128:
         return (128, block_c, conv_c, block_c, 32, 8, 2)
-    if small_smem:
-        return (64, block_c, conv_c, block_c, 32, 8, 1)
-    return (128, block_c, conv_c, block_c, 32, 8, 2)
+    return (64, block_c, conv_c, block_c, 32, 8, 1)
 
 
 def dw_taps(dw_weight: torch.Tensor) -> torch.Tensor:
@@ -347,7 +344,7 @@ def block_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[to
         ValueError / TypeError: shapes or dtypes that do not fit together.
     """
     _check(x, dw_weight, dw_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, dw_taps)
-    cfg = _config(x.shape[1], x.dtype, _small_smem(x.device))
+    cfg = _config(x.shape[1], x.dtype)
     return _launch(x, dw_weight, dw_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, dw_taps, cfg)
 
 
@@ -356,8 +353,7 @@ def block_forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: Optional[to
 
 def aot_configs(stages) -> list[dict]:
     """The block kernel at the configurations ``block_forward`` picks for the widths of ``stages``
-    ((C, H, W) tuples, C <= 256; K = 7 with every bias; bf16 and fp32; sm_90 and small-shared-memory
-    tiles), for ``convnext_fast.aot_check``. Entries as in ``pointwise_mlp.aot_configs``."""
+    ((C, H, W) tuples, C <= 256; K = 7 with every bias; bf16 and fp32), for ``convnext_fast.aot_check``. Entries as in ``pointwise_mlp.aot_configs``."""
     from .layer_norm import divisibility_attrs
 
     configs: list[dict] = []
@@ -367,21 +363,20 @@ def aot_configs(stages) -> list[dict]:
         for c, _, _ in stages:
             if c > MAX_C:
                 continue
-            for small in (False, True):
-                bm, bc, cc, bn, bh, warps, num_stages = _config(c, dtype, small)
-                name = f"block_fwd_{t}_C{c}_M{bm}_K{bc}_CC{cc}_N{bn}_H{bh}_w{warps}_s{num_stages}"
-                if name in seen:
-                    continue
-                seen.add(name)
-                sig = {n: f"*{t}" for n in ("x_ptr", "db_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr", "out_ptr")}
-                sig.update({"wt_ptr": "*fp32", "NHW": "i32", "H": "i32", "W": "i32", "C": "i32", "HD": "i32",
-                            "eps": "fp32", "inv_C": "fp32", "NUM_SLICES": "i32"})
-                const = {"K": 7, "HAS_DB": True, "HAS_B1": True, "HAS_B2": True, "BLOCK_M": bm, "BLOCK_C": bc,
-                         "CONV_C": cc, "BLOCK_N": bn, "BLOCK_H": bh, "DOT_PRECISION": _dot_precision(dtype)}
-                sig = {k: sig.get(k, "constexpr") for k in _block_fwd_kernel.arg_names}
-                sig.update({k: "constexpr" for k in const})
-                div = tuple(n for n, v in (("C", c), ("HD", 4 * c)) if v % 16 == 0)
-                configs.append({"kernel": _block_fwd_kernel, "signature": sig, "constexprs": const,
-                                "attrs": divisibility_attrs(_block_fwd_kernel, sig, div), "num_warps": warps,
-                                "num_stages": num_stages, "name": name})
+            bm, bc, cc, bn, bh, warps, num_stages = _config(c, dtype)
+            name = f"block_fwd_{t}_C{c}_M{bm}_K{bc}_CC{cc}_N{bn}_H{bh}_w{warps}_s{num_stages}"
+            if name in seen:
+                continue
+            seen.add(name)
+            sig = {n: f"*{t}" for n in ("x_ptr", "db_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr", "out_ptr")}
+            sig.update({"wt_ptr": "*fp32", "NHW": "i32", "H": "i32", "W": "i32", "C": "i32", "HD": "i32",
+                        "eps": "fp32", "inv_C": "fp32", "NUM_SLICES": "i32"})
+            const = {"K": 7, "HAS_DB": True, "HAS_B1": True, "HAS_B2": True, "BLOCK_M": bm, "BLOCK_C": bc,
+                     "CONV_C": cc, "BLOCK_N": bn, "BLOCK_H": bh, "DOT_PRECISION": _dot_precision(dtype)}
+            sig = {k: sig.get(k, "constexpr") for k in _block_fwd_kernel.arg_names}
+            sig.update({k: "constexpr" for k in const})
+            div = tuple(n for n, v in (("C", c), ("HD", 4 * c)) if v % 16 == 0)
+            configs.append({"kernel": _block_fwd_kernel, "signature": sig, "constexprs": const,
+                            "attrs": divisibility_attrs(_block_fwd_kernel, sig, div), "num_warps": warps,
+                            "num_stages": num_stages, "name": name})
     return configs
