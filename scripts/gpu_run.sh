@@ -277,9 +277,10 @@ EOF
     [ $brc -ne 0 ] && rc=$brc
     left=$(( deadline - $(elapsed) ))
     if [ "$left" -ge 60 ]; then
-        echo "--- 3. the MLP test files on CUDA (${left}s left) -> mlp_tests.txt"
+        echo "--- 3. the MLP and one-kernel block test files on CUDA (${left}s left) -> mlp_tests.txt"
         timeout -s INT -k 10 $(( left - 15 )) "${ext[@]}" "$PY" -m pytest tests/test_mlp_op.py \
-            tests/test_pointwise_mlp_kernels.py -q -rfE --tb=short -p no:cacheprovider >"$OUT/mlp_tests.txt" 2>&1
+            tests/test_pointwise_mlp_kernels.py tests/test_block_kernel.py -q -rfE --tb=short -p no:cacheprovider \
+            >"$OUT/mlp_tests.txt" 2>&1
         trc=$?
         tail -n 3 "$OUT/mlp_tests.txt"
         case $trc in 0|5) ;; *) rc=$trc ;; esac
