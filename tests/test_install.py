@@ -103,3 +103,27 @@ def test_non_editable_install_carries_the_tools(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert bench.returncode == 0, bench.stderr[-3000:]
     assert "usage" in bench.stdout.lower()
+
+
+@pytest.mark.slow
+def test_first_cpu_call_compiles_the_extension_into_an_empty_cache(tmp_path):
+    """What a fresh `pip install -e .` gives: the first call that needs the cpu backend compiles the
+    extension (one line says so) into the cache, the call is right, and the next process loads it."""
+    script = (
+        "import torch, convnext_fast as cf\n"
+        "from convnext_fast import extension, reference\n"
+        "x, w = torch.randn(1, 8, 6, 5), torch.randn(8, 1, 3, 3)\n"
+        "with cf.use_backend('cpu'):\n"
+        "    y = cf.depthwise_conv2d(x, w)\n"
+        "assert torch.allclose(y, reference.depthwise_conv2d(x, w), atol=1e-5)\n"
+        "print(extension.build_info()['obtained'])\n"
+    )
+    env = {**os.environ, "CONVNEXT_FAST_CACHE": str(tmp_path / "cache"), "CONVNEXT_FAST_BUILD_CUDA": "0"}
+    env.pop("TRITON_INTERPRET", None)
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "compiling the extension" in first.stderr
+    assert first.stdout.strip().startswith("compiled")
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "compiling" not in second.stderr and second.stdout.strip().startswith("cached")
