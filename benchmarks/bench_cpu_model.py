@@ -50,6 +50,7 @@ import torch
 
 import convnext_fast
 from convnext_fast import backend, extension
+from convnext_fast.bench.env import cpu_name
 
 # Output parity with timm eager fp32 (norm-wise relative error). fp32: the providers reorder the
 # same fp32 sums (fused kernels, oneDNN vs MKL GEMMs, ONNX Runtime's own kernels), which leaves
@@ -57,18 +58,6 @@ from convnext_fast import backend, extension
 PARITY_RTOL = {"fp32": 1e-4, "bf16": 5e-2}
 BASELINE = "timm_eager"
 ORT = "onnxruntime"
-
-
-def cpu_model_name() -> str:
-    """The processor's name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str:
@@ -309,7 +298,7 @@ def main(argv=None) -> dict:
     cpu = torch.device("cpu")
     env = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": cpu_model_name(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "cpu_model": cpu_name(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "onnxruntime": onnxruntime_version(),
         "timm": timm.__version__, "convnext_fast": convnext_fast.__version__, "commit": git_commit(),
         "work_tree_changes": work_tree_changes(),

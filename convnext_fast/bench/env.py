@@ -41,7 +41,8 @@ def _git_commit() -> str:
         return "n/a"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The processor's name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -59,7 +60,7 @@ def environment() -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "device_type": dev.type,
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
