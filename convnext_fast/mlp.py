@@ -27,7 +27,6 @@ The Triton kernels compute in float16, bfloat16 and float32, the CPU kernel in b
 """
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import torch
@@ -37,7 +36,7 @@ from . import reference
 from .backend import implementation, resolve_passes
 from .fused_elementwise import mlp_composite
 from .kernels.layout import device_guard
-from .route import check_params, check_x, direct_ok, needs_graph, needs_reference, reference_backward
+from .route import check_eps, check_params, check_x, direct_ok, needs_graph, needs_reference, reference_backward
 
 __all__ = ["pointwise_mlp"]
 
@@ -93,8 +92,7 @@ def _check(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight
         raise ValueError(f"{OP} got {given} without {missing}: GRN needs both (or neither)")
     _check_vector("grn_weight", grn_weight, hd, "the hidden width Hd")
     _check_vector("grn_bias", grn_bias, hd, "the hidden width Hd")
-    if isinstance(grn_eps, bool) or not isinstance(grn_eps, numbers.Real) or not float(grn_eps) > 0:
-        raise ValueError(f"{OP} expects grn_eps to be a positive number, got {grn_eps!r}")
+    check_eps(OP, grn_eps, "grn_eps")
     if drop_scale is not None:
         if not isinstance(drop_scale, Tensor):
             raise TypeError(f"{OP} expects drop_scale to be a torch.Tensor, got {type(drop_scale).__name__}")

@@ -57,10 +57,10 @@ def check_params(op: str, x: Tensor, required: Sequence[str], **params: Optional
             raise ValueError(f"{op} expects all tensors on one device: x is on {x.device}, {name} on {p.device}")
 
 
-def check_eps(op: str, eps) -> float:
+def check_eps(op: str, eps, name: str = "eps") -> float:
     """A positive real number (Python or NumPy scalar) as a float."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not float(eps) > 0:
-        raise ValueError(f"{op} expects eps to be a positive number, got {eps!r}")
+        raise ValueError(f"{op} expects {name} to be a positive number, got {eps!r}")
     return float(eps)
 
 
