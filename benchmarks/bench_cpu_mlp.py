@@ -113,12 +113,8 @@ def interleaved_seconds(fns: dict, args, warmup: int, repeats: int) -> dict[str,
 
 
 def run_stage(stage: int, C: int, H: int, W: int, batch: int, dtype: torch.dtype, warmup: int, repeats: int,
-              use_onnx: bool, directory: str, frozen: bool = False) -> dict:
+              use_onnx: bool, directory: str) -> dict:
     args = make_args(batch, C, H, W, dtype)
-    if not frozen:
-        # As a model's block passes them: nn.Parameters, whose weight layout is made on every call
-        # (only frozen non-parameter weights, optimize_for_inference's, reuse it).
-        args = (args[0], *(torch.nn.Parameter(t, requires_grad=False) for t in args[1:6]), args[6])
     M, Hd = args[0].shape[0], 4 * C
     fns = {"eager": eager, "ours": ours}
     notes = {}
@@ -166,9 +162,6 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=15, help="timed calls per provider (default 15)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
-    p.add_argument("--frozen", action="store_true",
-                   help="weights as optimize_for_inference holds them (frozen buffers: the CPU kernel reuses their "
-                        "transposed layout) instead of a model's nn.Parameters")
     p.add_argument("--out", help="write the results as JSON to this path")
     a = p.parse_args(argv)
     dtype = DTYPES[a.dtype]
@@ -191,7 +184,7 @@ def main(argv=None) -> dict:
                   f"{'vs ort':>7} {'ours GF/s':>9} target")
             for stage in a.stages:
                 C, H, W = CONVNEXT_T_STAGES[stage - 1]
-                rec = run_stage(stage, C, H, W, a.batch, dtype, a.warmup, a.repeats, not a.no_onnx, directory, a.frozen)
+                rec = run_stage(stage, C, H, W, a.batch, dtype, a.warmup, a.repeats, not a.no_onnx, directory)
                 rec["threads"] = threads
                 result["runs"].append(rec)
                 med, sp = rec["median_ms"], rec["speedup_vs"]

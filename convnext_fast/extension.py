@@ -18,7 +18,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .kernels.layout import empty_channels_last, stats_dtype, stats_shape
 
@@ -186,39 +185,9 @@ def mlp_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Opt
     Returns:
         (out (M, C), h (M, Hd) or None), new tensors.
     """
-    module = _mlp_ext()
-    w1t = w2t = None
-    if x.dtype == torch.float32 and _reusable(w1) and _reusable(w2):
-        w1t, w2t = _transposed_weight(module, w1), _transposed_weight(module, w2)
-    out, h = module.mlp_forward(x, w1, b1, w2, b2, gamma, shortcut, sample_scale, int(rows_per_sample),
-                                bool(save_hidden), w1t, w2t)
+    out, h = _mlp_ext().mlp_forward(x, w1, b1, w2, b2, gamma, shortcut, sample_scale, int(rows_per_sample),
+                                    bool(save_hidden))
     return out, h
-
-
-# Frozen weights that are not parameters (the buffers of optimize_for_inference's folded blocks)
-# reuse their float32 transpose (the layout the CPU GEMM micro-kernel reads) instead of making it
-# on every call: for convnext_tiny that is about 100 MB of memory traffic per forward, most of a
-# batch-1 call. Keyed by the weight's base tensor (weakly: the entry goes with the weight) and
-# checked against its data pointer, shape, strides and version counter, so an in-place update
-# makes a new transpose. Parameters never use it: FSDP2 gathers updated parameters into the same
-# tensor while preserving its version counter, which would leave a stale transpose.
-_TRANSPOSED = WeakIdKeyDictionary()
-
-
-def _reusable(w: Tensor) -> bool:
-    base = w if w._base is None else w._base
-    return not (w.requires_grad or isinstance(base, torch.nn.Parameter) or base.is_inference())
-
-
-def _transposed_weight(module: ModuleType, w: Tensor) -> Tensor:
-    base = w if w._base is None else w._base
-    stamp = (w.data_ptr(), tuple(w.shape), tuple(w.stride()), base._version)
-    hit = _TRANSPOSED.get(base)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    t = module.mlp_weight_transposed(w)
-    _TRANSPOSED[base] = (stamp, t)
-    return t
 
 
 def mlp_backward(grad_out: Tensor, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],

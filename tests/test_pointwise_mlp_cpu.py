@@ -3,7 +3,8 @@
 
 Token rows are the NHWC view of channels_last (N, C, H, W) tensors, as the op passes them. Covered:
 C = 8, 40, 96 (Hd = 4C) and one width past the kernel's hidden-chunk threshold (Hd = 800: chunks
-of 448 + 352 columns); M not a multiple of the row block; every optional term present or None;
+of 448 + 352 hidden units, which with 2 threads and M = 30 go one to each thread and are summed
+afterwards); M not a multiple of the row block; every optional term present or None;
 the saved and the recomputed pre-activation; float32 (tight) and bfloat16 (within 2x PyTorch's
 own bf16 error); 1 and 2 threads; bitwise-repeatable backward; argument errors.
 """
@@ -206,26 +207,9 @@ def test_parameters_requiring_grad_and_inference_mode(dtype, mode, threads):
         assert all(g is None or not g.requires_grad for g in grads)
 
 
-def test_inference_reuses_weight_transposes_until_weights_change(monkeypatch):
-    """Frozen float32 weights that are not parameters (optimize_for_inference's buffers) are
-    transposed once and reused; an in-place update is seen through the version counter; weights
-    that require grad and nn.Parameters (FSDP2 refills them keeping their version) never use it."""
-    from convnext_fast import extension
-
-    module = extension._mlp_ext()
-    made = []
-    real = module.mlp_weight_transposed
-    monkeypatch.setattr(extension, "_TRANSPOSED", extension.WeakIdKeyDictionary())
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(module, name)
-
-        def mlp_weight_transposed(self, w):
-            made.append(tuple(w.shape))
-            return real(w)
-
-    monkeypatch.setattr(extension, "_mlp_ext", lambda: Spy())
+def test_weights_are_read_as_stored_each_call():
+    """The kernel keeps nothing between calls: an in-place weight update (an optimizer step, FSDP
+    refilling a parameter) is seen by the next call, frozen or not, under no_grad or not."""
     torch.manual_seed(0)
     x = torch.randn(37, 8)
     w1, w2 = torch.randn(32, 8), torch.randn(8, 32)
@@ -235,16 +219,8 @@ def test_inference_reuses_weight_transposes_until_weights_change(monkeypatch):
         return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
 
     with torch.no_grad():
-        for _ in range(3):
+        for _ in range(2):
             out, _ = extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, 37, False)
             torch.testing.assert_close(out, expected(), rtol=1e-5, atol=1e-5)
-        assert made == [(32, 8), (8, 32)]
-        w1.mul_(0.5)  # in place: the next call must see it
-        out, _ = extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, 37, False)
-        torch.testing.assert_close(out, expected(), rtol=1e-5, atol=1e-5)
-        assert made == [(32, 8), (8, 32), (32, 8)]
-    with torch.no_grad():
-        extension.mlp_forward(x, w1.requires_grad_(), b1, w2, b2, None, None, None, 37, False)
-        frozen_params = torch.nn.Parameter(w1.detach().clone(), requires_grad=False)
-        extension.mlp_forward(x, frozen_params, b1, w2, b2, None, None, None, 37, False)
-    assert len(made) == 3
+            w1.mul_(0.5)
+            w2[:, :3] = 1.0

@@ -6,19 +6,22 @@
 // Forward. Eager PyTorch writes the (M, 4C) hidden activation to memory and reads it back three
 // times (fc1 out, GELU in/out, fc2 in), plus two more passes over (M, C) for gamma and the residual.
 // In float32 the token rows are split into blocks of R rows (at::parallel_for, one block at a time
-// per thread); per block:
-//   fc1 into a per-thread hidden tile (R x J floats, sized to stay in L2), bias + GELU in place on
-//   the tile, fc2 from the tile into the block's output rows, then b2, gamma, the per-sample scale
-//   and the residual on those output rows while they are still in cache.
+// per thread); per block, on transposed tiles (token index last):
+//   x.T of the block (C x R), fc1 into a per-thread hidden tile h.T = w1 @ x.T (J x R floats, sized
+//   to stay in L2), bias + GELU in place on the tile, fc2 out.T = w2 @ GELU(h.T), then b2, gamma and
+//   the per-sample scale on out.T and its transposed write, plus the residual, into the output rows.
 // The hidden activation never goes to memory (unless the caller asks for it to be saved for the
 // backward, then it is written once, from the same pass). bfloat16 fuses less (GEMMs below).
 //
 // GEMMs. float32: oneDNN's batch-reduce GEMM micro-kernel (at::native::cpublas::brgemm, fp32 in,
-// fp32 accumulate/out), B as K x N row-major, so the weights are transposed once per call. On a
-// 2-core AVX-512 CPU (Zen 4) it ran the per-block GEMMs about 2x faster than at::mm on the same
-// tiles (MKL's sgemm, which is also what F.linear runs). Wide layers (Hd > kMaxChunk) are split
-// into hidden chunks of J columns (flash-attention's loop over key blocks): fc2 accumulates the
-// chunks into the output rows with brgemm's add_C, so the tile stays R x J whatever the width.
+// fp32 accumulate/out), which multiplies row-major A (M x K) by row-major B (K x N). Taking the
+// weights as A (as nn.Linear stores them) and the transposed token tiles as B, no weight is ever
+// copied: at batch 1 a transposed copy of every weight on every call would move more memory than
+// the GEMMs read. The transposes are of the small, cache-resident token tiles instead. On a
+// 2-core AVX-512 CPU (Zen 4) brgemm ran the per-block GEMMs about 2x faster than at::mm on the
+// same tiles (MKL's sgemm, which is also what F.linear runs). Wide layers (Hd > kMaxChunk) are
+// split into hidden chunks of J rows of w1 (flash-attention's loop over key blocks): fc2
+// accumulates the chunks into out.T with brgemm's add_C, so the tile stays J x R whatever the width.
 // bfloat16: brgemm's bf16 path needs VNNI-packed B, which this oneDNN does not offer without AMX
 // (cpublas::could_pack is false: its unpacked fallback ran at ~5 GFLOP/s). at::addmm (oneDNN's
 // AVX512_BF16 GEMM, fp32 accumulation, bf16 out, bias inside) reorders the weights on every call,
@@ -67,11 +70,11 @@ using OptTensor = c10::optional<Tensor>;
 // weight panels and the output rows share it).
 constexpr int64_t kTileBytes = 256 * 1024;
 // Hidden chunking (fp32). brgemm is a micro-kernel: it does no cache blocking of its own and
-// re-reads B (C x J of w1.T, J x C of w2.T) for every few rows of A, so each call's B panel must
-// stay in L2: up to Hd = kMaxChunk the layer runs unchunked (ConvNeXt-T stages 1-2, panels of
-// 144 / 576 KiB), wider ones in chunks of J columns with C * J floats <= kPanelBytes (stage 3:
-// J = 256, stage 4: 128). Measured on a 2-core AVX-512 Zen 4 CPU (1 thread, batch 8): stage 4
-// took 69 ms unchunked, 39 ms with J = 128.
+// re-reads its operands for every few rows of the weight panel (J x C of w1, C x J of w2), so each
+// call's panel and token tile must stay in L2: up to Hd = kMaxChunk the layer runs unchunked
+// (ConvNeXt-T stages 1-2, panels of 144 / 576 KiB), wider ones in chunks of J hidden units with
+// C * J floats <= kPanelBytes (stage 3: J = 256, stage 4: 128). Measured on a 2-core AVX-512 Zen 4
+// CPU (1 thread, batch 8): stage 4 took 69 ms unchunked, 39 ms with J = 128.
 constexpr int64_t kMaxChunk = 768;
 constexpr int64_t kPanelBytes = 384 * 1024;
 constexpr int64_t kMinRows = 32, kMaxRows = 256;
@@ -193,20 +196,63 @@ CFM_AI F gelu(F v) {
 
 // ---------------------------------------------------------------------------------- row kernels
 
-// h[r, :n] (+)= bias, optionally saved (as S) before the GELU, then GELU in place. h: rows x n fp32
-// tile with row stride ldh; bias: n floats; save: rows x n of S with row stride lds, or null.
-template <int V, class S>
-CFM_AI void bias_gelu_impl(float* h, int64_t ldh, int64_t rows, int64_t n, const float* bias, S* save,
-                           int64_t lds) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* hp = h + r * ldh;
-    for (int64_t c = 0; c < n; c += V) {
-      const int64_t k = n - c;
-      const typename Vec<V>::f v = load<V>(hp + c, k) + load<V>(bias + c, k);
-      if (save) store<V>(save + r * lds + c, v, k);
-      store<V>(hp + c, gelu(v), k);
+// The float32 forward works on transposed tiles (token index last) so that both GEMMs read the
+// weights as nn.Linear stores them; these move tiles between the two layouts.
+
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols, in square blocks that stay in L1.
+CFM_AI void transpose_impl(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
+  constexpr int64_t kB = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kB)
+    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
+      const int64_t r1 = std::min(rows, r0 + kB), c1 = std::min(cols, c0 + kB);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) dst[c * ldd + r] = src[r * lds + c];
+    }
+}
+
+// h.T tile (n hidden rows x `rows` tokens, row stride ldh): h += bias[j] per hidden row, optionally
+// saved (token-major: save[r * lds + j]) before the GELU, then GELU in place.
+template <int V>
+CFM_AI void bias_gelu_t_impl(float* h, int64_t ldh, int64_t n, int64_t rows, const float* bias, float* save,
+                             int64_t lds) {
+  typedef typename Vec<V>::f F;
+  for (int64_t j = 0; j < n; ++j) {
+    float* hp = h + j * ldh;
+    const F b = bc<F>(bias[j]);
+    for (int64_t r = 0; r < rows; r += V) {
+      const int64_t k = std::min<int64_t>(V, rows - r);
+      const F v = load<V>(hp + r, k) + b;
+      if (save)
+        for (int64_t i = 0; i < k; ++i) save[(r + i) * lds + j] = v[i];
+      store<V>(hp + r, gelu(v), k);
     }
   }
+}
+
+// The epilogue from an out.T tile (C x rows, row stride ldt) into token rows:
+// o[r, c] = ((t[c, r] + b2[c]) * gamma[c]) * s[r] + shortcut[r, c], in the reference's order. b2 /
+// gamma are fp32 vectors (zeros / ones when absent); s: the per-row scale (1 when absent); sc: the
+// shortcut rows or null. The scaling runs in place on t (vectors over tokens), the transposed write
+// adds the shortcut.
+template <int V>
+CFM_AI void epilogue_t_impl(float* t, int64_t ldt, int64_t rows, int64_t C, const float* b2, const float* gamma,
+                            const float* row_scale, const float* sc, int64_t ldsc, float* o, int64_t ldo) {
+  typedef typename Vec<V>::f F;
+  for (int64_t c = 0; c < C; ++c) {
+    float* tp = t + c * ldt;
+    const F b = bc<F>(b2[c]), g = bc<F>(gamma[c]);
+    for (int64_t r = 0; r < rows; r += V) {
+      const int64_t k = std::min<int64_t>(V, rows - r);
+      store<V>(tp + r, ((load<V>(tp + r, k) + b) * g) * load<V>(row_scale + r, k), k);
+    }
+  }
+  transpose_impl(t, ldt, C, rows, o, ldo);
+  if (sc)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t k = std::min<int64_t>(V, C - c);
+        store<V>(o + r * ldo + c, load<V>(o + r * ldo + c, k) + load<V>(sc + r * ldsc + c, k), k);
+      }
 }
 
 // bf16 tiles: dst = GELU(src) (bias already added by the GEMM).
@@ -272,10 +318,11 @@ CFM_AI void gelu_bwd_impl(const T* h, float* ga, float* a, int64_t rows, int64_t
 using BF = c10::BFloat16;
 
 struct MlpOps {
-  void (*bias_gelu)(float*, int64_t, int64_t, int64_t, const float*, float*, int64_t);
+  void (*transpose)(const float*, int64_t, int64_t, int64_t, float*, int64_t);
+  void (*bias_gelu_t)(float*, int64_t, int64_t, int64_t, const float*, float*, int64_t);
+  void (*epilogue_t)(float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, const float*,
+                     int64_t, float*, int64_t);
   void (*gelu_bf16)(const BF*, int64_t, BF*, int64_t, int64_t, int64_t);
-  void (*epilogue_f32)(float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, const float*,
-                       int64_t);
   void (*epilogue_bf16)(BF*, int64_t, int64_t, int64_t, const float*, const float*, const float*, const BF*,
                         int64_t);
   void (*scale_colsum_f32)(const float*, int64_t, int64_t, int64_t, const float*, float*, float*);
@@ -285,16 +332,19 @@ struct MlpOps {
 };
 
 #define CFM_DEFINE_OPS(NAME, ATTR, V)                                                                          \
-  ATTR void bias_gelu_##NAME(float* h, int64_t ldh, int64_t rows, int64_t n, const float* b, float* s,          \
-                             int64_t lds) {                                                                    \
-    bias_gelu_impl<V>(h, ldh, rows, n, b, s, lds);                                                             \
+  ATTR void transpose_##NAME(const float* s, int64_t lds, int64_t rows, int64_t cols, float* d, int64_t ldd) {  \
+    transpose_impl(s, lds, rows, cols, d, ldd);                                                                \
+  }                                                                                                            \
+  ATTR void bias_gelu_t_##NAME(float* h, int64_t ldh, int64_t n, int64_t rows, const float* b, float* s,        \
+                               int64_t lds) {                                                                  \
+    bias_gelu_t_impl<V>(h, ldh, n, rows, b, s, lds);                                                           \
+  }                                                                                                            \
+  ATTR void epilogue_t_##NAME(float* t, int64_t ldt, int64_t rows, int64_t C, const float* b2, const float* g,  \
+                              const float* rs, const float* sc, int64_t ldsc, float* o, int64_t ldo) {         \
+    epilogue_t_impl<V>(t, ldt, rows, C, b2, g, rs, sc, ldsc, o, ldo);                                          \
   }                                                                                                            \
   ATTR void gelu_bf16_##NAME(const BF* s, int64_t lds, BF* d, int64_t ldd, int64_t rows, int64_t n) {           \
     gelu_bf16_impl<V>(s, lds, d, ldd, rows, n);                                                                \
-  }                                                                                                            \
-  ATTR void epilogue_f32_##NAME(float* o, int64_t ldo, int64_t rows, int64_t C, const float* b2,                \
-                                const float* g, const float* rs, const float* sc, int64_t ldsc) {              \
-    epilogue_impl<V>(o, ldo, rows, C, b2, g, rs, sc, ldsc);                                                    \
   }                                                                                                            \
   ATTR void epilogue_bf16_##NAME(BF* o, int64_t ldo, int64_t rows, int64_t C, const float* b2, const float* g,  \
                                  const float* rs, const BF* sc, int64_t ldsc) {                                \
@@ -314,9 +364,9 @@ struct MlpOps {
   ATTR void gelu_bwd_bf16_##NAME(const BF* h, float* ga, float* a, int64_t rows, int64_t n, float* cs) {        \
     gelu_bwd_impl<V>(h, ga, a, rows, n, cs);                                                                   \
   }                                                                                                            \
-  const MlpOps mlp_ops_##NAME = {bias_gelu_##NAME,        gelu_bf16_##NAME,        epilogue_f32_##NAME,        \
-                                 epilogue_bf16_##NAME,    scale_colsum_f32_##NAME, scale_colsum_bf16_##NAME,   \
-                                 gelu_bwd_f32_##NAME,     gelu_bwd_bf16_##NAME};
+  const MlpOps mlp_ops_##NAME = {transpose_##NAME,        bias_gelu_t_##NAME,      epilogue_t_##NAME,          \
+                                 gelu_bf16_##NAME,        epilogue_bf16_##NAME,    scale_colsum_f32_##NAME,    \
+                                 scale_colsum_bf16_##NAME, gelu_bwd_f32_##NAME,    gelu_bwd_bf16_##NAME};
 
 CFM_DEFINE_OPS(generic, , 4)
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -407,75 +457,86 @@ void row_scales(const float* s, int64_t rps, int64_t r0, int64_t rows, float* ou
   for (int64_t r = 0; r < rows; ++r) out[r] = s ? s[(r0 + r) / rps] : 1.f;
 }
 
-// Row blocks: about `target` rows each, their count a multiple of the thread count when there are
-// only a few per thread (so no thread idles at the end).
-struct RowBlocks {
-  int64_t rows, count;
+// The float32 forward's work split. Token rows go in blocks of about `target` rows (the hidden
+// tile's budget), their count a multiple of the thread count when there are only a few per thread
+// (so no thread idles at the end). When there are fewer blocks than threads (a small batch at the
+// late stages, where the weights are most of the memory read), the threads split the hidden chunks
+// instead: each reads only its share of w1 and w2 and sums its share of fc2 into its own out.T; the
+// shares are added in a fixed order afterwards.
+struct WorkSplit {
+  int64_t rows, blocks, groups;  // rows per block, row blocks, hidden-chunk groups per block
 };
-RowBlocks row_blocks(int64_t M, int64_t target) {
+WorkSplit work_split(int64_t M, int64_t target, int64_t chunks) {
   const int64_t T = std::max<int64_t>(1, at::get_num_threads());
   int64_t nb = (M + target - 1) / target;
-  if (nb < 8 * T) nb = (nb + T - 1) / T * T;
-  const int64_t R = (M + nb - 1) / nb;
-  return {R, (M + R - 1) / R};
+  const int64_t groups = nb < T ? std::min(chunks, T / nb) : 1;
+  if (groups == 1 && nb < 8 * T) nb = (nb + T - 1) / T * T;
+  // A multiple of 16 tokens: the GEMMs' N dimension, whole AVX-512 vectors (tails ran ~10% slower).
+  const int64_t R = std::min(M, ((M + nb - 1) / nb + 15) / 16 * 16);
+  return {R, (M + R - 1) / R, groups};
 }
 
 // ---------------------------------------------------------------------------------- forward
 
-// w.T, contiguous (w: contiguous fp32 (R, K)), in 32 x 32 tiles over all threads: at stage 4 the
-// two weights are 9 MiB each, and ATen's single-threaded transposing copy took 2.5 ms per weight
-// (~6% of the MLP on a 2-core Zen 4 CPU).
-Tensor transposed(const Tensor& w) {
-  const int64_t R = w.size(0), K = w.size(1);
-  Tensor t = at::empty({K, R}, w.options());
-  const float* src = w.data_ptr<float>();
-  float* dst = t.data_ptr<float>();
-  constexpr int64_t kT = 32;
-  at::parallel_for(0, (R + kT - 1) / kT, 1, [&](int64_t first, int64_t last) {
-    for (int64_t rb = first; rb < last; ++rb) {
-      const int64_t r0 = rb * kT, r1 = std::min(R, r0 + kT);
-      for (int64_t k0 = 0; k0 < K; k0 += kT) {
-        const int64_t k1 = std::min(K, k0 + kT);
-        for (int64_t k = k0; k < k1; ++k)
-          for (int64_t r = r0; r < r1; ++r) dst[k * R + r] = src[r * K + k];
-      }
-    }
-  });
-  return t;
-}
-
-void forward_f32(const Tensor& x, const Tensor& w1t, const std::vector<float>& b1, const Tensor& w2t,
+void forward_f32(const Tensor& x, const Tensor& w1, const std::vector<float>& b1, const Tensor& w2,
                  const std::vector<float>& b2, const std::vector<float>& gamma, const OptTensor& shortcut,
                  const float* s, int64_t rps, const Dims& d, Tensor& out, float* hsave) {
   const int64_t M = d.M, C = d.C, Hd = d.Hd;
   const int64_t J = Hd <= kMaxChunk ? Hd : std::clamp<int64_t>(kPanelBytes / (4 * C) / 64 * 64, 64, Hd);
-  const RowBlocks rb = row_blocks(M, std::clamp<int64_t>(kTileBytes / (4 * J), kMinRows, kMaxRows));
+  const int64_t chunks = (Hd + J - 1) / J;
+  const WorkSplit w = work_split(M, std::clamp<int64_t>(kTileBytes / (4 * J), kMinRows, kMaxRows), chunks);
+  const int64_t R = w.rows, G = w.groups;
   const int64_t T = std::max<int64_t>(1, at::get_num_threads());
-  const Tensor scratch = at::empty({T, rb.rows * (J + 1)}, x.options());
+  // Per thread: x.T (C x R), h.T (J x R), the row scales (R), out.T (C x R). With hidden groups,
+  // each (block, group) unit has its own out.T instead, after the threads' scratch.
+  const int64_t per_thread = R * (2 * C + J + 1);
+  const Tensor scratch = at::empty({T * per_thread + (G > 1 ? w.blocks * G * C * R : 0)}, x.options());
   const float* X = x.data_ptr<float>();
-  const float* W1t = w1t.data_ptr<float>();
-  const float* W2t = w2t.data_ptr<float>();
+  const float* W1 = w1.data_ptr<float>();
+  const float* W2 = w2.data_ptr<float>();
   const float* SC = shortcut ? shortcut->data_ptr<float>() : nullptr;
   float* O = out.data_ptr<float>();
   float* S = scratch.data_ptr<float>();
+  float* shares = S + T * per_thread;
   const int64_t ldx = row_stride(x), ldsc = shortcut ? row_stride(*shortcut) : C;
   const MlpOps& o = ops();
-  at::parallel_for(0, rb.count, 1, [&](int64_t first, int64_t last) {
-    float* h = S + at::get_thread_num() * rb.rows * (J + 1);
-    float* rs = h + rb.rows * J;
-    for (int64_t blk = first; blk < last; ++blk) {
-      const int64_t r0 = blk * rb.rows, rows = std::min(rb.rows, M - r0);
-      float* orow = O + r0 * C;
-      for (int64_t j0 = 0; j0 < Hd; j0 += J) {
+  const auto epilogue = [&](float* ot, float* rs, int64_t blk) {
+    const int64_t r0 = blk * R, rows = std::min(R, M - r0);
+    row_scales(s, rps, r0, rows, rs);
+    o.epilogue_t(ot, R, rows, C, b2.data(), gamma.data(), rs, SC ? SC + r0 * ldsc : nullptr, ldsc, O + r0 * C, C);
+  };
+  at::parallel_for(0, w.blocks * G, 1, [&](int64_t first, int64_t last) {
+    float* xt = S + at::get_thread_num() * per_thread;
+    float* ht = xt + C * R;
+    float* rs = ht + J * R;
+    for (int64_t unit = first; unit < last; ++unit) {
+      const int64_t blk = unit / G, g = unit % G;
+      const int64_t r0 = blk * R, rows = std::min(R, M - r0);
+      float* ot = G > 1 ? shares + unit * C * R : rs + R;
+      o.transpose(X + r0 * ldx, ldx, rows, C, xt, R);
+      const int64_t j_begin = g * chunks / G * J, j_end = std::min(Hd, (g + 1) * chunks / G * J);
+      for (int64_t j0 = j_begin; j0 < j_end; j0 += J) {
         const int64_t n = std::min(J, Hd - j0);
-        at::native::cpublas::brgemm(rows, n, C, ldx, Hd, n, false, X + r0 * ldx, W1t + j0, h, false);
-        o.bias_gelu(h, n, rows, n, b1.data() + j0, hsave ? hsave + r0 * Hd + j0 : nullptr, Hd);
-        at::native::cpublas::brgemm(rows, C, n, n, C, C, j0 > 0, h, W2t + j0 * C, orow, false);
+        // h.T = w1[j0:j0+n] @ x.T ; out.T (+)= w2[:, j0:j0+n] @ GELU(h.T + b1)
+        at::native::cpublas::brgemm(n, rows, C, C, R, R, false, W1 + j0 * C, xt, ht, false);
+        o.bias_gelu_t(ht, R, n, rows, b1.data() + j0, hsave ? hsave + r0 * Hd + j0 : nullptr, Hd);
+        at::native::cpublas::brgemm(C, rows, n, Hd, R, R, j0 > j_begin, W2 + j0, ht, ot, false);
       }
-      row_scales(s, rps, r0, rows, rs);
-      o.epilogue_f32(orow, C, rows, C, b2.data(), gamma.data(), rs, SC ? SC + r0 * ldsc : nullptr, ldsc);
+      if (G == 1) epilogue(ot, rs, blk);
     }
     at::native::cpublas::brgemm_release(false);
+  });
+  if (G == 1) return;
+  at::parallel_for(0, w.blocks, 1, [&](int64_t first, int64_t last) {
+    float* rs = S + at::get_thread_num() * per_thread + R * (C + J);
+    for (int64_t blk = first; blk < last; ++blk) {
+      float* ot = shares + blk * G * C * R;
+      for (int64_t g = 1; g < G; ++g) {
+        const float* share = ot + g * C * R;
+        for (int64_t i = 0; i < C * R; ++i) ot[i] += share[i];
+      }
+      epilogue(ot, rs, blk);
+    }
   });
 }
 
@@ -549,28 +610,9 @@ Tensor sum_partials(const std::vector<float>& partials, int64_t nb, int64_t n) {
 
 }  // namespace
 
-Tensor weight_transposed(const Tensor& w) {
-  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.scalar_type() == at::kFloat && w.device().is_cpu(),
-              "weight_transposed expects a contiguous 2-D float32 CPU tensor, got ", w.sizes(), " ", w.scalar_type());
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return transposed(w);
-}
-
-// brgemm multiplies K x N row-major B: the weights transposed, (K, N) = (C, Hd) for fc1 and
-// (Hd, C) for fc2; made here unless the caller passes them (reused across inference calls).
-static Tensor transposed_or(const OptTensor& given, const Tensor& w, const char* name) {
-  if (!given) return transposed(w);
-  TORCH_CHECK(given->scalar_type() == at::kFloat && given->is_contiguous() && given->dim() == 2 &&
-                  given->size(0) == w.size(1) && given->size(1) == w.size(0),
-              "mlp_forward: ", name, " must be the contiguous float32 transpose of its weight ", w.sizes(), ", got ",
-              given->sizes());
-  return *given;
-}
-
 std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
                                           const OptTensor& b2, const OptTensor& gamma, const OptTensor& shortcut,
-                                          const OptTensor& sample_scale, int64_t rows_per_sample, bool save_hidden,
-                                          const OptTensor& w1t, const OptTensor& w2t) {
+                                          const OptTensor& sample_scale, int64_t rows_per_sample, bool save_hidden) {
   const Dims d = check_inputs(x, w1, b1, w2, b2, gamma, sample_scale, rows_per_sample);
   if (shortcut) check_rows(*shortcut, "shortcut", d.M, d.C, x);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: nothing here is differentiated
@@ -581,7 +623,7 @@ std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, con
   const float* s = sample_scale ? sample_scale->data_ptr<float>() : nullptr;
   const std::vector<float> gvec = vec_f32(gamma, d.C, 1.f);
   if (x.scalar_type() == at::kFloat) {
-    forward_f32(x, transposed_or(w1t, w1, "w1t"), vec_f32(b1, d.Hd, 0.f), transposed_or(w2t, w2, "w2t"),
+    forward_f32(x, w1, vec_f32(b1, d.Hd, 0.f), w2,
                 vec_f32(b2, d.C, 0.f), gvec, shortcut, s, rows_per_sample, d, out,
                 hsave ? hsave->data_ptr<float>() : nullptr);
   } else {

@@ -20,17 +20,11 @@
 namespace convnext_fast_cpu {
 
 // Returns (out (M, C), h (M, Hd) pre-activation when save_hidden, else None). New tensors.
-// w1t / w2t: optional float32 w1.T and w2.T made by weight_transposed (inference reuses them across
-// calls); when absent, the float32 path transposes the weights itself.
 std::tuple<at::Tensor, c10::optional<at::Tensor>> mlp_forward(
     const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
     const c10::optional<at::Tensor>& b2, const c10::optional<at::Tensor>& gamma,
     const c10::optional<at::Tensor>& shortcut, const c10::optional<at::Tensor>& sample_scale,
-    int64_t rows_per_sample, bool save_hidden, const c10::optional<at::Tensor>& w1t,
-    const c10::optional<at::Tensor>& w2t);
-
-// w.T as a new contiguous tensor (w: contiguous float32 (R, K)), transposed in tiles on all threads.
-at::Tensor weight_transposed(const at::Tensor& w);
+    int64_t rows_per_sample, bool save_hidden);
 
 // Returns (gx, gw1, gb1, gw2, gb2, ggamma), None for an absent optional input. h: the forward's
 // pre-activation (M, Hd) or None (recomputed). grad_out (M, C) of x's dtype, any strides.

@@ -367,9 +367,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(out, h or None) <- fused fc1, GELU, fc2, layer scale, residual", pybind11::arg("x"), pybind11::arg("w1"),
         pybind11::arg("b1"), pybind11::arg("w2"), pybind11::arg("b2"), pybind11::arg("gamma"),
         pybind11::arg("shortcut"), pybind11::arg("sample_scale"), pybind11::arg("rows_per_sample"),
-        pybind11::arg("save_hidden"), pybind11::arg("w1t") = pybind11::none(), pybind11::arg("w2t") = pybind11::none());
-  m.def("mlp_weight_transposed", &convnext_fast_cpu::weight_transposed, "w.T, contiguous (float32, all threads)",
-        pybind11::arg("w"));
+        pybind11::arg("save_hidden"));
   m.def("mlp_backward", &convnext_fast_cpu::mlp_backward, "(gx, gw1, gb1, gw2, gb2, ggamma) <- MLP backward",
         pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("w1"), pybind11::arg("b1"), pybind11::arg("w2"),
         pybind11::arg("b2"), pybind11::arg("gamma"), pybind11::arg("sample_scale"), pybind11::arg("rows_per_sample"),
