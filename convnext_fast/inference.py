@@ -19,8 +19,9 @@ the flash-style MLP, so the block reads x once and writes once). It runs when th
 backend is asked for by name; ``auto`` takes it once a recorded GPU parity run has checked it
 (``dispatch.json``, ``kernels_verified``). Everything else takes the two fused ops.
 
-Not yet: CUDA-graph capture built in; ``torch.compile`` composes with the optimized model
-(tested), which is the way to cut per-launch host time today.
+Small batches on a GPU are host-bound (a launch costs more than its kernel runs):
+``cuda_graph=True`` replays each input shape's forward as one CUDA graph (``cuda_graph.py``), and
+``torch.compile(optimized, mode="reduce-overhead")`` composes with the optimized model as well.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from . import backend
+from .cuda_graph import GraphedForward
 from .dwconv_ln import dwconv_layer_norm
 from .kernels.layout import device_guard, empty_channels_last
 from .layers import DepthwiseConv2d, LayerNorm2d
@@ -149,7 +151,8 @@ def _input_hook(dtype: torch.dtype):
     return hook
 
 
-def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = None) -> nn.Module:
+def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = None,
+                           cuda_graph: bool = False) -> nn.Module:
     """An inference-only copy of ``model`` with every ConvNeXt block folded (see the module docstring).
 
     The input model is left untouched. The copy computes the same function (float32: relative error
@@ -166,6 +169,11 @@ def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = N
             modules whose ``conv_dw`` / ``norm`` are ``convnext_fast`` modules.
         dtype: run in this dtype (e.g. ``torch.bfloat16``); default: the model's own. Inputs of
             another floating dtype are cast to it at the stem.
+        cuda_graph: replay ``forward`` as a CUDA graph, one captured per input shape on its first
+            call (:class:`~convnext_fast.cuda_graph.GraphedForward`): for batch 1-16, where launches
+            dominate. The model must be on a CUDA device; each call returns a new tensor;
+            ``forward_features`` and the other methods stay eager. Do not also ``torch.compile`` it
+            (``mode="reduce-overhead"`` is the compiled way to the same end).
 
     Returns:
         The optimized copy, in eval mode, on the model's device.
@@ -173,6 +181,7 @@ def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = N
     Raises:
         ValueError: the model contains no ConvNeXt block that can be folded.
         TypeError: ``dtype`` is not a floating dtype.
+        ValueError: ``cuda_graph=True`` for a model that is not on a CUDA device.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference expects an nn.Module, got {type(model).__name__}")
@@ -184,6 +193,11 @@ def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = N
                          "convnext_fast model or a timm model made fast with convnext_fast.convert()")
     if dtype is None:
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    if cuda_graph:
+        devices = {t.device.type for t in model.parameters()}
+        if devices != {"cuda"}:
+            raise ValueError(f"optimize_for_inference(cuda_graph=True) needs the model on a CUDA device, found "
+                             f"{sorted(devices)}: move it with model.cuda() first, or leave cuda_graph=False")
     optimized = copy.deepcopy(model).eval()
     optimized.requires_grad_(False)
     for name in blocks:
@@ -195,4 +209,6 @@ def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = N
     if isinstance(stem, nn.Module):
         stem.register_forward_pre_hook(_input_hook(dtype))
     optimized.train = _refuse_training(optimized)
+    if cuda_graph:
+        optimized.forward = GraphedForward(optimized.forward)
     return optimized

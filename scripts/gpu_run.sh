@@ -19,6 +19,11 @@
 #                      STEPS="build tune"; it sweeps the Triton launchers' constants)
 #   mlp_parity.txt     with the `mlp` step: pointwise_mlp (triton) against the float64 reference
 #   mlp_tests.txt      with the `mlp` step, when time is left: the two MLP test files on CUDA
+#   latency.txt, latency.json  with the `latency` step: convnext_tiny at batch 1 and 16, bf16, timm
+#                      eager and under torch.compile(mode="reduce-overhead") against
+#                      optimize_for_inference eager, with cuda_graph=True and under reduce-overhead
+#                      (benchmarks/bench_gpu_latency.py: parity, latency, host time, kernels per call)
+#   latency_tests.txt  with the `latency` step: tests/test_inference.py on CUDA (CUDA-graph replay)
 #
 # The `mlp` step, in a call of its own: STEPS="mlp" (no `build` needed: the MLP has no kernel in the
 # compiled extension, and the step turns the extension off rather than compile it on first use, unless
@@ -36,7 +41,7 @@
 #
 # Environment knobs (all optional):
 #   STEPS            steps to run, in order (default "build info testfiles"; also "tests" (the suite in
-#                    one process, junit.xml), "host", "bench", "pybench", "tune", "mlp"). On a bare machine the
+#                    one process, junit.xml), "host", "bench", "pybench", "tune", "mlp", "latency"). On a bare machine the
 #                    test files one after another took ~7 minutes (Triton compiles every kernel variant
 #                    first; `testfiles` now runs TEST_JOBS of them at once), so the benchmark gets a
 #                    call of its own: STEPS="build host bench"
@@ -289,6 +294,30 @@ EOF
     fi
     return $rc
 }
+step_latency() {
+    local left rc trc ext=(env)
+    case " $STEPS " in
+        *" build "*) ;;
+        *) ext=(env CONVNEXT_FAST_BUILD_CPU=0 CONVNEXT_FAST_BUILD_CUDA=0) ;;
+    esac
+    left=$(( $(remaining) - 20 ))
+    [ "$left" -lt 90 ] && { echo "no time left for latency"; return 1; }
+    echo "--- 1. batch 1 and 16: timm eager / reduce-overhead vs optimize_for_inference eager / cuda_graph / reduce-overhead"
+    timeout $(( left * 2 / 3 )) "${ext[@]}" "$PY" benchmarks/bench_gpu_latency.py --out "$OUT/latency.json" \
+        >"$OUT/latency.txt" 2>&1
+    rc=$?
+    cat "$OUT/latency.txt"
+    left=$(( $(remaining) - 15 ))
+    if [ "$left" -ge 45 ]; then
+        echo "--- 2. tests/test_inference.py on CUDA (CUDA-graph replay included) -> latency_tests.txt"
+        timeout -s INT -k 10 "$left" "${ext[@]}" "$PY" -m pytest tests/test_inference.py -q -rfE --tb=short \
+            -p no:cacheprovider >"$OUT/latency_tests.txt" 2>&1
+        trc=$?
+        tail -n 3 "$OUT/latency_tests.txt"
+        case $trc in 0|5) ;; *) rc=$trc ;; esac
+    fi
+    return $rc
+}
 step_tune() {
     local budget
     budget=$(( $(remaining) - 30 ))
@@ -314,6 +343,7 @@ for step in $STEPS; do
         pybench) run_step pybench step_pybench ;;
         tune)    run_step tune step_tune ;;
         mlp)     run_step mlp step_mlp ;;
+        latency) run_step latency step_latency ;;
         *)       record "$step" "unknown-step" 0 ;;
     esac
 done

@@ -116,6 +116,44 @@ def test_compile_fullgraph():
         assert rel_err(compiled(x), model(x)) < 1e-5
 
 
+def test_cuda_graph_needs_a_cuda_model_and_input():
+    from convnext_fast.cuda_graph import GraphedForward
+
+    model = _small("convnext_atto").cpu()
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        convnext_fast.optimize_for_inference(model, cuda_graph=True)
+    graphed = GraphedForward(model.forward)
+    with pytest.raises(ValueError, match="takes a CUDA tensor, got cpu"):
+        graphed(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="warmup >= 1"):
+        GraphedForward(model.forward, warmup=0)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
+def test_cuda_graph_replays_the_optimized_forward():
+    """Each input shape gets its own graph; replays follow new inputs, return fresh tensors, and
+    equal the eager optimized model; shapes beyond max_graphs and grad inputs are refused."""
+    model = _small("convnext_atto")
+    eager = convnext_fast.optimize_for_inference(model, dtype=torch.bfloat16)
+    graphed = convnext_fast.optimize_for_inference(model, dtype=torch.bfloat16, cuda_graph=True)
+    graphed.forward.max_graphs = 2
+    with torch.no_grad():
+        for batch in (1, 2, 1):
+            for _ in range(2):
+                x = torch.randn(batch, 3, 32, 32, device=DEVICE, dtype=torch.bfloat16)
+                first = graphed(x)
+                second = graphed(x * 2)
+                assert first.data_ptr() != second.data_ptr()
+                assert rel_err(first, eager(x)) < 1e-2
+                assert rel_err(second, eager(x * 2)) < 1e-2
+        assert graphed.forward.captured == 2
+        with pytest.raises(RuntimeError, match="max_graphs=2"):
+            graphed(torch.randn(3, 3, 32, 32, device=DEVICE, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="does not support backward"):
+        graphed(torch.randn(1, 3, 32, 32, device=DEVICE, requires_grad=True))
+    assert rel_err(graphed.forward_features(x), eager.forward_features(x)) < 1e-2
+
+
 @pytest.mark.parametrize("name,one_kernel", [("convnext_atto", True), ("convnextv2_atto", False)])
 def test_one_kernel_blocks_under_triton(name, one_kernel, monkeypatch):
     """With triton asked for by name, V1 blocks (C <= 256, K <= 7) run as one kernel and give the

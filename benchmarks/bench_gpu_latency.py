@@ -1,0 +1,153 @@
+"""GPU latency of convnext_tiny inference at small batches, where the host's launch time dominates.
+
+For each batch size (default 1 and 16), bf16, 224x224, channels_last, the providers, all fed the
+same random images:
+
+* ``timm_eager``: timm's convnext_tiny under ``torch.autocast``, eval, ``torch.no_grad``. The baseline.
+* ``timm_compile_ro``: that model under ``torch.compile(mode="reduce-overhead")`` (Inductor plus
+  CUDA graphs: the strongest small-batch setup a PyTorch user has).
+* ``ours_optimized``: ``convnext_fast.optimize_for_inference(model, dtype=torch.bfloat16)`` with the
+  same weights, eager.
+* ``ours_optimized_graph``: the same with ``cuda_graph=True`` (one CUDA graph per input shape).
+* ``ours_optimized_compile_ro``: ``ours_optimized`` under ``torch.compile(mode="reduce-overhead")``.
+
+Parity first: each provider's logits against timm eager fp32, ``||out - ref|| / ||ref||`` within
+5e-2 (bf16 through 18 blocks); a provider that fails or raises is reported and not timed.
+
+Per provider and batch: ``latency_ms`` (median of one call followed by a device synchronize: what a
+caller waiting for its answer sees), ``host_ms`` (median time until the call returns, before the
+synchronize: the launch cost), and ``kernels`` (GPU kernels one call runs, from ``torch.profiler``;
+a CUDA graph replays its kernels too, so this counts work, not launches from Python). Providers
+are timed round-robin (``--repeats`` rounds) after ``--warmup`` calls each.
+
+Run: ``python benchmarks/bench_gpu_latency.py [--batch 1 16] [--repeats 50] [--out latency.json]``
+(needs a CUDA device and timm).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+import convnext_fast
+from bench_cpu_model import git_commit, relative_error
+
+PARITY_RTOL = 5e-2
+
+
+def kernels_per_call(fn: Callable[[], torch.Tensor]) -> int:
+    """GPU kernels one call of ``fn`` runs, counted by torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and not e.name.startswith(("Memcpy", "Memset", "cudaGraph")))
+
+
+def providers(batch: int) -> tuple[dict[str, Callable[[], torch.Tensor]], torch.Tensor, dict[str, str]]:
+    import timm
+
+    torch.manual_seed(0)
+    timm_model = timm.create_model("convnext_tiny", pretrained=False).cuda().eval()
+    timm_model = timm_model.to(memory_format=torch.channels_last)
+    ours = convnext_fast.convnext_tiny().cuda().eval().to(memory_format=torch.channels_last)
+    ours.load_state_dict(timm_model.state_dict())
+    x32 = torch.randn(batch, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+    x16 = x32.to(torch.bfloat16)
+    with torch.no_grad():
+        reference = timm_model(x32).float()
+    builders = {
+        "timm_eager": lambda: timm_model,
+        "timm_compile_ro": lambda: torch.compile(timm_model, mode="reduce-overhead"),
+        "ours_optimized": lambda: convnext_fast.optimize_for_inference(ours, dtype=torch.bfloat16),
+        "ours_optimized_graph": lambda: convnext_fast.optimize_for_inference(ours, dtype=torch.bfloat16,
+                                                                             cuda_graph=True),
+        "ours_optimized_compile_ro": lambda: torch.compile(
+            convnext_fast.optimize_for_inference(ours, dtype=torch.bfloat16), mode="reduce-overhead"),
+    }
+    fns, failed = {}, {}
+    for name, build in builders.items():
+        try:
+            model = build()
+            if name.startswith("timm"):
+                def fn(model=model) -> torch.Tensor:
+                    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+                        return model(x32)
+            else:
+                def fn(model=model) -> torch.Tensor:
+                    with torch.no_grad():
+                        return model(x16)
+            for _ in range(3):  # compiles, captures
+                out = fn()
+            torch.cuda.synchronize()
+            err = relative_error(out.float(), reference)
+            if not err <= PARITY_RTOL:
+                failed[name] = f"parity: relative error {err:.2e} > {PARITY_RTOL}"
+                continue
+            fns[name] = fn
+        except Exception as exc:  # reported in the table, the others still run
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return fns, reference, failed
+
+
+def measure(fns: dict[str, Callable[[], torch.Tensor]], warmup: int, repeats: int) -> dict[str, dict]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    torch.cuda.synchronize()
+    host = {n: [] for n in fns}
+    total = {n: [] for n in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            t1 = time.perf_counter()
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            host[name].append((t1 - t0) * 1e3)
+            total[name].append((t2 - t0) * 1e3)
+    return {n: {"latency_ms": statistics.median(total[n]), "host_ms": statistics.median(host[n]),
+                "kernels": kernels_per_call(fns[n])} for n in fns}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--out", help="write the rows as JSON to this path")
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_gpu_latency.py needs a CUDA device")
+    result = {"benchmark": "convnext_tiny small-batch latency, bf16", "device": torch.cuda.get_device_name(),
+              "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
+              "commit": git_commit(), "rows": []}
+    print(f"{'batch':>5} {'provider':<27} {'latency ms':>10} {'host ms':>8} {'kernels':>7} {'x timm_ro':>9}")
+    for batch in a.batch:
+        fns, _, failed = providers(batch)
+        rows = measure(fns, a.warmup, a.repeats)
+        base = rows.get("timm_compile_ro", {}).get("latency_ms")
+        for name, row in rows.items():
+            speed = f"{base / row['latency_ms']:8.2f}x" if base else f"{'-':>9}"
+            print(f"{batch:>5} {name:<27} {row['latency_ms']:10.3f} {row['host_ms']:8.3f} {row['kernels']:7d} {speed}")
+            result["rows"].append({"batch": batch, "provider": name, **row})
+        for name, why in failed.items():
+            print(f"{batch:>5} {name:<27} not timed: {why}")
+            result["rows"].append({"batch": batch, "provider": name, "status": why})
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {a.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
