@@ -186,8 +186,8 @@ def test_fp64_and_no_bias_through_public_api():
 @needs_cpu_ext
 @pytest.mark.parametrize("isa", ["generic", "avx2"])
 def test_every_cpu_instruction_set_variant(isa):
-    """The row kernels are compiled for AVX-512, AVX2 and baseline x86-64 and picked at run time;
-    force the lower ones (in a subprocess: the choice is made once per process)."""
+    """The row kernels (conv, LayerNorm, the MLP's elementwise passes) are compiled for AVX-512, AVX2
+    and baseline x86-64 and picked at run time; force the lower ones (in a subprocess: the choice is made once per process)."""
     code = (
         "import torch\n"
         "from convnext_fast import extension, reference\n"
@@ -210,6 +210,15 @@ def test_every_cpu_instruction_set_variant(isa):
         "torch.testing.assert_close(extension.dwconv_forward(x, w, b).double(), y.detach(), atol=1e-4, rtol=1e-4)\n"
         "for o, t in zip(extension.dwconv_backward(gy, x, w), ref):\n"
         "    torch.testing.assert_close(o.double(), t.grad, atol=1e-3, rtol=1e-4)\n"
+        # the MLP's elementwise passes and tile transposes: C = 13 and M = 29 leave remainders
+        "if hasattr(extension._ext(), 'mlp_forward'):\n"
+        "    x = torch.randn(29, 13); w1 = torch.randn(52, 13) / 4; b1 = torch.randn(52)\n"
+        "    w2 = torch.randn(13, 52) / 8; b2 = torch.randn(13); g = torch.randn(13); sc = torch.randn(29, 13)\n"
+        "    out, h = extension.mlp_forward(x, w1, b1, w2, b2, g, sc, None, 29, True)\n"
+        "    d = lambda t: t.double()\n"
+        "    ref = d(sc) + d(g) * (torch.nn.functional.gelu(d(x) @ d(w1).T + d(b1)) @ d(w2).T + d(b2))\n"
+        "    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)\n"
+        "    torch.testing.assert_close(h.double(), d(x) @ d(w1).T + d(b1), atol=1e-4, rtol=1e-4)\n"
         "print(extension.build_info()['cpu_isa'])\n"
     )
     env = dict(os.environ, CONVNEXT_FAST_CPU_ISA=isa)

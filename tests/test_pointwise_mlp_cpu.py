@@ -2,7 +2,7 @@
 ``extension.mlp_forward`` / ``extension.mlp_backward``, against ``reference.pointwise_mlp`` in float64.
 
 Token rows are the NHWC view of channels_last (N, C, H, W) tensors, as the op passes them. Covered:
-C = 8, 40, 96 (Hd = 4C) and one width past the kernel's hidden-chunk threshold (Hd = 800: chunks
+C = 8, 13, 40, 96 (Hd = 4C) and one width past the kernel's hidden-chunk threshold (Hd = 800: chunks
 of 448 + 352 hidden units, which with 2 threads and M = 30 go one to each thread and are summed
 afterwards); M not a multiple of the row block; every optional term present or None;
 the saved and the recomputed pre-activation; float32 (tight) and bfloat16 (within 2x PyTorch's
@@ -32,8 +32,8 @@ pytestmark = pytest.mark.skipif(bool(REASON), reason=f"CPU MLP kernel unavailabl
 
 # (N, C, H, W): M = N*H*W = 646 and 105 are not multiples of any row block the kernel picks (it
 # splits M into 2-4 blocks here, the last one shorter); C = 200 makes Hd = 800 > 768, the fp32
-# path's hidden-chunk threshold.
-SHAPES = [(2, 8, 17, 19), (3, 40, 5, 7), (2, 96, 17, 19), (2, 200, 3, 5)]
+# path's hidden-chunk threshold; C = 13 leaves a remainder past the 8 x 8 blocks of the tile transposes.
+SHAPES = [(2, 8, 17, 19), (3, 40, 5, 7), (2, 96, 17, 19), (2, 200, 3, 5), (2, 13, 5, 3)]
 # Which optional terms are present: (b1, b2, gamma, shortcut, sample_scale), and whether the
 # forward saves h (else the backward recomputes it).
 TERMS = [

@@ -199,15 +199,61 @@ CFM_AI F gelu(F v) {
 // The float32 forward works on transposed tiles (token index last) so that both GEMMs read the
 // weights as nn.Linear stores them; these move tiles between the two layouts.
 
-// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols, in square blocks that stay in L1.
-CFM_AI void transpose_impl(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
-  constexpr int64_t kB = 16;
-  for (int64_t r0 = 0; r0 < rows; r0 += kB)
-    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
-      const int64_t r1 = std::min(rows, r0 + kB), c1 = std::min(cols, c0 + kB);
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t r = r0; r < r1; ++r) dst[c * ldd + r] = src[r * lds + c];
+// Two-input lane permutation of 8-float vectors (GCC's and Clang's spellings).
+typedef float F8 __attribute__((vector_size(32)));
+typedef int32_t I8 __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define CFM_SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)
+#else
+#define CFM_SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shuffle(a, b, I8{i0, i1, i2, i3, i4, i5, i6, i7})
+#endif
+
+// In-register transpose of an 8 x 8 block (three rounds of two-input shuffles: pairs of rows,
+// pairs of pairs, halves).
+CFM_AI void transpose8x8(F8 r[8]) {
+  F8 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = CFM_SHUFFLE8(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = CFM_SHUFFLE8(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      u[i + 2 * j] = CFM_SHUFFLE8(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + 2 * j + 1] = CFM_SHUFFLE8(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
     }
+  // u[0..3]: columns (0, 4), (1, 5), (2, 6), (3, 7) of rows 0-3; u[4..7] the same of rows 4-7.
+  for (int c = 0; c < 4; ++c) {
+    r[c] = CFM_SHUFFLE8(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[c + 4] = CFM_SHUFFLE8(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+// dst[c * ldd + r] = src[r * lds + c] (+ add[c * lda + r] when add is given) for r < rows,
+// c < cols: whole 8 x 8 blocks in registers, the edges one element at a time.
+CFM_AI void transpose_impl(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd,
+                           const float* add, int64_t lda) {
+  const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+  for (int64_t c0 = 0; c0 < cols8; c0 += 8)
+    for (int64_t r0 = 0; r0 < rows8; r0 += 8) {
+      F8 v[8];
+      for (int i = 0; i < 8; ++i) std::memcpy(&v[i], src + (r0 + i) * lds + c0, sizeof(F8));
+      transpose8x8(v);
+      for (int i = 0; i < 8; ++i) {
+        if (add) {
+          F8 a;
+          std::memcpy(&a, add + (c0 + i) * lda + r0, sizeof(F8));
+          v[i] += a;
+        }
+        std::memcpy(dst + (c0 + i) * ldd + r0, &v[i], sizeof(F8));
+      }
+    }
+  const auto one = [&](int64_t r, int64_t c) {
+    dst[c * ldd + r] = src[r * lds + c] + (add ? add[c * lda + r] : 0.f);
+  };
+  for (int64_t c = 0; c < cols8; ++c)
+    for (int64_t r = rows8; r < rows; ++r) one(r, c);
+  for (int64_t c = cols8; c < cols; ++c)
+    for (int64_t r = 0; r < rows; ++r) one(r, c);
 }
 
 // h.T tile (n hidden rows x `rows` tokens, row stride ldh): h += bias[j] per hidden row, optionally
@@ -246,13 +292,7 @@ CFM_AI void epilogue_t_impl(float* t, int64_t ldt, int64_t rows, int64_t C, cons
       store<V>(tp + r, ((load<V>(tp + r, k) + b) * g) * load<V>(row_scale + r, k), k);
     }
   }
-  transpose_impl(t, ldt, C, rows, o, ldo);
-  if (sc)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < C; c += V) {
-        const int64_t k = std::min<int64_t>(V, C - c);
-        store<V>(o + r * ldo + c, load<V>(o + r * ldo + c, k) + load<V>(sc + r * ldsc + c, k), k);
-      }
+  transpose_impl(t, ldt, C, rows, o, ldo, sc, ldsc);
 }
 
 // bf16 tiles: dst = GELU(src) (bias already added by the GEMM).
@@ -333,7 +373,7 @@ struct MlpOps {
 
 #define CFM_DEFINE_OPS(NAME, ATTR, V)                                                                          \
   ATTR void transpose_##NAME(const float* s, int64_t lds, int64_t rows, int64_t cols, float* d, int64_t ldd) {  \
-    transpose_impl(s, lds, rows, cols, d, ldd);                                                                \
+    transpose_impl(s, lds, rows, cols, d, ldd, nullptr, 0);                                                                \
   }                                                                                                            \
   ATTR void bias_gelu_t_##NAME(float* h, int64_t ldh, int64_t n, int64_t rows, const float* b, float* s,        \
                                int64_t lds) {                                                                  \
