@@ -842,7 +842,7 @@ def _no_file_error(call: str, arch: str, tag: str) -> ValueError:
 def _create(name: str, pretrained: PretrainedSource, kwargs: Dict[str, Any], call: Optional[str] = None,
             checkpoint_path: Optional[PathLike] = None,
             pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None) -> ConvNeXt:
-    from .weights import load_weights, resolve_pretrained
+    from .weights import CheckpointError, load_weights, resolve_pretrained, without_classifier
 
     arch, tag = _split_name(name)
     call = call or f"{arch}("
@@ -863,6 +863,26 @@ def _create(name: str, pretrained: PretrainedSource, kwargs: Dict[str, Any], cal
         source = resolve_pretrained(arch, pretrained)
     # As in timm, the named weights decide the default class count (21841 for fb_in22k, 0 for fcmae).
     args = {**MODEL_CONFIGS[arch], "num_classes": cfg["num_classes"], **kwargs}
+    if (source is not None and pretrained not in (None, False) and args["num_classes"]
+            and args["num_classes"] != cfg["num_classes"]):
+        # As timm: pretrained weights with another class count keep everything but the classifier,
+        # which is initialized as in a new model (fine-tuning). A plain checkpoint_path must fit.
+        rest, classes = without_classifier(source)
+        if classes is not None and classes != args["num_classes"]:
+            model = ConvNeXt(**args)
+            try:
+                missing, unexpected = load_weights(model, rest, strict=False)
+            except CheckpointError as e:
+                if isinstance(source, (str, os.PathLike)):
+                    raise CheckpointError(f"checkpoint file {os.fspath(source)!r}: {e}") from None
+                raise
+            others = sorted(set(missing) - {"head.fc.weight", "head.fc.bias"})
+            if others or unexpected:
+                raise CheckpointError(f"{call}pretrained=..., num_classes={args['num_classes']}): the checkpoint "
+                                      f"does not fit {arch} beyond its classifier: missing {others[:20]}, "
+                                      f"unexpected {unexpected[:20]}")
+            model.pretrained_cfg = cfg
+            return model
     if source is None:
         model = ConvNeXt(**args)
     else:
@@ -895,8 +915,10 @@ def create_model(name: str, pretrained: PretrainedSource = None, *, checkpoint_p
         checkpoint_path: local weights file, loaded whether or not ``pretrained`` is set (as timm).
         pretrained_cfg_overlay: entries that replace those of the tag's ``pretrained_cfg``.
         **kwargs: :class:`ConvNeXt` arguments (``num_classes``, ``drop_path_rate``, ``in_chans``,
-            ``global_pool``, ``device``, ...). To fine-tune with another class count, load the
-            weights with the checkpoint's ``num_classes`` and call ``model.reset_classifier(n)``.
+            ``global_pool``, ``device``, ...). With ``pretrained`` weights and another
+            ``num_classes`` than the checkpoint's, everything but the classifier is loaded and the
+            classifier is initialized as in a new model (timm's way to fine-tune); a
+            ``checkpoint_path`` given without ``pretrained`` must fit exactly.
 
     Returns:
         :class:`ConvNeXt` with ``pretrained_cfg`` set (``pretrained_cfg["tag"]``: the tag).

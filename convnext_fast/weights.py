@@ -528,7 +528,7 @@ def _load_state_dict(model: nn.Module, checkpoint: Mapping[str, Any], strict: bo
     origin = {_map_key(k, source_layout, target_layout): k for k in sd}
 
     # A model built without a classifier ignores the checkpoint's classifier.
-    head_prefix = {"timm": "head.fc.", "official": "head.", "torchvision": "classifier.2."}[target_layout]
+    head_prefix = _CLASSIFIER_PREFIX[target_layout]
     if not any(k.startswith(head_prefix) for k in target):
         mapped = {k: v for k, v in mapped.items() if not k.startswith(head_prefix)}
 
@@ -575,6 +575,25 @@ def _load_state_dict(model: nn.Module, checkpoint: Mapping[str, Any], strict: bo
                               f"  (a different model size, or num_classes: pass num_classes=... to the factory)")
     model.load_state_dict(final, strict=False, assign=assign)
     return missing, unexpected
+
+
+_CLASSIFIER_PREFIX = {"timm": "head.fc.", "official": "head.", "torchvision": "classifier.2."}
+
+
+def without_classifier(source: Source) -> Tuple[StateDict, Optional[int]]:
+    """``(the checkpoint's state dict without its classifier, the classifier's class count)``, the
+    count None when it has no classifier. For fine-tuning from pretrained weights with another
+    class count (timm's ``create_model(..., pretrained=True, num_classes=n)``).
+
+    Raises:
+        CheckpointError: as :func:`load_weights` for an unreadable file or a state dict of no known layout.
+    """
+    checkpoint = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    sd = unwrap_state_dict(checkpoint)
+    prefix = _CLASSIFIER_PREFIX[detect_layout(sd.keys())]
+    weight = sd.get(prefix + "weight")
+    classes = int(weight.shape[0]) if weight is not None else None
+    return {k: v for k, v in sd.items() if not k.startswith(prefix)}, classes
 
 
 def resolve_pretrained(name: str, pretrained: Any) -> Optional[Source]:

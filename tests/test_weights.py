@@ -112,6 +112,31 @@ def test_factory_pretrained_file_device_and_dtype(tmp_path):
     assert rel_err(_out(model, x.double()), _out(ref, x)) < 2e-5
 
 
+def test_pretrained_with_another_class_count_keeps_all_but_the_classifier(tmp_path):
+    """timm's fine-tuning call: pretrained weights and a new num_classes load everything but the
+    classifier, which is initialized as in a new model; without `pretrained` the file must fit."""
+    from convnext_fast import CheckpointError, create_model
+
+    ref = timm_model("convnext_atto")
+    path = tmp_path / "atto.pth"
+    torch.save(ref.state_dict(), path)
+    fresh = create_model("convnext_atto", num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    for model in (create_model("convnext_atto", pretrained=True, checkpoint_path=path, num_classes=10),
+                  create_model("convnext_atto", pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+                               num_classes=10),
+                  models.convnext_atto(pretrained=ref.state_dict(), num_classes=10)):
+        assert model.head.fc.out_features == 10 and model.num_classes == 10
+        assert torch.equal(model.head.fc.bias, torch.zeros(10))  # a new head, not the checkpoint's
+        assert abs(model.head.fc.weight.std().item() - fresh.head.fc.weight.std().item()) < 5e-3
+        with torch.no_grad():
+            assert rel_err(model.eval().forward_features(x), ref.eval().forward_features(x)) < 2e-5
+    with pytest.raises(CheckpointError, match="head.fc.weight: checkpoint"):
+        create_model("convnext_atto", checkpoint_path=path, num_classes=10)
+    with pytest.raises(CheckpointError, match=r"atto.pth.*stem.0.weight: checkpoint \(40, 3, 4, 4\)"):
+        create_model("convnext_femto", pretrained=True, checkpoint_path=path, num_classes=10)
+
+
 def test_missing_keys_named():
     sd = timm_convnext(**SMALL).state_dict()
     del sd["stages.2.blocks.1.gamma"]
