@@ -21,7 +21,7 @@ a CUDA graph replays its kernels too, so this counts work, not launches from Pyt
 are timed round-robin (``--repeats`` rounds) after ``--warmup`` calls each.
 
 Run: ``python benchmarks/bench_gpu_latency.py [--batch 1 16] [--repeats 50] [--out latency.json]``
-(needs a CUDA device and timm).
+(needs timm; ``--device cpu`` runs the same code on the CPU to check the script, not to measure).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import datetime
 import json
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -40,10 +40,17 @@ from bench_cpu_model import git_commit, relative_error
 PARITY_RTOL = 5e-2
 
 
-def kernels_per_call(fn: Callable[[], torch.Tensor]) -> int:
-    """GPU kernels one call of ``fn`` runs, counted by torch.profiler."""
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def kernels_per_call(fn: Callable[[], torch.Tensor], device: torch.device) -> Optional[int]:
+    """GPU kernels one call of ``fn`` runs, counted by torch.profiler (None off the GPU)."""
     from torch.profiler import ProfilerActivity, profile
 
+    if device.type != "cuda":
+        return None
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
@@ -52,15 +59,15 @@ def kernels_per_call(fn: Callable[[], torch.Tensor]) -> int:
                and not e.name.startswith(("Memcpy", "Memset", "cudaGraph")))
 
 
-def providers(batch: int) -> tuple[dict[str, Callable[[], torch.Tensor]], torch.Tensor, dict[str, str]]:
+def providers(batch: int, device: torch.device) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, str]]:
     import timm
 
     torch.manual_seed(0)
-    timm_model = timm.create_model("convnext_tiny", pretrained=False).cuda().eval()
+    timm_model = timm.create_model("convnext_tiny", pretrained=False).to(device).eval()
     timm_model = timm_model.to(memory_format=torch.channels_last)
-    ours = convnext_fast.convnext_tiny().cuda().eval().to(memory_format=torch.channels_last)
+    ours = convnext_fast.convnext_tiny().to(device).eval().to(memory_format=torch.channels_last)
     ours.load_state_dict(timm_model.state_dict())
-    x32 = torch.randn(batch, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+    x32 = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
     x16 = x32.to(torch.bfloat16)
     with torch.no_grad():
         reference = timm_model(x32).float()
@@ -79,7 +86,7 @@ def providers(batch: int) -> tuple[dict[str, Callable[[], torch.Tensor]], torch.
             model = build()
             if name.startswith("timm"):
                 def fn(model=model) -> torch.Tensor:
-                    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+                    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16):
                         return model(x32)
             else:
                 def fn(model=model) -> torch.Tensor:
@@ -87,7 +94,7 @@ def providers(batch: int) -> tuple[dict[str, Callable[[], torch.Tensor]], torch.
                         return model(x16)
             for _ in range(3):  # compiles, captures
                 out = fn()
-            torch.cuda.synchronize()
+            sync(device)
             err = relative_error(out.float(), reference)
             if not err <= PARITY_RTOL:
                 failed[name] = f"parity: relative error {err:.2e} > {PARITY_RTOL}"
@@ -95,14 +102,15 @@ def providers(batch: int) -> tuple[dict[str, Callable[[], torch.Tensor]], torch.
             fns[name] = fn
         except Exception as exc:  # reported in the table, the others still run
             failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return fns, reference, failed
+    return fns, failed
 
 
-def measure(fns: dict[str, Callable[[], torch.Tensor]], warmup: int, repeats: int) -> dict[str, dict]:
+def measure(fns: dict[str, Callable[[], torch.Tensor]], warmup: int, repeats: int,
+            device: torch.device) -> dict[str, dict]:
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    torch.cuda.synchronize()
+    sync(device)
     host = {n: [] for n in fns}
     total = {n: [] for n in fns}
     for _ in range(repeats):
@@ -110,12 +118,12 @@ def measure(fns: dict[str, Callable[[], torch.Tensor]], warmup: int, repeats: in
             t0 = time.perf_counter()
             fn()
             t1 = time.perf_counter()
-            torch.cuda.synchronize()
+            sync(device)
             t2 = time.perf_counter()
             host[name].append((t1 - t0) * 1e3)
             total[name].append((t2 - t0) * 1e3)
     return {n: {"latency_ms": statistics.median(total[n]), "host_ms": statistics.median(host[n]),
-                "kernels": kernels_per_call(fns[n])} for n in fns}
+                "kernels": kernels_per_call(fns[n], device)} for n in fns}
 
 
 def main(argv=None) -> dict:
@@ -124,27 +132,32 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--out", help="write the rows as JSON to this path")
+    ap.add_argument("--device", default="cuda", help="cuda (default); cpu only checks that the script runs")
     a = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_gpu_latency.py needs a CUDA device")
-    result = {"benchmark": "convnext_tiny small-batch latency, bf16", "device": torch.cuda.get_device_name(),
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_gpu_latency.py needs a CUDA device (--device cpu only checks that it runs)")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    result = {"benchmark": "convnext_tiny small-batch latency, bf16", "device": device_name,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
               "commit": git_commit(), "rows": []}
     print(f"{'batch':>5} {'provider':<27} {'latency ms':>10} {'host ms':>8} {'kernels':>7} {'x timm_ro':>9}")
     for batch in a.batch:
-        fns, _, failed = providers(batch)
-        rows = measure(fns, a.warmup, a.repeats)
+        fns, failed = providers(batch, device)
+        rows = measure(fns, a.warmup, a.repeats, device)
         base = rows.get("timm_compile_ro", {}).get("latency_ms")
         for name, row in rows.items():
             speed = f"{base / row['latency_ms']:8.2f}x" if base else f"{'-':>9}"
-            print(f"{batch:>5} {name:<27} {row['latency_ms']:10.3f} {row['host_ms']:8.3f} {row['kernels']:7d} {speed}")
+            kernels = "-" if row["kernels"] is None else str(row["kernels"])
+            print(f"{batch:>5} {name:<27} {row['latency_ms']:10.3f} {row['host_ms']:8.3f} {kernels:>7} {speed}")
             result["rows"].append({"batch": batch, "provider": name, **row})
         for name, why in failed.items():
             print(f"{batch:>5} {name:<27} not timed: {why}")
             result["rows"].append({"batch": batch, "provider": name, "status": why})
+        if a.out:  # after each batch size, so a run stopped by a time limit keeps what it measured
+            with open(a.out, "w") as f:
+                json.dump(result, f, indent=1)
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
         print(f"wrote {a.out}")
     return result
 
