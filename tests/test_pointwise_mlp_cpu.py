@@ -209,7 +209,7 @@ def test_parameters_requiring_grad_and_inference_mode(dtype, mode, threads):
 
 def test_weights_are_read_as_stored_each_call():
     """The kernel keeps nothing between calls: an in-place weight update (an optimizer step, FSDP
-    refilling a parameter) is seen by the next call, frozen or not, under no_grad or not."""
+    refilling a parameter) is seen by the next call."""
     torch.manual_seed(0)
     x = torch.randn(37, 8)
     w1, w2 = torch.randn(32, 8), torch.randn(8, 32)

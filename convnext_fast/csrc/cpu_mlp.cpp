@@ -373,7 +373,7 @@ struct MlpOps {
 
 #define CFM_DEFINE_OPS(NAME, ATTR, V)                                                                          \
   ATTR void transpose_##NAME(const float* s, int64_t lds, int64_t rows, int64_t cols, float* d, int64_t ldd) {  \
-    transpose_impl(s, lds, rows, cols, d, ldd, nullptr, 0);                                                                \
+    transpose_impl(s, lds, rows, cols, d, ldd, nullptr, 0);                                                    \
   }                                                                                                            \
   ATTR void bias_gelu_t_##NAME(float* h, int64_t ldh, int64_t n, int64_t rows, const float* b, float* s,        \
                                int64_t lds) {                                                                  \
@@ -502,7 +502,8 @@ void row_scales(const float* s, int64_t rps, int64_t r0, int64_t rows, float* ou
 // (so no thread idles at the end). When there are fewer blocks than threads (a small batch at the
 // late stages, where the weights are most of the memory read), the threads split the hidden chunks
 // instead: each reads only its share of w1 and w2 and sums its share of fc2 into its own out.T; the
-// shares are added in a fixed order afterwards.
+// shares are added in a fixed order afterwards (repeatable; the last bits depend on the thread
+// count there, as at::mm's do).
 struct WorkSplit {
   int64_t rows, blocks, groups;  // rows per block, row blocks, hidden-chunk groups per block
 };
@@ -663,9 +664,8 @@ std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, con
   const float* s = sample_scale ? sample_scale->data_ptr<float>() : nullptr;
   const std::vector<float> gvec = vec_f32(gamma, d.C, 1.f);
   if (x.scalar_type() == at::kFloat) {
-    forward_f32(x, w1, vec_f32(b1, d.Hd, 0.f), w2,
-                vec_f32(b2, d.C, 0.f), gvec, shortcut, s, rows_per_sample, d, out,
-                hsave ? hsave->data_ptr<float>() : nullptr);
+    forward_f32(x, w1, vec_f32(b1, d.Hd, 0.f), w2, vec_f32(b2, d.C, 0.f), gvec, shortcut, s, rows_per_sample, d,
+                out, hsave ? hsave->data_ptr<float>() : nullptr);
   } else {
     forward_bf16(x, w1, b1, w2, b2, gvec, shortcut, s, rows_per_sample, d, out, hsave);
   }
