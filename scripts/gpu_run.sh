@@ -55,6 +55,11 @@
 #   BENCH_ARGS       extra options for python -m convnext_fast.bench (e.g. "--quick", "--compile-all")
 #   MAX_JOBS         parallel compile jobs for the extension (default 16)
 #   MLP_S            wall-time cap of the `mlp` step (default 480)
+#   LATENCY_BATCHES  batch sizes of the `latency` step's benchmark (default "1 16"; each one compiles timm
+#                    and our model under reduce-overhead, about a minute each on a cold cache)
+#
+# Both issues' GPU parts in one call of under ten minutes: STEPS="mlp latency" MLP_S=400 LATENCY_BATCHES=1
+# (the latency step takes what is left; its benchmark writes latency.json after each batch size).
 #   PYTHON           interpreter (default: python, else python3)
 #
 # A failing step never stops the later ones: each step's exit code is recorded, and the script
@@ -302,9 +307,10 @@ step_latency() {
     esac
     left=$(( $(remaining) - 20 ))
     [ "$left" -lt 90 ] && { echo "no time left for latency"; return 1; }
-    echo "--- 1. batch 1 and 16: timm eager / reduce-overhead vs optimize_for_inference eager / cuda_graph / reduce-overhead"
-    timeout $(( left * 2 / 3 )) "${ext[@]}" "$PY" benchmarks/bench_gpu_latency.py --out "$OUT/latency.json" \
-        >"$OUT/latency.txt" 2>&1
+    echo "--- 1. batch ${LATENCY_BATCHES:-1 16}: timm eager / reduce-overhead vs optimize_for_inference eager / cuda_graph / reduce-overhead"
+    # shellcheck disable=SC2086
+    timeout $(( left * 2 / 3 )) "${ext[@]}" "$PY" benchmarks/bench_gpu_latency.py --batch ${LATENCY_BATCHES:-1 16} \
+        --out "$OUT/latency.json" >"$OUT/latency.txt" 2>&1
     rc=$?
     cat "$OUT/latency.txt"
     left=$(( $(remaining) - 15 ))
