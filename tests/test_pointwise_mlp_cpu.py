@@ -160,6 +160,26 @@ def test_backward_is_bitwise_repeatable(dtype, threads):
     assert torch.equal(again, o2)
 
 
+def test_backward_does_not_depend_on_the_thread_count():
+    """With the pre-activation saved, every gradient is one fixed sequence of operations: 1, 2 and
+    3 threads give the same bits (M = 646 rows: blocks of 64 and 256 with remainders)."""
+    p, s = make_inputs(2, 96, 17, 19, TERMS[0][0], torch.float32)
+    c, xr, rps, out, h = call_forward(p, s, torch.float32, save_hidden=True)
+    grad = torch.randn(out.shape)
+    args = (grad, xr, c["w1"], c["b1"], c["w2"], c["b2"], c["gamma"], s, rps, h)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            results.append(extension.mlp_backward(*args))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
 def test_strided_rows_and_empty_input():
     """Rows with a stride larger than C (a column slice) and M = 0."""
     big = torch.randn(50, 64)

@@ -29,15 +29,19 @@
 // GEMMs on whole matrices (PyTorch's rounding of h and of fc2's output) and fuses only the
 // elementwise work: GELU in one pass (fp32 math), b2 / gamma / scale / residual in one pass.
 //
-// Backward (not the measured path): correct and deterministic, simple. Everything runs in fp32
-// (bf16 inputs are widened once): the GEMMs are whole-matrix ATen calls (multi-threaded, fixed
-// order for a fixed thread count), the rest two fused passes over fixed 256-row blocks whose
+// Backward: correct and deterministic, less fused than the forward. Everything runs in fp32 (bf16
+// inputs are widened once): the GEMMs run on brgemm over whole matrices (mm_nn, mm_reduce: every
+// operand as stored or transposed here, each output a fixed sequence of calls, so the result does
+// not depend on the thread count), the rest two fused passes over fixed 256-row blocks whose
 // column partial sums (bias gradients) are added in block order, never atomically:
 //   gs = grad_out * s[row]          (+ column sums: gb2 = gamma * sum gs)
 //   ga = gs @ (gamma[:, None] * w2)  (the layer scale folded into the small weight, not the big gradient)
 //   a = GELU(h), gh = ga * GELU'(h)  (+ column sums: gb1), h recomputed by fc1 when not saved
 //   P = gs.T @ a: gw2 = gamma[:, None] * P, ggamma = rowsum(w2 * P) + b2 * sum gs (no fc2 recompute)
-//   gw1 = gh.T @ x, gx = gh @ w1.
+//   gw1 = (x.T @ gh).T, gx = gh @ w1.
+// The (M, Hd) temporaries ga and a are fresh memory on every call; their first touch (page faults)
+// is a fifth of the time at ConvNeXt-T stage 1. Fusing the backward per row block as the forward
+// is fused would remove them.
 //
 // Elementwise code (bias + GELU, epilogue, GELU derivative) uses GCC vector extensions compiled
 // for AVX-512 (16 floats), AVX2 (8) and baseline x86-64 (4), picked with the other CPU kernels'
@@ -257,21 +261,27 @@ CFM_AI void transpose_impl(const float* src, int64_t lds, int64_t rows, int64_t 
 }
 
 // h.T tile (n hidden rows x `rows` tokens, row stride ldh): h += bias[j] per hidden row, optionally
-// saved (token-major: save[r * lds + j]) before the GELU, then GELU in place.
+// saved (token-major: save[r * lds + j], through the tile transpose) before the GELU, then GELU in
+// place. One pass over the tile without a save, three with one.
 template <int V>
 CFM_AI void bias_gelu_t_impl(float* h, int64_t ldh, int64_t n, int64_t rows, const float* bias, float* save,
                              int64_t lds) {
   typedef typename Vec<V>::f F;
-  for (int64_t j = 0; j < n; ++j) {
-    float* hp = h + j * ldh;
-    const F b = bc<F>(bias[j]);
-    for (int64_t r = 0; r < rows; r += V) {
-      const int64_t k = std::min<int64_t>(V, rows - r);
-      const F v = load<V>(hp + r, k) + b;
-      if (save)
-        for (int64_t i = 0; i < k; ++i) save[(r + i) * lds + j] = v[i];
-      store<V>(hp + r, gelu(v), k);
+  const auto each = [&](auto f) {  // h[j, r] = f(h[j, r], j), V tokens at a time
+    for (int64_t j = 0; j < n; ++j) {
+      float* hp = h + j * ldh;
+      for (int64_t r = 0; r < rows; r += V) {
+        const int64_t k = std::min<int64_t>(V, rows - r);
+        store<V>(hp + r, f(load<V>(hp + r, k), j), k);
+      }
     }
+  };
+  if (save) {
+    each([&](F v, int64_t j) { return v + bias[j]; });
+    transpose_impl(h, ldh, n, rows, save, lds, nullptr, 0);
+    each([](F v, int64_t) { return gelu(v); });
+  } else {
+    each([&](F v, int64_t j) { return gelu(v + bias[j]); });
   }
 }
 
@@ -638,6 +648,61 @@ void for_row_blocks(int64_t M, const Fn& fn) {
   });
 }
 
+// The backward's GEMMs on brgemm (MKL's sgemm, what at::mm runs, reached a third of its speed on an
+// AVX-512 AMD CPU), every operand as stored or as made by this file, results repeatable and
+// independent of the thread count: each output element is one fixed sequence of brgemm calls.
+
+// C (M x N) = A (M x K) @ B (K x N), row-major fp32. Threads take blocks of rows; each walks B in
+// panels that stay in L2 (N and K chunks; the K chunks accumulate in order) over its blocks.
+void mm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+           int64_t ldc) {
+  constexpr int64_t kRows = 64;
+  const int64_t nJ = std::min<int64_t>(N, 256), kJ = std::clamp<int64_t>(kPanelBytes / (4 * nJ), 16, K);
+  at::parallel_for(0, (M + kRows - 1) / kRows, 1, [&](int64_t first, int64_t last) {
+    for (int64_t n0 = 0; n0 < N; n0 += nJ)
+      for (int64_t k0 = 0; k0 < K; k0 += kJ)
+        for (int64_t b = first; b < last; ++b) {
+          const int64_t r0 = b * kRows;
+          at::native::cpublas::brgemm(std::min(kRows, M - r0), std::min(nJ, N - n0), std::min(kJ, K - k0), lda, ldb,
+                                      ldc, k0 > 0, A + r0 * lda + k0, B + k0 * ldb + n0, C + r0 * ldc + n0, false);
+        }
+    at::native::cpublas::brgemm_release(false);
+  });
+}
+
+// C (P x N) = At (P x K) @ B (K x N), a sum over K tokens (the weight gradients, At a transposed
+// activation). Threads take tiles of C, each summing its K chunks in order: no cross-thread sums.
+void mm_reduce(int64_t P, int64_t N, int64_t K, const float* At, int64_t ldat, const float* B, int64_t ldb,
+               float* C, int64_t ldc) {
+  constexpr int64_t pJ = 256, nJ = 64, kJ = 256;
+  const int64_t pt = (P + pJ - 1) / pJ, nt = (N + nJ - 1) / nJ;
+  at::parallel_for(0, pt * nt, 1, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t p0 = t / nt * pJ, n0 = t % nt * nJ;
+      for (int64_t k0 = 0; k0 < K; k0 += kJ)
+        at::native::cpublas::brgemm(std::min(pJ, P - p0), std::min(nJ, N - n0), std::min(kJ, K - k0), ldat, ldb,
+                                    ldc, k0 > 0, At + p0 * ldat + k0, B + k0 * ldb + n0, C + p0 * ldc + n0, false);
+    }
+    at::native::cpublas::brgemm_release(false);
+  });
+}
+
+// (cols x rows) transpose of a contiguous fp32 (rows x cols) matrix, in parallel row blocks.
+Tensor transposed(const Tensor& a) {
+  const int64_t rows = a.size(0), cols = a.size(1);
+  Tensor t = at::empty({cols, rows}, a.options());
+  const float* src = a.data_ptr<float>();
+  float* dst = t.data_ptr<float>();
+  const MlpOps& o = ops();
+  at::parallel_for(0, (rows + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t r0 = b * kBwdRows;
+      o.transpose(src + r0 * cols, cols, std::min(kBwdRows, rows - r0), cols, dst + r0, rows);
+    }
+  });
+  return t;
+}
+
 // Sum of the (nb, n) partials over blocks, in block order, accumulated in double.
 Tensor sum_partials(const std::vector<float>& partials, int64_t nb, int64_t n) {
   std::vector<double> acc(static_cast<size_t>(n), 0.0);
@@ -705,7 +770,7 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
   }
   const Tensor sum_gs = sum_partials(part_gs, nb, C);
 
-  const Tensor xf = f32(x), w1f = f32(w1), w2f = f32(w2);
+  const Tensor xf = f32(x).contiguous(), w1f = f32(w1), w2f = f32(w2);
   const OptTensor gf = gamma ? OptTensor(f32(*gamma)) : OptTensor();
   // Pre-activation: saved, or fc1 again.
   Tensor hf;
@@ -715,7 +780,9 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
     hf = b1 ? at::addmm(f32(*b1), xf, w1f.t()) : at::mm(xf, w1f.t());
   }
   // ga = gs @ (gamma * w2): gamma folded into the (C, Hd) weight.
-  Tensor ga = at::mm(gs, gf ? w2f * gf->unsqueeze(1) : w2f);
+  const Tensor w2g = gf ? (w2f * gf->unsqueeze(1)).contiguous() : w2f;
+  Tensor ga = at::empty({M, Hd}, fopt);
+  mm_nn(M, Hd, C, gs.data_ptr<float>(), C, w2g.data_ptr<float>(), Hd, ga.data_ptr<float>(), Hd);
   Tensor a = at::empty({M, Hd}, fopt);
   std::vector<float> part_gh(static_cast<size_t>(nb * Hd), 0.f);
   for_row_blocks(M, [&](int64_t b, int64_t r0, int64_t rows) {
@@ -727,7 +794,10 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
       o.gelu_bwd_f32(hf.data_ptr<float>() + r0 * Hd, gap, ap, rows, Hd, &part_gh[b * Hd]);
   });
   const Tensor& gh = ga;  // ga * GELU'(h), in place
-  const Tensor P = at::mm(gs.t(), a);  // (C, Hd)
+  // P = gs.T @ a (C, Hd) and gw1 = gh.T @ x = (x.T @ gh).T, both sums over the M tokens.
+  const Tensor P = at::empty({C, Hd}, fopt), gw1t = at::empty({C, Hd}, fopt);
+  mm_reduce(C, Hd, M, transposed(gs).data_ptr<float>(), M, a.data_ptr<float>(), Hd, P.data_ptr<float>(), Hd);
+  mm_reduce(C, Hd, M, transposed(xf).data_ptr<float>(), M, gh.data_ptr<float>(), Hd, gw1t.data_ptr<float>(), Hd);
   const Tensor gw2 = gf ? P * gf->unsqueeze(1) : P;
   const Tensor gb2 = gf ? sum_gs * *gf : sum_gs;
   OptTensor ggamma;
@@ -736,8 +806,9 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
     if (b2) gg = gg + f32(*b2) * sum_gs;
     ggamma = gg;
   }
-  const Tensor gw1 = at::mm(gh.t(), xf);  // (Hd, C)
-  const Tensor gx = at::mm(gh, w1f);      // (M, C)
+  const Tensor gw1 = gw1t.t().contiguous();  // (Hd, C)
+  Tensor gx = at::empty({M, C}, fopt);  // gh @ w1
+  mm_nn(M, C, Hd, gh.data_ptr<float>(), Hd, w1f.data_ptr<float>(), C, gx.data_ptr<float>(), C);
   const auto back = [&](const Tensor& t) { return t.to(x.scalar_type()); };
   OptTensor gb1_out, gb2_out, gg_out;
   if (b1) gb1_out = back(sum_partials(part_gh, nb, Hd));
