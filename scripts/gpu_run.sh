@@ -57,10 +57,10 @@
 #   MLP_S            wall-time cap of the `mlp` step (default 480)
 #   LATENCY_BATCHES  batch sizes of the `latency` step's benchmark (default "1 16"; each one compiles timm
 #                    and our model under reduce-overhead, about a minute each on a cold cache)
-#
-# Both issues' GPU parts in one call of under ten minutes: STEPS="mlp latency" MLP_S=400 LATENCY_BATCHES=1
-# (the latency step takes what is left; its benchmark writes latency.json after each batch size).
 #   PYTHON           interpreter (default: python, else python3)
+#
+# The MLP and latency checks in one call of under ten minutes: STEPS="mlp latency" MLP_S=400 LATENCY_BATCHES=1
+# (the latency step takes what is left; its benchmark writes latency.json after each batch size).
 #
 # A failing step never stops the later ones: each step's exit code is recorded, and the script
 # exits non-zero when any step failed.

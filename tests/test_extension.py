@@ -187,7 +187,8 @@ def test_fp64_and_no_bias_through_public_api():
 @pytest.mark.parametrize("isa", ["generic", "avx2"])
 def test_every_cpu_instruction_set_variant(isa):
     """The row kernels (conv, LayerNorm, the MLP's elementwise passes) are compiled for AVX-512, AVX2
-    and baseline x86-64 and picked at run time; force the lower ones (in a subprocess: the choice is made once per process)."""
+    and baseline x86-64 and picked at run time; force the lower ones (in a subprocess: the choice
+    is made once per process)."""
     code = (
         "import torch\n"
         "from convnext_fast import extension, reference\n"
