@@ -56,7 +56,7 @@
 #   MAX_JOBS         parallel compile jobs for the extension (default 16)
 #   MLP_S            wall-time cap of the `mlp` step (default 480)
 #   LATENCY_BATCHES  batch sizes of the `latency` step's benchmark (default "1 16"; each one compiles timm
-#                    and our model under reduce-overhead, about a minute each on a cold cache)
+#                    and our model under reduce-overhead anew)
 #   PYTHON           interpreter (default: python, else python3)
 #
 # The MLP and latency checks in one call of under ten minutes: STEPS="mlp latency" MLP_S=400 LATENCY_BATCHES=1
