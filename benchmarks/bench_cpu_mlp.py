@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from convnext_fast import extension
+from convnext_fast.bench.env import write_json
 from convnext_fast.shapes import CONVNEXT_T_STAGES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -196,9 +196,7 @@ def main(argv=None) -> dict:
                       f"{sp['eager']:7.2f}x {ort_sp} {rec['gflops_median']['ours']:9.1f} {met}", flush=True)
     result["loadavg_end"] = os.getloadavg()
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(a.out, result)
         print(f"wrote {a.out}")
     return result
 

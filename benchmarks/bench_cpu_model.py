@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import copy
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -50,7 +49,7 @@ import torch
 
 import convnext_fast
 from convnext_fast import backend, extension
-from convnext_fast.bench.env import cpu_name
+from convnext_fast.bench.env import cpu_name, git_commit, write_json
 
 # Output parity with timm eager fp32 (norm-wise relative error). fp32: the providers reorder the
 # same fp32 sums (fused kernels, oneDNN vs MKL GEMMs, ONNX Runtime's own kernels), which leaves
@@ -58,16 +57,6 @@ from convnext_fast.bench.env import cpu_name
 PARITY_RTOL = {"fp32": 1e-4, "bf16": 5e-2}
 BASELINE = "timm_eager"
 ORT = "onnxruntime"
-
-
-def git_commit() -> str:
-    """The commit of the code measured, ``+dirty`` when the work tree has changes."""
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty=+dirty", "--abbrev=7"], capture_output=True,
-                             text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def work_tree_changes() -> list[str]:
@@ -324,9 +313,7 @@ def main(argv=None) -> dict:
     env["loadavg_end"] = os.getloadavg()
     print_table(result["rows"])
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(a.out, result)
         print(f"wrote {a.out}")
     return result
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import time
 from typing import Callable, Optional
@@ -35,7 +34,8 @@ from typing import Callable, Optional
 import torch
 
 import convnext_fast
-from bench_cpu_model import git_commit, relative_error
+from bench_cpu_model import relative_error
+from convnext_fast.bench.env import git_commit, write_json
 
 PARITY_RTOL = 5e-2
 
@@ -159,8 +159,7 @@ def main(argv=None) -> dict:
             print(f"{batch:>5} {name:<27} not timed: {why}")
             result["rows"].append({"batch": batch, "provider": name, "status": why})
         if a.out:  # after each batch size, so a run stopped by a time limit keeps what it measured
-            with open(a.out, "w") as f:
-                json.dump(result, f, indent=1)
+            write_json(a.out, result)
     if a.out:
         print(f"wrote {a.out}")
     return result

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import json
 import os
 import platform
 import re
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["environment", "device_slug", "bench_device"]
+__all__ = ["environment", "device_slug", "bench_device", "git_commit", "write_json"]
 
 
 def bench_device() -> torch.device:
@@ -27,7 +28,8 @@ def _version(module: str) -> str:
         return f"n/a ({type(exc).__name__})"
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The commit of the code measured, ``+dirty`` when tracked files have changes; ``n/a`` outside git."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
@@ -39,6 +41,14 @@ def _git_commit() -> str:
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except Exception:  # noqa: BLE001
         return "n/a"
+
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write a benchmark's results (``data``) to ``path``, creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
 
 
 def cpu_name() -> str:
@@ -71,7 +81,7 @@ def environment() -> dict[str, Any]:
         "triton": _version("triton"),
         "timm": _version("timm"),
         "convnext_fast": _version("convnext_fast"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
