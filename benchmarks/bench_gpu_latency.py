@@ -11,6 +11,10 @@ same random images:
 * ``ours_optimized_graph``: the same with ``cuda_graph=True`` (one CUDA graph per input shape).
 * ``ours_optimized_compile_ro``: ``ours_optimized`` under ``torch.compile(mode="reduce-overhead")``.
 
+Ours run with the backend named by ``--backend`` (default ``triton`` on a GPU: the kernels by name,
+as the benchmark report runs them, so a kernel that ``auto`` does not take yet because no GPU
+parity run is recorded for it is still the one timed; the parity check below guards the result).
+
 Parity first: each provider's logits against timm eager fp32, ``||out - ref|| / ||ref||`` within
 5e-2 (bf16 through 18 blocks); a provider that fails or raises is reported and not timed.
 
@@ -63,7 +67,8 @@ def kernels_per_call(fn: Callable[[], torch.Tensor], device: torch.device) -> Op
                and not e.name.startswith(("Memcpy", "Memset", "cudaGraph")))
 
 
-def providers(batch: int, device: torch.device) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, str]]:
+def providers(batch: int, device: torch.device,
+              backend: str) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, str]]:
     import timm
 
     torch.manual_seed(0)
@@ -75,14 +80,16 @@ def providers(batch: int, device: torch.device) -> tuple[dict[str, Callable[[], 
     x16 = x32.to(torch.bfloat16)
     with torch.no_grad():
         reference = timm_model(x32).float()
+    def optimized(**kwargs) -> torch.nn.Module:  # made under the backend it runs with: the folds depend on it
+        with convnext_fast.use_backend(backend):
+            return convnext_fast.optimize_for_inference(ours, dtype=torch.bfloat16, **kwargs)
+
     builders = {
         "timm_eager": lambda: timm_model,
         "timm_compile_ro": lambda: torch.compile(timm_model, mode="reduce-overhead"),
-        "ours_optimized": lambda: convnext_fast.optimize_for_inference(ours, dtype=torch.bfloat16),
-        "ours_optimized_graph": lambda: convnext_fast.optimize_for_inference(ours, dtype=torch.bfloat16,
-                                                                             cuda_graph=True),
-        "ours_optimized_compile_ro": lambda: torch.compile(
-            convnext_fast.optimize_for_inference(ours, dtype=torch.bfloat16), mode="reduce-overhead"),
+        "ours_optimized": lambda: optimized(),
+        "ours_optimized_graph": lambda: optimized(cuda_graph=True),
+        "ours_optimized_compile_ro": lambda: torch.compile(optimized(), mode="reduce-overhead"),
     }
     fns, failed = {}, {}
     for name, build in builders.items():
@@ -94,7 +101,7 @@ def providers(batch: int, device: torch.device) -> tuple[dict[str, Callable[[], 
                         return model(x32)
             else:
                 def fn(model=model) -> torch.Tensor:
-                    with torch.no_grad():
+                    with torch.no_grad(), convnext_fast.use_backend(backend):
                         return model(x16)
             for _ in range(3):  # compiles, captures
                 out = fn()
@@ -137,17 +144,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--out", help="write the rows as JSON to this path")
     ap.add_argument("--device", default="cuda", help="cuda (default); cpu only checks that the script runs")
+    ap.add_argument("--backend", choices=convnext_fast.backend.BACKENDS,
+                    help="the backend our providers run with (default: triton on cuda, auto on cpu)")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
+    backend = a.backend or ("triton" if device.type == "cuda" else "auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu_latency.py needs a CUDA device (--device cpu only checks that it runs)")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result = {"benchmark": "convnext_tiny small-batch latency, bf16", "device": device_name,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-              "commit": git_commit(), "rows": []}
+              "commit": git_commit(), "backend": backend, "rows": []}
     print(f"{'batch':>5} {'provider':<27} {'latency ms':>10} {'host ms':>8} {'kernels':>7} {'x timm_ro':>9}")
     for batch in a.batch:
-        fns, failed = providers(batch, device)
+        fns, failed = providers(batch, device, backend)
         rows = measure(fns, a.warmup, a.repeats, device)
         base = rows.get("timm_compile_ro", {}).get("latency_ms")
         for name, row in rows.items():

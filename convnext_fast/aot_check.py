@@ -34,6 +34,7 @@ KERNEL_MODULES = (
     "convnext_fast.kernels.dwconv_layer_norm",
     "convnext_fast.kernels.pointwise_mlp",
     "convnext_fast.kernels.block",
+    "convnext_fast.kernels.patch_linear",
 )
 
 _RESOURCE_RE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")

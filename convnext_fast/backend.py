@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "reference", "triton", "cuda", "cpu")
-OPS = ("depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm", "pointwise_mlp")
+OPS = ("depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm", "pointwise_mlp", "patch_linear")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -129,9 +129,11 @@ def _unavailable_reason(backend: str, device_type: str) -> str:
 
 # The kernel backends that implement an op, and the launchers each needs from its module
 # (``implementation``), for ops that not every kernel backend has; the others run on all of them.
-# The compiled extension's MLP kernel is CPU-only.
+# The compiled extension's MLP and patch-convolution kernels are CPU-only; the patch convolution
+# (inference only) has no backward.
 _KERNEL_LAUNCHERS = {
     "pointwise_mlp": {"triton": ("mlp_forward", "mlp_backward"), "cpu": ("mlp_forward", "mlp_backward")},
+    "patch_linear": {"triton": ("patch_linear_forward",), "cpu": ("patch_linear_forward",)},
 }
 
 

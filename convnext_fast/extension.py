@@ -31,6 +31,7 @@ __all__ = [
     "layer_norm_forward",
     "mlp_backward",
     "mlp_forward",
+    "patch_linear_forward",
     "unavailable_reason",
 ]
 
@@ -157,11 +158,11 @@ def dwconv_ln_backward(grad_y: Tensor, x: Tensor, dw_w: Tensor, dw_b: Optional[T
     return gx, g_dw_w, g_dw_b, g_ln_w, g_ln_b
 
 
-def _mlp_ext():
+def _cpu_only_ext():
     module = _ext()
     if not hasattr(module, "mlp_forward"):
-        raise RuntimeError("the compiled extension was built without its CPU kernels; the fused MLP has no other "
-                           "compiled kernel")
+        raise RuntimeError("the compiled extension was built without its CPU kernels; the fused MLP and the "
+                           "patch convolution have no other compiled kernel")
     return module
 
 
@@ -185,7 +186,7 @@ def mlp_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Opt
     Returns:
         (out (M, C), h (M, Hd) or None), new tensors.
     """
-    out, h = _mlp_ext().mlp_forward(x, w1, b1, w2, b2, gamma, shortcut, sample_scale, int(rows_per_sample),
+    out, h = _cpu_only_ext().mlp_forward(x, w1, b1, w2, b2, gamma, shortcut, sample_scale, int(rows_per_sample),
                                     bool(save_hidden))
     return out, h
 
@@ -205,5 +206,21 @@ def mlp_backward(grad_out: Tensor, x: Tensor, w1: Tensor, b1: Optional[Tensor], 
         (gx, gw1, gb1, gw2, gb2, ggamma), each of its input's shape and dtype; None where the
         optional input is None.
     """
-    return tuple(_mlp_ext().mlp_backward(grad_out.contiguous(), x, w1, b1, w2, b2, gamma, sample_scale,
+    return tuple(_cpu_only_ext().mlp_backward(grad_out.contiguous(), x, w1, b1, w2, b2, gamma, sample_scale,
                                          int(rows_per_sample), h))
+
+
+def patch_linear_forward(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k: int, in_eps: Optional[float],
+                         out_weight: Optional[Tensor], out_bias: Optional[Tensor], out_eps: float) -> Tensor:
+    """A non-overlapping k x k, stride-k convolution with fused LayerNorms on the CPU
+    (``csrc/cpu_patch_linear.cpp``): each input pixel normalized over C first when ``in_eps`` is
+    given (no affine), then the patch GEMM with ``weight_t`` (k*k*C, O) and ``bias``, then a
+    LayerNorm over O with ``out_weight`` / ``out_bias`` when ``out_weight`` is given.
+
+    float32 only (others raise NotImplementedError). Returns a new (N, O, H // k, W // k)
+    channels_last tensor. See ``convnext_fast/patch_linear.py`` for the contract.
+    """
+    y = _cpu_only_ext().patch_linear_forward(_nhwc(x).permute(0, 2, 3, 1), weight_t, bias, int(k),
+                                        None if in_eps is None else float(in_eps), out_weight, out_bias,
+                                        float(out_eps))
+    return y.permute(0, 3, 1, 2)

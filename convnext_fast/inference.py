@@ -19,6 +19,15 @@ the flash-style MLP, so the block reads x once and writes once). It runs when th
 backend is asked for by name; ``auto`` takes it once a recorded GPU parity run has checked it
 (``dispatch.json``, ``kernels_verified``). Everything else takes the two fused ops.
 
+The stem (4x4 stride-4 conv, then a LayerNorm) and each downsampling layer (a LayerNorm, then a
+2x2 stride-2 conv) become one ``patch_linear`` pass each (``patch_linear.py``: the patch GEMM with
+its LayerNorms fused; the downsampling LayerNorm's affine folds into the conv). The head (pool,
+LayerNorm, Linear) folds its LayerNorm affine into the Linear and runs the pooled features through
+one ``patch_linear`` pass (k = 1). These folds happen where the patch kernel runs for the model's
+device and dtype under the backend in force when the model is optimized (the CPU kernel in
+float32; the Triton kernel on CUDA once ``kernels_verified`` lists it, or when ``triton`` is asked
+for by name); elsewhere those layers keep their modules.
+
 Small batches on a GPU are host-bound (a launch costs more than its kernel runs):
 ``cuda_graph=True`` replays each input shape's forward as one CUDA graph (``cuda_graph.py``), and
 ``torch.compile(optimized, mode="reduce-overhead")`` composes with the optimized model as well.
@@ -37,9 +46,11 @@ from .dwconv_ln import dwconv_layer_norm
 from .kernels.layout import device_guard, empty_channels_last
 from .layers import DepthwiseConv2d, LayerNorm2d
 from .mlp import pointwise_mlp
-from .models import ConvNeXtBlock, ConvNeXtMlp
+from .models import ClassifierHead, ConvNeXtBlock, ConvNeXtMlp
+from .patch_linear import fold_norm_into_patch_weight, patch_linear, patch_linear_composite, patch_weight
+from .patch_linear import kernel_backend as patch_kernel_backend
 
-__all__ = ["FoldedBlock", "optimize_for_inference"]
+__all__ = ["FoldedBlock", "FoldedHead", "FoldedPatchConv", "optimize_for_inference"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -124,6 +135,124 @@ class FoldedBlock(nn.Module):
         return f"{self.dw_weight.shape[0]}, kernel_size={self.dw_weight.shape[-1]}, grn={self.grn_weight is not None}"
 
 
+def _patch_linear(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k: int, in_eps: Optional[float],
+                  out_weight: Optional[Tensor], out_bias: Optional[Tensor], out_eps: float) -> Tensor:
+    # A backend asked for by name without this kernel (``cuda``) runs PyTorch's ops, as blocks do
+    # for the MLP.
+    if backend.has_kernel("patch_linear", backend.get_backend()):
+        return patch_linear(x, weight_t, bias, k, in_eps=in_eps, out_weight=out_weight, out_bias=out_bias,
+                            out_eps=out_eps)
+    return patch_linear_composite(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps)
+
+
+class FoldedPatchConv(nn.Module):
+    """A stem (k x k stride-k conv, then :class:`~convnext_fast.LayerNorm2d`) or downsampling layer
+    (:class:`~convnext_fast.LayerNorm2d`, then the conv) as one :func:`~convnext_fast.patch_linear.patch_linear`
+    pass, for inference only. A LayerNorm before the conv has its affine folded into the conv's
+    weight and bias (in float64, rounded once). Built by :func:`optimize_for_inference`.
+
+    Shape:
+        (N, C, H, W) -> (N, O, H // k, W // k), channels_last.
+    """
+
+    def __init__(self, conv: nn.Conv2d, in_norm: Optional[LayerNorm2d], out_norm: Optional[LayerNorm2d],
+                 dtype: torch.dtype) -> None:
+        super().__init__()
+        self.k = conv.kernel_size[0]
+        weight = conv.weight.detach().double()
+        bias = None if conv.bias is None else conv.bias.detach().double()
+        self.in_eps = None if in_norm is None else in_norm.eps
+        if in_norm is not None:
+            ln_b = torch.zeros_like(in_norm.weight) if in_norm.bias is None else in_norm.bias
+            weight, bias = fold_norm_into_patch_weight(weight, bias, in_norm.weight, ln_b)
+        cast = lambda t: None if t is None else t.detach().to(dtype).contiguous()  # noqa: E731
+        self.register_buffer("weight_t", cast(patch_weight(weight)))
+        self.register_buffer("bias", cast(bias))
+        self.register_buffer("out_weight", None if out_norm is None else cast(out_norm.weight))
+        self.register_buffer("out_bias", None if out_norm is None else cast(out_norm.bias))
+        self.out_eps = 1e-6 if out_norm is None else out_norm.eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _patch_linear(x, self.weight_t, self.bias, self.k, self.in_eps, self.out_weight, self.out_bias,
+                             self.out_eps)
+
+    def extra_repr(self) -> str:
+        c = self.weight_t.shape[0] // (self.k * self.k)
+        return (f"{c}, {self.weight_t.shape[1]}, k={self.k}, in_norm={self.in_eps is not None}, "
+                f"out_norm={self.out_weight is not None}")
+
+
+class FoldedHead(nn.Module):
+    """:class:`~convnext_fast.models.ClassifierHead` (global pool, LayerNorm, Linear) with the
+    LayerNorm affine folded into the Linear (``W' = W diag(ln_w)``, ``b' = b + W ln_b``, in float64,
+    rounded once): the pooled features run through one ``patch_linear`` pass (k = 1, the LayerNorm
+    without affine as its input norm). ``pre_logits=True`` returns the features with the
+    original LayerNorm, affine included, as the unfolded head does. Built by
+    :func:`optimize_for_inference`; inference only (dropout is off in eval mode).
+
+    Shape:
+        (N, C, H, W) -> (N, num_classes); (N, C) with ``pre_logits=True``.
+    """
+
+    def __init__(self, head: ClassifierHead, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.pool_type = head.pool_type
+        self.norm = head.norm
+        self.in_features = head.in_features
+        norm, fc = head.norm, head.fc
+        ln_b = torch.zeros_like(norm.weight) if norm.bias is None else norm.bias
+        weight, bias = fold_norm_into_patch_weight(fc.weight[:, :, None, None], fc.bias, norm.weight, ln_b)
+        self.register_buffer("weight_t", patch_weight(weight).to(dtype))
+        self.register_buffer("bias", bias.to(dtype))
+        self.eps = norm.eps
+
+    _pool = ClassifierHead._pool
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        pooled = self._pool(x)
+        if pre_logits:
+            return self.norm(pooled)
+        n, c = pooled.shape
+        return _patch_linear(pooled.reshape(n, c, 1, 1), self.weight_t, self.bias, 1, self.eps, None, None,
+                             1e-6).reshape(n, -1)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.weight_t.shape[1]}, pool_type={self.pool_type!r}"
+
+
+def _foldable_head(head: nn.Module) -> bool:
+    return (type(head) is ClassifierHead and head.pool_type != "" and type(head.norm) is nn.LayerNorm
+            and type(head.fc) is nn.Linear and head.norm.weight is not None)
+
+
+def _patch_conv(m: nn.Module) -> bool:
+    """A plain k x k conv with stride k, no padding, dilation or groups: a GEMM over patches."""
+    return (type(m) is nn.Conv2d and m.kernel_size[0] == m.kernel_size[1] == m.stride[0] == m.stride[1]
+            and m.padding in ((0, 0), "valid") and m.dilation == (1, 1) and m.groups == 1)
+
+
+def _patch_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d, Optional[LayerNorm2d], Optional[LayerNorm2d]]]:
+    """(name, conv, norm before, norm after) of every two-module Sequential that is a LayerNorm2d
+    and a patch conv in either order: the stem and the downsampling layers of timm's, torchvision's
+    and our ConvNeXt."""
+    found = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Sequential) or len(m) != 2 or not name:
+            continue
+        first, second = m[0], m[1]
+        if type(first) is LayerNorm2d and _patch_conv(second):
+            found.append((name, second, first, None))
+        elif _patch_conv(first) and type(second) is LayerNorm2d:
+            found.append((name, first, None, second))
+    return found
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    owner_name, _, leaf = name.rpartition(".")
+    owner = root.get_submodule(owner_name) if owner_name else root
+    setattr(owner, leaf, new)
+
+
 def _foldable(block: ConvNeXtBlock) -> bool:
     return (isinstance(block.conv_dw, DepthwiseConv2d) and isinstance(block.norm, LayerNorm2d)
             and type(block.mlp) is ConvNeXtMlp)
@@ -159,6 +288,10 @@ def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = N
     over the output norm within about 1e-5; lower precision: within bf16 / fp16 rounding of the
     folded weights), keeps ``forward_features`` / ``forward_head`` / ``forward_intermediates``, has
     frozen parameters, and refuses ``train()`` and inputs that require grad with a clear error.
+
+    The stem, downsampling layers and head fold where the patch kernel runs for the model's
+    device and dtype under the backend in force now (see the module docstring): optimize under
+    the backend the model will run with.
 
     Saving: save the original model's ``state_dict`` and call this after loading it; the folded
     copy's state dict is not a checkpoint format.
@@ -201,9 +334,17 @@ def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = N
     optimized = copy.deepcopy(model).eval()
     optimized.requires_grad_(False)
     for name in blocks:
-        owner_name, _, leaf = name.rpartition(".")
-        owner = optimized.get_submodule(owner_name) if owner_name else optimized
-        setattr(owner, leaf, FoldedBlock(getattr(owner, leaf), dtype))
+        _replace(optimized, name, FoldedBlock(optimized.get_submodule(name), dtype))
+    # The stem, the downsampling layers and the head fold only where the patch kernel will run them;
+    # elsewhere (bfloat16 on the CPU; CUDA until a GPU parity run of the kernel is recorded, unless
+    # triton is asked for by name) their own modules (LayerNorm2d op + conv) are faster than the
+    # patch op's PyTorch route.
+    device = next(t for t in (*optimized.parameters(), *optimized.buffers()) if t.is_floating_point()).device
+    if patch_kernel_backend(device, dtype) is not None:
+        for name, conv, in_norm, out_norm in _patch_layers(optimized):
+            _replace(optimized, name, FoldedPatchConv(conv, in_norm, out_norm, dtype))
+        for name in [name for name, m in optimized.named_modules() if _foldable_head(m)]:
+            _replace(optimized, name, FoldedHead(optimized.get_submodule(name), dtype))
     optimized.to(dtype)
     stem = getattr(optimized, "stem", None)
     if isinstance(stem, nn.Module):

@@ -528,7 +528,8 @@ class ConvNeXt(nn.Module):
         """
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"reset_classifier expects num_classes >= 0, got {num_classes!r}")
-        weight = self.stem[0].weight
+        # The stem's weight (a parameter, or a buffer once optimize_for_inference folded the stem).
+        weight = next(t for t in (*self.stem.parameters(), *self.stem.buffers()) if t.is_floating_point())
         self.head.reset(num_classes, global_pool, reset_other=reset_other, device=weight.device, dtype=weight.dtype)
         self.num_classes = num_classes
 

@@ -23,7 +23,8 @@
 #                      eager and under torch.compile(mode="reduce-overhead") against
 #                      optimize_for_inference eager, with cuda_graph=True and under reduce-overhead
 #                      (benchmarks/bench_gpu_latency.py: parity, latency, host time, kernels per call)
-#   latency_tests.txt  with the `latency` step: tests/test_inference.py on CUDA (CUDA-graph replay)
+#   latency_tests.txt  with the `latency` step: tests/test_inference.py (CUDA-graph replay) and the
+#                      patch-convolution tests (the stem / downsampling kernel, bf16 included) on CUDA
 #
 # The `mlp` step, in a call of its own: STEPS="mlp" (no `build` needed: the MLP has no kernel in the
 # compiled extension, and the step turns the extension off rather than compile it on first use, unless
@@ -315,8 +316,10 @@ step_latency() {
     cat "$OUT/latency.txt"
     left=$(( $(remaining) - 15 ))
     if [ "$left" -ge 45 ]; then
-        echo "--- 2. tests/test_inference.py on CUDA (CUDA-graph replay included) -> latency_tests.txt"
-        timeout -s INT -k 10 "$left" "${ext[@]}" "$PY" -m pytest tests/test_inference.py -q -rfE --tb=short \
+        echo "--- 2. tests/test_inference.py and the patch-convolution tests on CUDA (CUDA-graph replay included)" \
+            "-> latency_tests.txt"
+        timeout -s INT -k 10 "$left" "${ext[@]}" "$PY" -m pytest tests/test_inference.py \
+            tests/test_patch_linear_kernel.py tests/test_patch_linear.py -q -rfE --tb=short \
             -p no:cacheprovider >"$OUT/latency_tests.txt" 2>&1
         trc=$?
         tail -n 3 "$OUT/latency_tests.txt"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import convnext_fast
-from convnext_fast.inference import FoldedBlock
+from convnext_fast.inference import FoldedBlock, FoldedHead, FoldedPatchConv
 
 from conftest import DEVICE
 
@@ -44,6 +44,8 @@ def test_every_factory_fp32(name):
     x = torch.randn(2, 3, 32, 32, device=DEVICE)
     optimized = convnext_fast.optimize_for_inference(model)
     assert sum(isinstance(m, FoldedBlock) for m in optimized.modules()) == 4
+    assert sum(isinstance(m, FoldedPatchConv) for m in optimized.modules()) == 4  # the stem, 3 downsamplings
+    assert isinstance(optimized.head, FoldedHead)
     with torch.no_grad():
         assert rel_err(optimized(x), model(x)) < 1e-5
 
@@ -60,6 +62,8 @@ def test_kernel_backends_and_intermediates(kernel_backend, name):
         for a, e in zip(ours, expected):
             assert rel_err(a, e) < 1e-5
         assert rel_err(optimized.forward_head(optimized.forward_features(x)), model(x)) < 1e-5
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert rel_err(optimized.forward_head(optimized.forward_features(x), pre_logits=True), features) < 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
@@ -74,6 +78,21 @@ def test_low_precision_within_its_rounding(dtype):
         ours = optimized(x)  # the stem casts fp32 input to the model's dtype
     assert ours.dtype == dtype
     assert rel_err(ours, expected) <= 2 * torch_err + 1e-3
+    # The CPU patch kernel computes in float32 only: in bf16 the stem and head keep their modules.
+    assert not any(isinstance(m, (FoldedPatchConv, FoldedHead)) for m in optimized.modules()) or DEVICE.type == "cuda"
+
+
+@pytest.mark.parametrize("pool", ["avg", "max", "avgmax", ""])
+def test_head_fold_for_every_pool_type(pool):
+    """The head's LayerNorm folds into its Linear after any global pool; without pooling (a
+    classifier at every position) the head is kept as it is."""
+    model = _randomized(convnext_fast.create_model("convnext_atto", depths=(1, 1, 1, 1), num_classes=7,
+                                                   global_pool=pool)).to(DEVICE)
+    optimized = convnext_fast.optimize_for_inference(model)
+    assert isinstance(optimized.head, FoldedHead) == (pool != "")
+    x = torch.randn(2, 3, 64, 64, device=DEVICE)
+    with torch.no_grad():
+        assert rel_err(optimized(x), model(x)) < 1e-5
 
 
 def test_refuses_training_and_backward_and_leaves_the_original():
@@ -104,6 +123,7 @@ def test_converted_timm_model():
     with torch.no_grad():
         expected = original(x)
         optimized = convnext_fast.optimize_for_inference(convnext_fast.convert(original))
+        assert sum(isinstance(m, FoldedPatchConv) for m in optimized.modules()) == 4
         assert rel_err(optimized(x), expected) < 1e-5
 
 

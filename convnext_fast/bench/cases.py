@@ -429,13 +429,15 @@ def _resnet50() -> nn.Module:
     return models.resnet50()  # random weights: nothing is downloaded, the speed is the same
 
 
-def _optimized(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """``convnext_fast.optimize_for_inference`` of ``model`` (channels_last first, as it will run)."""
+def _optimized(model: nn.Module, dtype: torch.dtype, backend: str) -> nn.Module:
+    """``convnext_fast.optimize_for_inference`` of ``model`` (channels_last first, as it will run),
+    made under the backend it will run with (which layers it folds depends on it)."""
     import convnext_fast
 
     if not hasattr(convnext_fast, "optimize_for_inference"):
         raise Skip("convnext_fast has no optimize_for_inference yet")
-    return convnext_fast.optimize_for_inference(model.to(memory_format=torch.channels_last), dtype=dtype)
+    with convnext_fast.use_backend(backend):
+        return convnext_fast.optimize_for_inference(model.to(memory_format=torch.channels_last), dtype=dtype)
 
 
 def _modules(case: Case, provider: str, device: torch.device, seed: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -460,7 +462,7 @@ def _modules(case: Case, provider: str, device: torch.device, seed: int = 0) -> 
     ours = ours.to(device)
     _copy_params(ref, ours)
     if provider in OPTIMIZED:
-        ours = _optimized(ours, dtype_of(case.dtype))
+        ours = _optimized(ours, dtype_of(case.dtype), backend_of(provider))
     return ref, ours
 
 

@@ -57,18 +57,17 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <vector>
 
 #include "cpu_kernels.h"  // isa(): one instruction-set choice for all CPU kernels
+#include "cpu_vec.h"
 
 namespace convnext_fast_cpu {
 namespace {
 
 using at::Tensor;
 using OptTensor = c10::optional<Tensor>;
-
-#define CFM_AI inline __attribute__((always_inline))
+using namespace simd;
 
 // Hidden tile budget per thread: R x J fp32 values (L2 is 1 MiB per core on AMD Zen 4; the
 // weight panels and the output rows share it).
@@ -84,67 +83,6 @@ constexpr int64_t kPanelBytes = 384 * 1024;
 constexpr int64_t kMinRows = 32, kMaxRows = 256;
 // Row block of the backward's fused passes: fixed, so their sums do not depend on the threads.
 constexpr int64_t kBwdRows = 256;
-
-// ---------------------------------------------------------------------------------- vectors
-
-template <int V>
-struct Vec {
-  typedef float f __attribute__((vector_size(V * 4)));
-  typedef int32_t i __attribute__((vector_size(V * 4)));
-  typedef uint32_t u __attribute__((vector_size(V * 4)));
-  typedef uint16_t h __attribute__((vector_size(V * 2)));
-};
-
-template <class T>
-CFM_AI T bc(float v) {
-  return T{} + v;
-}
-
-// V floats from p (n < V: the first n, zeros after).
-template <int V>
-CFM_AI typename Vec<V>::f load(const float* p, int64_t n) {
-  typename Vec<V>::f v{};
-  // Full vectors take the constant-size copy (one vector load); only row tails the variable one.
-  if (n >= V)
-    std::memcpy(&v, p, sizeof(v));
-  else
-    std::memcpy(&v, p, sizeof(float) * n);
-  return v;
-}
-template <int V>
-CFM_AI void store(float* p, typename Vec<V>::f v, int64_t n) {
-  if (n >= V)
-    std::memcpy(p, &v, sizeof(v));
-  else
-    std::memcpy(p, &v, sizeof(float) * n);
-}
-// bf16 bits -> float: the bits are the high half of the float.
-template <int V>
-CFM_AI typename Vec<V>::f load(const c10::BFloat16* p, int64_t n) {
-  typename Vec<V>::h b{};
-  if (n >= V)
-    std::memcpy(&b, p, sizeof(b));
-  else
-    std::memcpy(&b, p, sizeof(uint16_t) * n);
-  const typename Vec<V>::u u = __builtin_convertvector(b, typename Vec<V>::u) << 16;
-  typename Vec<V>::f v;
-  std::memcpy(&v, &u, sizeof(v));
-  return v;
-}
-// float -> bf16, round to nearest even, NaN stays NaN (c10::BFloat16's rounding, bit for bit).
-template <int V>
-CFM_AI void store(c10::BFloat16* p, typename Vec<V>::f v, int64_t n) {
-  typedef typename Vec<V>::u u32;
-  u32 u;
-  std::memcpy(&u, &v, sizeof(u));
-  const u32 rounded = (u + ((u >> 16) & 1u) + 0x7FFFu) >> 16;
-  const u32 r = v != v ? u32{} + 0x7FC0u : rounded;
-  const typename Vec<V>::h b = __builtin_convertvector(r, typename Vec<V>::h);
-  if (n >= V)
-    std::memcpy(p, &b, sizeof(b));
-  else
-    std::memcpy(p, &b, sizeof(uint16_t) * n);
-}
 
 // erf for float: x * P(x^2) / Q(x^2) on [-4, 4] (outside, erf is +-1 in float), the rational
 // approximation of Eigen's and XLA's float erf (max error a few ulp).
@@ -418,22 +356,10 @@ struct MlpOps {
                                  gelu_bf16_##NAME,        epilogue_bf16_##NAME,    scale_colsum_f32_##NAME,    \
                                  scale_colsum_bf16_##NAME, gelu_bwd_f32_##NAME,    gelu_bwd_bf16_##NAME};
 
-CFM_DEFINE_OPS(generic, , 4)
-#if defined(__x86_64__) && defined(__GNUC__)
-#define CFM_X86_ISA 1
-CFM_DEFINE_OPS(avx2, __attribute__((target("arch=x86-64-v3"))), 8)
-CFM_DEFINE_OPS(avx512, __attribute__((target("arch=x86-64-v4"))), 16)
-#endif
+CFV_FOR_EACH_ISA(CFM_DEFINE_OPS)
 
 const MlpOps& ops() {
-  static const MlpOps& o = []() -> const MlpOps& {
-    const std::string name = isa();
-#ifdef CFM_X86_ISA
-    if (name == "avx512") return mlp_ops_avx512;
-    if (name == "avx2") return mlp_ops_avx2;
-#endif
-    return mlp_ops_generic;
-  }();
+  static const MlpOps& o = pick_isa(isa(), mlp_ops_generic, CFV_ISA(mlp_ops_avx2), CFV_ISA(mlp_ops_avx512));
   return o;
 }
 

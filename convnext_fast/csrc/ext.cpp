@@ -14,6 +14,7 @@
 #if CF_WITH_CPU
 #include "cpu_kernels.h"
 #include "cpu_mlp.h"
+#include "cpu_patch_linear.h"
 #endif
 #if CF_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -372,5 +373,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("w1"), pybind11::arg("b1"), pybind11::arg("w2"),
         pybind11::arg("b2"), pybind11::arg("gamma"), pybind11::arg("sample_scale"), pybind11::arg("rows_per_sample"),
         pybind11::arg("h"));
+  // The stem's and the downsampling layers' patch convolutions with fused LayerNorms, for inference
+  // (cpu_patch_linear.cpp; GPUs run a Triton kernel).
+  m.def("patch_linear_forward", &convnext_fast_cpu::patch_linear_forward,
+        "out <- LN_out(patches(LN0_in(x)) @ weight_t + bias)", pybind11::arg("x"), pybind11::arg("weight_t"),
+        pybind11::arg("bias"), pybind11::arg("k"), pybind11::arg("in_eps"), pybind11::arg("out_weight"),
+        pybind11::arg("out_bias"), pybind11::arg("out_eps"));
 #endif
 }

@@ -8,6 +8,7 @@ from .block import block_forward
 from .depthwise_conv import dwconv_backward, dwconv_forward
 from .dwconv_layer_norm import dwconv_ln_backward, dwconv_ln_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward
+from .patch_linear import patch_linear_forward
 from .pointwise_mlp import mlp_backward, mlp_forward
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "mlp_forward",
     "mlp_backward",
     "block_forward",
+    "patch_linear_forward",
 ]
