@@ -29,14 +29,16 @@ import torch
 
 import convnext_fast
 from convnext_fast.bench.env import git_commit, write_json
+from convnext_fast.shapes import CONVNEXT_T_STAGES
 
 
 def layers(model: torch.nn.Module, optimized: torch.nn.Module):
     """(name, original module, folded module, input shape at batch 1) for convnext_tiny at 224x224."""
-    yield "stem 3->96", model.stem, optimized.stem, (3, 224, 224)
-    for i, (c, hw) in enumerate(((96, 56), (192, 28), (384, 14)), start=1):
-        yield (f"downsample {c}->{2 * c}", model.stages[i].downsample, optimized.stages[i].downsample, (c, hw, hw))
-    yield "head 768->1000", model.forward_head, optimized.forward_head, (768, 7, 7)
+    yield f"stem 3->{CONVNEXT_T_STAGES[0][0]}", model.stem, optimized.stem, (3, 224, 224)
+    for i, ((c, h, w), (out, _, _)) in enumerate(zip(CONVNEXT_T_STAGES, CONVNEXT_T_STAGES[1:]), start=1):
+        yield f"downsample {c}->{out}", model.stages[i].downsample, optimized.stages[i].downsample, (c, h, w)
+    yield (f"head {CONVNEXT_T_STAGES[-1][0]}->1000", model.forward_head, optimized.forward_head,
+           CONVNEXT_T_STAGES[-1])
 
 
 def interleaved_ms(fns, x, warmup: int, repeats: int) -> list[float]:

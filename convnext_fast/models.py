@@ -34,6 +34,7 @@ from .mlp import pointwise_mlp
 from .fused_elementwise import (drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu,
                                 mlp_composite)
 from .layers import DepthwiseConv2d, LayerNorm2d
+from .layers import _as as _cast, _compute_dtype
 
 __all__ = [
     "GlobalResponseNorm",
@@ -64,21 +65,6 @@ __all__ = [
     "convnextv2_huge",
     "convnextv2_small",
 ]
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype the fused ops run in: autocast's dtype when autocast is on for x's device, else x's."""
-    if not torch._C._is_any_autocast_enabled():  # the common case, without building x.device
-        return x.dtype
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
-
-
-def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    """``t`` in ``dtype``: itself when it already is (no call into torch on the common path)."""
-    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def _channels_last(x: Tensor) -> Tensor:

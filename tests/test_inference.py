@@ -95,6 +95,25 @@ def test_head_fold_for_every_pool_type(pool):
         assert rel_err(optimized(x), model(x)) < 1e-5
 
 
+def test_float16_under_triton_folds_every_layer():
+    """fp16 on the Triton kernels (the interpreter here): blocks, stem, downsampling layers and head
+    all folded, the output within 2x PyTorch's own fp16 error of the float64 model."""
+    if convnext_fast.available_backends(DEVICE.type)["triton"]:
+        pytest.skip("the triton backend cannot run here")
+    model = _small("convnext_atto")
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    with convnext_fast.use_backend("triton"), torch.no_grad():
+        optimized = convnext_fast.optimize_for_inference(model, dtype=torch.float16)
+        assert sum(isinstance(m, FoldedPatchConv) for m in optimized.modules()) == 4
+        assert isinstance(optimized.head, FoldedHead)
+        ours = optimized(x)
+    with torch.no_grad():
+        expected = model.double()(x.double())
+        torch_err = rel_err(convnext_fast.to_reference(_small("convnext_atto").half())(x.half()), expected)
+    assert ours.dtype == torch.float16
+    assert rel_err(ours, expected) <= 2 * torch_err + 1e-3
+
+
 def test_refuses_training_and_backward_and_leaves_the_original():
     model = _small("convnext_atto")
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -50,9 +50,9 @@ from .layout import empty_channels_last, stats_dtype, stats_shape
 from .depthwise_conv import dwconv_backward
 from .host_math import cdiv, next_power_of_2
 from .joined_sums import joined_sums, slot8, split8
-from .layer_norm import (_TRITON_DTYPE, MAX_BLOCK_C, MAX_BLOCK_C_FP64, _add_to_partial,
-                         _chan_combine, _ln_bwd_chunk, _mean_div, divisibility_attrs, num_partials,
-                         reduce_partials)
+from .layer_norm import (_TRITON_DTYPE, MAX_BLOCK_C, MAX_BLOCK_C_FP64, _add_to_partial, _affine,
+                         _chunk_stats, _ln_bwd_chunk, _ln_dx, _mean_div, _tile_stats, divisibility_attrs,
+                         num_partials, reduce_partials)
 
 __all__ = ["dwconv_ln_forward", "dwconv_ln_backward", "aot_configs"]
 
@@ -137,12 +137,8 @@ def _dwconv_ln_fwd_kernel(
         z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols0, c_mask, H, W, C, s_c, s_h, s_w,
                        K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
         # Masked lanes of z are exactly 0 (masked loads, masked bias), so the plain sum is the row sum.
-        mean = _mean_div(tl.sum(z, axis=1), C, inv_C)
-        zc = tl.where(mask, z - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(_mean_div(tl.sum(zc * zc, axis=1), C, inv_C) + eps)
-        lw = tl.load(lw_ptr + cols0, mask=c_mask, other=0.0).to(acc_t)
-        lb = tl.load(lb_ptr + cols0, mask=c_mask, other=0.0).to(acc_t)
-        y = zc * rstd[:, None] * lw[None, :] + lb[None, :]
+        zc, mean, rstd = _tile_stats(z, mask, C, inv_C, eps)
+        y = _affine(zc, rstd, lw_ptr, lb_ptr, cols0, c_mask)
         tl.store(y_ptr + (p[:, None] * C + cols0[None, :]), y.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         mean = tl.zeros([BLOCK_W], dtype=acc_t)
@@ -153,10 +149,7 @@ def _dwconv_ln_fwd_kernel(
             mask = w_mask[:, None] & c_mask[None, :]
             z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask, H, W, C, s_c, s_h, s_w,
                            K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
-            n_b = tl.cast(tl.minimum(C - c0, BLOCK_C), acc_t)
-            mean_b = tl.sum(z, axis=1) / n_b
-            d = tl.where(mask, z - mean_b[:, None], 0.0)
-            mean, m2 = _chan_combine(mean, m2, tl.cast(c0, acc_t), mean_b, tl.sum(d * d, axis=1), n_b)
+            mean, m2 = _chunk_stats(mean, m2, z, mask, c0, C, BLOCK_C)
         rstd = 1.0 / tl.sqrt(_mean_div(m2, C, inv_C) + eps)
         for c0 in range(0, C, BLOCK_C):
             cols = c0 + cols0
@@ -164,9 +157,7 @@ def _dwconv_ln_fwd_kernel(
             mask = w_mask[:, None] & c_mask[None, :]
             z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask, H, W, C, s_c, s_h, s_w,
                            K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
-            lw = tl.load(lw_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
-            lb = tl.load(lb_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
-            y = (z - mean[:, None]) * rstd[:, None] * lw[None, :] + lb[None, :]
+            y = _affine(z - mean[:, None], rstd, lw_ptr, lb_ptr, cols, c_mask)
             tl.store(y_ptr + (p[:, None] * C + cols[None, :]), y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + p, mean, mask=w_mask)
     tl.store(rstd_ptr + p, rstd, mask=w_mask)
@@ -463,7 +454,7 @@ def _dwconv_ln_bwd_kernel(
             wdy = gy * lw0[None, :]
             c1 = _mean_div(tl.sum(zhat * wdy, axis=1), C, inv_C)
             c2 = _mean_div(tl.sum(wdy, axis=1), C, inv_C)
-            gz = (wdy - zhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+            gz = _ln_dx(zhat, wdy, c1, c2, rstd)
             tl.store(gz_ptr + (p[:, None] * C + cols0[None, :]), gz.to(gz_ptr.dtype.element_ty), mask=mask)
             acc_w += gy * zhat
             acc_b += gy
@@ -489,7 +480,7 @@ def _dwconv_ln_bwd_kernel(
                 z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask & (row < NUM_ROWS), H, W, C,
                                sx_c, sx_h, sx_w, K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
                 zhat, wdy, gy = _ln_bwd_chunk(z, gy_ptr, g_row, lw_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t)
-                gz = (wdy - zhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+                gz = _ln_dx(zhat, wdy, c1, c2, rstd)
                 tl.store(gz_ptr + (p[:, None] * C + cols[None, :]), gz.to(gz_ptr.dtype.element_ty), mask=mask)
                 _add_to_partial(part_ptr + part_row + cols, tl.sum(gy * zhat, axis=0), c_mask)
                 _add_to_partial(part_ptr + part_row + C + cols, tl.sum(gy, axis=0), c_mask)

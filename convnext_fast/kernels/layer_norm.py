@@ -102,6 +102,43 @@ def _chan_combine(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
 
 
 @triton.jit
+def _tile_stats(x, mask, C, inv_C, eps):
+    """A whole row of C channels held in one tile (x in the compute dtype, 0 where masked):
+    (x - mean, 0 where masked; mean; rstd), two-pass: the mean, then the mean of squared deviations."""
+    mean = _mean_div(tl.sum(x, axis=1), C, inv_C)
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(_mean_div(tl.sum(xc * xc, axis=1), C, inv_C) + eps)
+    return xc, mean, rstd
+
+
+@triton.jit
+def _chunk_stats(mean, m2, x, mask, c0, C, BLOCK_C: tl.constexpr):
+    """(mean, m2) of the channels before chunk c0 merged with those of the chunk x (0 where
+    masked), Chan's formula; all chunks but the last are full, so the count before c0 is c0."""
+    acc_t = mean.dtype
+    n_b = tl.cast(tl.minimum(C - c0, BLOCK_C), acc_t)
+    mean_b = tl.sum(x, axis=1) / n_b
+    d = tl.where(mask, x - mean_b[:, None], 0.0)
+    return _chan_combine(mean, m2, tl.cast(c0, acc_t), mean_b, tl.sum(d * d, axis=1), n_b)
+
+
+@triton.jit
+def _affine(xc, rstd, w_ptr, b_ptr, cols, c_mask):
+    """xc * rstd * w + b with the chunk's LayerNorm weight and bias (xc = x - mean), in xc's dtype."""
+    acc_t = xc.dtype
+    wt = tl.load(w_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
+    bs = tl.load(b_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
+    return xc * rstd[:, None] * wt[None, :] + bs[None, :]
+
+
+@triton.jit
+def _ln_dx(xhat, wdy, c1, c2, rstd):
+    """The LayerNorm input gradient rstd * (w*gy - xhat * c1 - c2), c1 = mean_C(xhat * w*gy),
+    c2 = mean_C(w*gy)."""
+    return (wdy - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+
+
+@triton.jit
 def _ln_bwd_chunk(z, gy_ptr, g_row, w_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t: tl.constexpr):
     """One channel chunk of the LayerNorm backward (the chunked, C > one tile, paths): loads the
     incoming gradient gy and the weight w of the chunk and returns (zhat, w * gy, gy) in acc_t,
@@ -179,13 +216,8 @@ def _layer_norm_fwd_kernel(
         c_mask = cols0 < C
         mask = p_mask[:, None] & c_mask[None, :]
         x = tl.load(x_ptr + (x_row[:, None] + cols0.to(tl.int64)[None, :] * s_c), mask=mask, other=0.0).to(acc_t)
-        mean = _mean_div(tl.sum(x, axis=1), C, inv_C)
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        var = _mean_div(tl.sum(xc * xc, axis=1), C, inv_C)
-        rstd = 1.0 / tl.sqrt(var + eps)
-        wt = tl.load(w_ptr + cols0, mask=c_mask, other=0.0).to(acc_t)
-        bs = tl.load(b_ptr + cols0, mask=c_mask, other=0.0).to(acc_t)
-        y = xc * rstd[:, None] * wt[None, :] + bs[None, :]
+        xc, mean, rstd = _tile_stats(x, mask, C, inv_C, eps)
+        y = _affine(xc, rstd, w_ptr, b_ptr, cols0, c_mask)
         tl.store(y_ptr + (y_row[:, None] + cols0[None, :]), y.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         # Pass 1: chunk statistics merged with Chan's formula (all chunks but the last are full,
@@ -197,10 +229,7 @@ def _layer_norm_fwd_kernel(
             mask = p_mask[:, None] & (cols < C)[None, :]
             x = tl.load(x_ptr + (x_row[:, None] + cols.to(tl.int64)[None, :] * s_c), mask=mask,
                         other=0.0).to(acc_t)
-            n_b = tl.cast(tl.minimum(C - c0, BLOCK_C), acc_t)
-            mean_b = tl.sum(x, axis=1) / n_b
-            d = tl.where(mask, x - mean_b[:, None], 0.0)
-            mean, m2 = _chan_combine(mean, m2, tl.cast(c0, acc_t), mean_b, tl.sum(d * d, axis=1), n_b)
+            mean, m2 = _chunk_stats(mean, m2, x, mask, c0, C, BLOCK_C)
         rstd = 1.0 / tl.sqrt(_mean_div(m2, C, inv_C) + eps)
         # Pass 2: normalize (this re-read of x hits L2).
         for c0 in range(0, C, BLOCK_C):
@@ -209,9 +238,7 @@ def _layer_norm_fwd_kernel(
             mask = p_mask[:, None] & c_mask[None, :]
             x = tl.load(x_ptr + (x_row[:, None] + cols.to(tl.int64)[None, :] * s_c), mask=mask,
                         other=0.0).to(acc_t)
-            wt = tl.load(w_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
-            bs = tl.load(b_ptr + cols, mask=c_mask, other=0.0).to(acc_t)
-            y = (x - mean[:, None]) * rstd[:, None] * wt[None, :] + bs[None, :]
+            y = _affine(x - mean[:, None], rstd, w_ptr, b_ptr, cols, c_mask)
             tl.store(y_ptr + (y_row[:, None] + cols[None, :]), y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + p, mean, mask=p_mask)
     tl.store(rstd_ptr + p, rstd, mask=p_mask)
@@ -267,7 +294,7 @@ def _layer_norm_bwd_kernel(
             wdy = gy * wt0[None, :]
             c1 = _mean_div(tl.sum(xhat * wdy, axis=1), C, inv_C)
             c2 = _mean_div(tl.sum(wdy, axis=1), C, inv_C)
-            gx = (wdy - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+            gx = _ln_dx(xhat, wdy, c1, c2, rstd)
             tl.store(gx_ptr + (p[:, None] * C + cols0[None, :]), gx.to(gx_ptr.dtype.element_ty), mask=mask)
             acc_w += gy * xhat
             acc_b += gy
@@ -295,7 +322,7 @@ def _layer_norm_bwd_kernel(
                 x = tl.load(x_ptr + (x_row[:, None] + cols.to(tl.int64)[None, :] * sx_c), mask=mask,
                             other=0.0).to(acc_t)
                 xhat, wdy, gy = _ln_bwd_chunk(x, gy_ptr, g_row, w_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t)
-                gx = (wdy - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+                gx = _ln_dx(xhat, wdy, c1, c2, rstd)
                 tl.store(gx_ptr + (p[:, None] * C + cols[None, :]), gx.to(gx_ptr.dtype.element_ty), mask=mask)
                 _add_to_partial(part_ptr + part_row + cols, tl.sum(gy * xhat, axis=0), c_mask)
                 _add_to_partial(part_ptr + part_row + C + cols, tl.sum(gy, axis=0), c_mask)
