@@ -48,6 +48,10 @@ KERNEL_DTYPES = {
     "triton": (torch.float16, torch.bfloat16, torch.float32),
     "cpu": (torch.float32,),
 }
+# The Triton kernel's output LayerNorm holds a pixel's O outputs in one program: up to this many
+# (kernels/patch_linear.py, MAX_OUT_NORM_O; every ConvNeXt stem has at most 352). Wider ones run
+# the composite.
+_TRITON_MAX_OUT_NORM_O = 512
 
 
 def kernel_backend(device: torch.device, dtype: torch.dtype) -> Optional[str]:
@@ -161,8 +165,8 @@ def patch_linear(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k: int, *,
 
     The kernels serve inference; a call that autograd must record (an input requiring grad, grad
     mode on), forward-mode AD, torch.func transforms, the ``reference`` backend and a dtype the
-    kernel does not compute in (float64; bfloat16 / float16 on ``cpu``) run
-    ``patch_linear_composite``. On CUDA tensors ``auto`` takes the Triton kernel only
+    kernel does not compute in (float64; bfloat16 / float16 on ``cpu``) and, on ``triton``, an
+    output LayerNorm over more than 512 channels run ``patch_linear_composite``. On CUDA tensors ``auto`` takes the Triton kernel only
     once a recorded GPU parity run has checked it (``dispatch.json``, ``kernels_verified``).
 
     Args:
@@ -193,7 +197,8 @@ def patch_linear(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k: int, *,
     out_eps = float(out_eps)
     params = (weight_t, bias, out_weight, out_bias)
     backend = resolve(OP, x.device)
-    if x.dtype not in KERNEL_DTYPES.get(backend, ()) or needs_reference() or needs_graph(x, *params):
+    too_wide = backend == "triton" and out_weight is not None and weight_t.shape[1] > _TRITON_MAX_OUT_NORM_O
+    if x.dtype not in KERNEL_DTYPES.get(backend, ()) or too_wide or needs_reference() or needs_graph(x, *params):
         return patch_linear_composite(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps)
     if direct_ok(x, *params):
         return _forward(backend, x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps)

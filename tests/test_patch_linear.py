@@ -167,6 +167,16 @@ def test_reference_backend_and_float64():
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_triton_output_norm_wider_than_its_kernel_runs_pytorch():
+    """The Triton kernel's output LayerNorm serves O <= 512; a wider one takes the composite."""
+    if convnext_fast.available_backends("cpu")["triton"]:
+        pytest.skip("the triton backend cannot run on CPU tensors here")
+    x, conv_w, conv_b, _, out_w, out_b = _case(1, 3, 4, 4, 520, 4, False, True)
+    with convnext_fast.use_backend("triton"):
+        out = patch_linear(x, patch_weight(conv_w), conv_b, 4, out_weight=out_w, out_bias=out_b)
+    assert_matches_reference(out, _reference64(x, conv_w, conv_b, 4, None, out_w, out_b, 1e-6))
+
+
 def test_a_backend_without_the_kernel_asked_by_name_says_so():
     x, conv_w, conv_b, *_ = _case(*CASES[3])
     with convnext_fast.use_backend("cuda"):
