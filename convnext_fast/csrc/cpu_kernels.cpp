@@ -52,10 +52,14 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_memory.h"
+
 #define CF_AI inline __attribute__((always_inline))
 
 namespace convnext_fast_cpu {
 namespace {
+
+using namespace mem;
 
 constexpr int64_t kCAlign = 16;  // Cp: channels rounded up to this (a multiple of every V below)
 constexpr int kWB = 8;           // output pixels per register block in conv_row
@@ -747,66 +751,6 @@ inline const uint16_t* bf16_bits(const c10::BFloat16* p) { return reinterpret_ca
 inline uint16_t* bf16_bits(c10::BFloat16* p) { return reinterpret_cast<uint16_t*>(p); }
 
 // ---------------------------------------------------------------------------------- memory, threads
-
-// 64-byte aligned storage: with Cp a multiple of 16 floats every vector load of the row buffers and
-// prepared weights is then aligned (a 16-byte aligned std::vector split every zmm load in two).
-template <class A>
-struct AlignedAlloc {
-  using value_type = A;
-  AlignedAlloc() = default;
-  template <class B>
-  AlignedAlloc(const AlignedAlloc<B>&) {}
-  A* allocate(size_t n) {
-    void* p = std::aligned_alloc(64, static_cast<size_t>(round_up(static_cast<int64_t>(n * sizeof(A)), 64)));
-    if (!p) throw std::bad_alloc();
-    return static_cast<A*>(p);
-  }
-  void deallocate(A* p, size_t) { std::free(p); }
-  template <class B>
-  bool operator==(const AlignedAlloc<B>&) const { return true; }
-  template <class B>
-  bool operator!=(const AlignedAlloc<B>&) const { return false; }
-};
-template <class A>
-using avec = std::vector<A, AlignedAlloc<A>>;
-
-// Per-thread scratch that outlives the call (no allocation, page faults or zero-fill per call).
-// Each slot is used by one driver at a time and never across nested parallel regions.
-template <class A, int Slot>
-A* scratch(size_t n) {
-  thread_local avec<A> buf;
-  if (buf.size() < n) {
-    buf.clear();
-    buf.shrink_to_fit();
-    buf.resize(n);
-  }
-  return buf.data();
-}
-
-// A whole-tensor temporary of the calling thread (the fused backward's gradient of the conv output,
-// one activation). Fresh memory of that size costs a page fault per 4 KB and a zero fill on every
-// call: at ConvNeXt-T stage 1, batch 8, fp32 (9.6 MB) that was half of the fused backward's time
-// (11.9 -> 6.2 ms on the 2-core dev machine). Up to kKeepWorkspaceBytes the buffer is kept for the
-// next call (scratch slot 3: the calling thread's, never a worker's); larger ones are allocated,
-// uninitialized, per call, so one huge call does not pin its memory for the life of the thread.
-constexpr size_t kKeepWorkspaceBytes = size_t(256) << 20;
-template <class A>
-struct Workspace {
-  struct Free {
-    void operator()(A* p) const { std::free(p); }
-  };
-  std::unique_ptr<A, Free> owned;
-  A* ptr;
-  explicit Workspace(size_t n) {
-    if (n * sizeof(A) <= kKeepWorkspaceBytes) {
-      ptr = scratch<A, 3>(n);
-    } else {
-      owned.reset(AlignedAlloc<A>().allocate(n));
-      ptr = owned.get();
-    }
-  }
-  A* data() const { return ptr; }
-};
 
 // f(begin, end) over [0, n) split into one contiguous range per thread (torch's intra-op thread
 // count). The split does not affect results: every kernel's reductions are shape-only.

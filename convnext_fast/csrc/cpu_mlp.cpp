@@ -39,9 +39,9 @@
 //   a = GELU(h), gh = ga * GELU'(h)  (+ column sums: gb1), h recomputed by fc1 when not saved
 //   P = gs.T @ a: gw2 = gamma[:, None] * P, ggamma = rowsum(w2 * P) + b2 * sum gs (no fc2 recompute)
 //   gw1 = (x.T @ gh).T, gx = gh @ w1.
-// The (M, Hd) temporaries ga and a are fresh memory on every call; their first touch (page faults)
-// is a fifth of the time at ConvNeXt-T stage 1. Fusing the backward per row block as the forward
-// is fused would remove them.
+// The temporaries (gs, ga, a and a transpose) are the calling thread's memory kept between calls
+// (cpu_memory.h, up to 256 MiB each); fusing the backward per row block as the forward is fused
+// would make them tile-sized.
 //
 // Elementwise code (bias + GELU, epilogue, GELU derivative) uses GCC vector extensions compiled
 // for AVX-512 (16 floats), AVX2 (8) and baseline x86-64 (4), picked with the other CPU kernels'
@@ -60,6 +60,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"  // isa(): one instruction-set choice for all CPU kernels
+#include "cpu_memory.h"
 #include "cpu_vec.h"
 
 namespace convnext_fast_cpu {
@@ -613,12 +614,8 @@ void mm_reduce(int64_t P, int64_t N, int64_t K, const float* At, int64_t ldat, c
   });
 }
 
-// (cols x rows) transpose of a contiguous fp32 (rows x cols) matrix, in parallel row blocks.
-Tensor transposed(const Tensor& a) {
-  const int64_t rows = a.size(0), cols = a.size(1);
-  Tensor t = at::empty({cols, rows}, a.options());
-  const float* src = a.data_ptr<float>();
-  float* dst = t.data_ptr<float>();
+// dst (cols x rows) = the transpose of a contiguous fp32 (rows x cols) matrix, in parallel row blocks.
+void transpose_into(const float* src, int64_t rows, int64_t cols, float* dst) {
   const MlpOps& o = ops();
   at::parallel_for(0, (rows + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
@@ -626,7 +623,6 @@ Tensor transposed(const Tensor& a) {
       o.transpose(src + r0 * cols, cols, std::min(kBwdRows, rows - r0), cols, dst + r0, rows);
     }
   });
-  return t;
 }
 
 // Sum of the (nb, n) partials over blocks, in block order, accumulated in double.
@@ -680,14 +676,18 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
 
   // gs = grad_out * s[row] and its column sums.
   const int64_t nb = (M + kBwdRows - 1) / kBwdRows;
-  Tensor gs = at::empty({M, C}, fopt);
+  // Every (M, C) and (M, Hd) temporary is the calling thread's memory kept between calls
+  // (cpu_memory.h: fresh memory of this size cost a page fault per 4 KB, a third of the backward's
+  // time at ConvNeXt-T stage 1).
+  const mem::Workspace<float, 8> gs_ws(static_cast<size_t>(M * C));
+  float* const gs = gs_ws.data();
   std::vector<float> part_gs(static_cast<size_t>(nb * C), 0.f);
   {
     const int64_t ldg = row_stride(grad_out);
     for_row_blocks(M, [&](int64_t b, int64_t r0, int64_t rows) {
       std::vector<float> rs(static_cast<size_t>(rows));
       row_scales(s, rows_per_sample, r0, rows, rs.data());
-      float* dst = gs.data_ptr<float>() + r0 * C;
+      float* dst = gs + r0 * C;
       if (bf16)
         o.scale_colsum_bf16(grad_out.data_ptr<BF>() + r0 * ldg, ldg, rows, C, rs.data(), dst, &part_gs[b * C]);
       else
@@ -707,23 +707,28 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
   }
   // ga = gs @ (gamma * w2): gamma folded into the (C, Hd) weight.
   const Tensor w2g = gf ? (w2f * gf->unsqueeze(1)).contiguous() : w2f;
-  Tensor ga = at::empty({M, Hd}, fopt);
-  mm_nn(M, Hd, C, gs.data_ptr<float>(), C, w2g.data_ptr<float>(), Hd, ga.data_ptr<float>(), Hd);
-  Tensor a = at::empty({M, Hd}, fopt);
+  const mem::Workspace<float, 9> ga_ws(static_cast<size_t>(M * Hd));
+  const mem::Workspace<float, 10> a_ws(static_cast<size_t>(M * Hd));
+  float* const ga = ga_ws.data();
+  float* const a = a_ws.data();
+  mm_nn(M, Hd, C, gs, C, w2g.data_ptr<float>(), Hd, ga, Hd);
   std::vector<float> part_gh(static_cast<size_t>(nb * Hd), 0.f);
   for_row_blocks(M, [&](int64_t b, int64_t r0, int64_t rows) {
-    float* gap = ga.data_ptr<float>() + r0 * Hd;
-    float* ap = a.data_ptr<float>() + r0 * Hd;
+    float* gap = ga + r0 * Hd;
+    float* ap = a + r0 * Hd;
     if (hf.scalar_type() == at::kBFloat16)
       o.gelu_bwd_bf16(hf.data_ptr<BF>() + r0 * Hd, gap, ap, rows, Hd, &part_gh[b * Hd]);
     else
       o.gelu_bwd_f32(hf.data_ptr<float>() + r0 * Hd, gap, ap, rows, Hd, &part_gh[b * Hd]);
   });
-  const Tensor& gh = ga;  // ga * GELU'(h), in place
+  const float* const gh = ga;  // ga * GELU'(h), in place
   // P = gs.T @ a (C, Hd) and gw1 = gh.T @ x = (x.T @ gh).T, both sums over the M tokens.
   const Tensor P = at::empty({C, Hd}, fopt), gw1t = at::empty({C, Hd}, fopt);
-  mm_reduce(C, Hd, M, transposed(gs).data_ptr<float>(), M, a.data_ptr<float>(), Hd, P.data_ptr<float>(), Hd);
-  mm_reduce(C, Hd, M, transposed(xf).data_ptr<float>(), M, gh.data_ptr<float>(), Hd, gw1t.data_ptr<float>(), Hd);
+  const mem::Workspace<float, 11> t_ws(static_cast<size_t>(M * C));  // gs.T, then x.T
+  transpose_into(gs, M, C, t_ws.data());
+  mm_reduce(C, Hd, M, t_ws.data(), M, a, Hd, P.data_ptr<float>(), Hd);
+  transpose_into(xf.data_ptr<float>(), M, C, t_ws.data());
+  mm_reduce(C, Hd, M, t_ws.data(), M, gh, Hd, gw1t.data_ptr<float>(), Hd);
   const Tensor gw2 = gf ? P * gf->unsqueeze(1) : P;
   const Tensor gb2 = gf ? sum_gs * *gf : sum_gs;
   OptTensor ggamma;
@@ -734,7 +739,7 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
   }
   const Tensor gw1 = gw1t.t().contiguous();  // (Hd, C)
   Tensor gx = at::empty({M, C}, fopt);  // gh @ w1
-  mm_nn(M, C, Hd, gh.data_ptr<float>(), Hd, w1f.data_ptr<float>(), C, gx.data_ptr<float>(), C);
+  mm_nn(M, C, Hd, gh, Hd, w1f.data_ptr<float>(), C, gx.data_ptr<float>(), C);
   const auto back = [&](const Tensor& t) { return t.to(x.scalar_type()); };
   OptTensor gb1_out, gb2_out, gg_out;
   if (b1) gb1_out = back(sum_partials(part_gh, nb, Hd));
