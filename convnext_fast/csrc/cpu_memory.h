@@ -37,7 +37,7 @@ using avec = std::vector<A, AlignedAlloc<A>>;
 
 // Per-thread scratch that outlives the call (no allocation, page faults or zero-fill per call).
 // Each slot is used by one driver at a time and never across nested parallel regions. Slots 0-4:
-// cpu_kernels.cpp; 8-11: cpu_mlp.cpp.
+// cpu_kernels.cpp; 8-13: cpu_mlp.cpp.
 template <class A, int Slot>
 A* scratch(size_t n) {
   thread_local avec<A> buf;

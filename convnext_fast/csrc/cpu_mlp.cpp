@@ -706,12 +706,22 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
     hf = b1 ? at::addmm(f32(*b1), xf, w1f.t()) : at::mm(xf, w1f.t());
   }
   // ga = gs @ (gamma * w2): gamma folded into the (C, Hd) weight.
-  const Tensor w2g = gf ? (w2f * gf->unsqueeze(1)).contiguous() : w2f;
+  const float* w2g = w2f.data_ptr<float>();
+  const mem::Workspace<float, 12> w2g_ws(static_cast<size_t>(gf ? C * Hd : 0));
+  if (gf) {
+    const float* gp = gf->data_ptr<float>();
+    float* dst = w2g_ws.data();
+    at::parallel_for(0, C, 16, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t j = 0; j < Hd; ++j) dst[c * Hd + j] = w2g[c * Hd + j] * gp[c];
+    });
+    w2g = dst;
+  }
   const mem::Workspace<float, 9> ga_ws(static_cast<size_t>(M * Hd));
   const mem::Workspace<float, 10> a_ws(static_cast<size_t>(M * Hd));
   float* const ga = ga_ws.data();
   float* const a = a_ws.data();
-  mm_nn(M, Hd, C, gs, C, w2g.data_ptr<float>(), Hd, ga, Hd);
+  mm_nn(M, Hd, C, gs, C, w2g, Hd, ga, Hd);
   std::vector<float> part_gh(static_cast<size_t>(nb * Hd), 0.f);
   for_row_blocks(M, [&](int64_t b, int64_t r0, int64_t rows) {
     float* gap = ga + r0 * Hd;
@@ -722,22 +732,38 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
       o.gelu_bwd_f32(hf.data_ptr<float>() + r0 * Hd, gap, ap, rows, Hd, &part_gh[b * Hd]);
   });
   const float* const gh = ga;  // ga * GELU'(h), in place
-  // P = gs.T @ a (C, Hd) and gw1 = gh.T @ x = (x.T @ gh).T, both sums over the M tokens.
-  const Tensor P = at::empty({C, Hd}, fopt), gw1t = at::empty({C, Hd}, fopt);
+  // P = gs.T @ a (C, Hd) and gw1 = gh.T @ x = (x.T @ gh).T, both sums over the M tokens. P is
+  // made in gw2's memory: gw2 = gamma[:, None] * P, in place once ggamma has read P.
+  Tensor gw2 = at::empty({C, Hd}, fopt);
+  float* const P = gw2.data_ptr<float>();
+  const mem::Workspace<float, 13> gw1t_ws(static_cast<size_t>(C * Hd));
   const mem::Workspace<float, 11> t_ws(static_cast<size_t>(M * C));  // gs.T, then x.T
   transpose_into(gs, M, C, t_ws.data());
-  mm_reduce(C, Hd, M, t_ws.data(), M, a, Hd, P.data_ptr<float>(), Hd);
+  mm_reduce(C, Hd, M, t_ws.data(), M, a, Hd, P, Hd);
   transpose_into(xf.data_ptr<float>(), M, C, t_ws.data());
-  mm_reduce(C, Hd, M, t_ws.data(), M, gh, Hd, gw1t.data_ptr<float>(), Hd);
-  const Tensor gw2 = gf ? P * gf->unsqueeze(1) : P;
+  mm_reduce(C, Hd, M, t_ws.data(), M, gh, Hd, gw1t_ws.data(), Hd);
   const Tensor gb2 = gf ? sum_gs * *gf : sum_gs;
   OptTensor ggamma;
-  if (gamma) {
-    Tensor gg = (w2f * P).sum(1);
+  if (gf) {
+    // ggamma[c] = sum_j w2[c, j] * P[c, j] (+ b2[c] * sum gs[:, c]); each row's dot in float64,
+    // then the row of P scaled into gw2.
+    Tensor gg = at::empty({C}, fopt);
+    const float* w2p = w2f.data_ptr<float>();
+    const float* gp = gf->data_ptr<float>();
+    float* ggp = gg.data_ptr<float>();
+    at::parallel_for(0, C, 16, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        double dot = 0.0;
+        for (int64_t j = 0; j < Hd; ++j) dot += static_cast<double>(w2p[c * Hd + j]) * P[c * Hd + j];
+        ggp[c] = static_cast<float>(dot);
+        for (int64_t j = 0; j < Hd; ++j) P[c * Hd + j] *= gp[c];
+      }
+    });
     if (b2) gg = gg + f32(*b2) * sum_gs;
     ggamma = gg;
   }
-  const Tensor gw1 = gw1t.t().contiguous();  // (Hd, C)
+  Tensor gw1 = at::empty({Hd, C}, fopt);
+  transpose_into(gw1t_ws.data(), C, Hd, gw1.data_ptr<float>());
   Tensor gx = at::empty({M, C}, fopt);  // gh @ w1
   mm_nn(M, C, Hd, gh, Hd, w1f.data_ptr<float>(), C, gx.data_ptr<float>(), C);
   const auto back = [&](const Tensor& t) { return t.to(x.scalar_type()); };
