@@ -677,7 +677,7 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
   // gs = grad_out * s[row] and its column sums.
   const int64_t nb = (M + kBwdRows - 1) / kBwdRows;
   // Every (M, C) and (M, Hd) temporary is the calling thread's memory kept between calls
-  // (cpu_memory.h: fresh memory of this size cost a page fault per 4 KB, a third of the backward's
+  // (cpu_memory.h: fresh memory of this size cost a page fault per 4 KB, half of the backward's
   // time at ConvNeXt-T stage 1).
   const mem::Workspace<float, 8> gs_ws(static_cast<size_t>(M * C));
   float* const gs = gs_ws.data();
