@@ -186,8 +186,8 @@ def mlp_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Opt
     Returns:
         (out (M, C), h (M, Hd) or None), new tensors.
     """
-    out, h = _cpu_only_ext().mlp_forward(x, w1, b1, w2, b2, gamma, shortcut, sample_scale, int(rows_per_sample),
-                                    bool(save_hidden))
+    out, h = _cpu_only_ext().mlp_forward(x, w1, b1, w2, b2, gamma, shortcut, sample_scale,
+                                         int(rows_per_sample), bool(save_hidden))
     return out, h
 
 
@@ -207,7 +207,7 @@ def mlp_backward(grad_out: Tensor, x: Tensor, w1: Tensor, b1: Optional[Tensor], 
         optional input is None.
     """
     return tuple(_cpu_only_ext().mlp_backward(grad_out.contiguous(), x, w1, b1, w2, b2, gamma, sample_scale,
-                                         int(rows_per_sample), h))
+                                              int(rows_per_sample), h))
 
 
 def patch_linear_forward(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k: int, in_eps: Optional[float],
@@ -221,6 +221,6 @@ def patch_linear_forward(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k:
     channels_last tensor. See ``convnext_fast/patch_linear.py`` for the contract.
     """
     y = _cpu_only_ext().patch_linear_forward(_nhwc(x).permute(0, 2, 3, 1), weight_t, bias, int(k),
-                                        None if in_eps is None else float(in_eps), out_weight, out_bias,
-                                        float(out_eps))
+                                             None if in_eps is None else float(in_eps), out_weight, out_bias,
+                                             float(out_eps))
     return y.permute(0, 3, 1, 2)
