@@ -27,6 +27,19 @@ if ON_GPU:
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def cpu_kernel_unavailable(launcher: str) -> str:
+    """'' when the compiled extension's CPU-only kernel ``launcher`` (``mlp_forward``,
+    ``patch_linear_forward``) can run here, else why not."""
+    from convnext_fast import extension
+
+    reason = extension.unavailable_reason("cpu")
+    if reason:
+        return reason
+    if not hasattr(extension._ext(), launcher):
+        return f"the compiled extension has no {launcher} (built without its CPU kernels)"
+    return ""
+
+
 def kernel_backends() -> list[str]:
     """The non-reference backends that can run on DEVICE here (triton via the interpreter on CPU)."""
     status = available_backends(DEVICE.type)

@@ -16,22 +16,13 @@ import torch
 import torch.nn.functional as F
 
 import convnext_fast
-from convnext_fast import extension
 from convnext_fast.patch_linear import (fold_norm_into_patch_weight, patch_linear, patch_linear_composite,
                                         patch_linear_fwd, patch_weight)
+from conftest import cpu_kernel_unavailable
 from numerics import assert_matches_reference
 
 
-def _unavailable() -> str:
-    reason = extension.unavailable_reason("cpu")
-    if reason:
-        return reason
-    if not hasattr(extension._ext(), "patch_linear_forward"):
-        return "the compiled extension has no patch_linear_forward (built without its CPU kernels)"
-    return ""
-
-
-REASON = _unavailable()
+REASON = cpu_kernel_unavailable("patch_linear_forward")
 needs_cpu_kernel = pytest.mark.skipif(bool(REASON), reason=f"CPU patch kernel unavailable: {REASON}")
 
 # (N, C, H, W, O, k, input norm, output norm)

@@ -15,19 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from convnext_fast import extension, reference
+from conftest import cpu_kernel_unavailable
 from numerics import assert_matches_reference
 
 
-def _unavailable() -> str:
-    reason = extension.unavailable_reason("cpu")
-    if reason:
-        return reason
-    if not hasattr(extension._ext(), "mlp_forward"):
-        return "the compiled extension has no mlp_forward (built without its CPU kernels)"
-    return ""
-
-
-REASON = _unavailable()
+REASON = cpu_kernel_unavailable("mlp_forward")
 pytestmark = pytest.mark.skipif(bool(REASON), reason=f"CPU MLP kernel unavailable: {REASON}")
 
 # (N, C, H, W): M = N*H*W = 646 and 105 are not multiples of any row block the kernel picks (it
