@@ -1,6 +1,7 @@
 """``python -m convnext_fast info``: versions, GPU, backends available per device, how the extension
 was obtained. ``python -m convnext_fast build``: compile the extension now (it is otherwise compiled
-on first use)."""
+on first use). ``python -m convnext_fast verify``: check on this GPU the kernels that ``auto`` does
+not pick on GPUs yet (``verify --help``)."""
 from __future__ import annotations
 
 import argparse
@@ -67,13 +68,19 @@ def build(cuda: bool | None, verbose: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convnext_fast", description=__doc__)
-    parser.add_argument("command", choices=["info", "build"],
-                        help="info: versions, backends, extension; build: compile the extension now")
+    parser.add_argument("command", choices=["info", "build", "verify"],
+                        help="info: versions, backends, extension; build: compile the extension now; verify: "
+                             "parity of the GPU kernels not yet verified (its own options: verify --help)")
     cuda = parser.add_mutually_exclusive_group()
     cuda.add_argument("--cuda", dest="cuda", action="store_true", default=None,
                       help="build: include the CUDA kernels even without a GPU (fails if they cannot be built)")
     cuda.add_argument("--no-cuda", dest="cuda", action="store_false", help="build: CPU kernels only")
     parser.add_argument("--verbose", action="store_true", help="build: show the compiler commands")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["verify"]:
+        from convnext_fast import verify
+
+        return verify.main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()

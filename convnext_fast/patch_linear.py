@@ -166,8 +166,9 @@ def patch_linear(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k: int, *,
     The kernels serve inference; a call that autograd must record (an input requiring grad, grad
     mode on), forward-mode AD, torch.func transforms, the ``reference`` backend and a dtype the
     kernel does not compute in (float64; bfloat16 / float16 on ``cpu``) and, on ``triton``, an
-    output LayerNorm over more than 512 channels run ``patch_linear_composite``. On CUDA tensors ``auto`` takes the Triton kernel only
-    once a recorded GPU parity run has checked it (``dispatch.json``, ``kernels_verified``).
+    output LayerNorm over more than 512 channels run ``patch_linear_composite``. On CUDA tensors
+    ``auto`` takes the Triton kernel only once a recorded GPU parity run has checked it
+    (``dispatch.json``, ``kernels_verified``; ``python -m convnext_fast verify`` is that run).
 
     Args:
         x: (N, C, H, W), any layout (channels_last is read in place). Rows and columns beyond a

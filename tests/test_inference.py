@@ -9,6 +9,7 @@ import torch
 
 import convnext_fast
 from convnext_fast.inference import FoldedBlock, FoldedHead, FoldedPatchConv
+from convnext_fast.verify import randomized
 
 from conftest import DEVICE
 
@@ -17,21 +18,9 @@ def rel_err(a, e):
     return ((a.double() - e.double()).norm() / e.double().norm()).item()
 
 
-def _randomized(model):
-    """Non-trivial LayerNorm affines, layer scales and GRN parameters, so a wrong fold shows."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gamma") or ".norm." in name or "grn" in name:
-                p.copy_(0.5 + torch.rand(p.shape, generator=g))
-            elif p.dim() == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
 def _small(name):
     depths = (1, 1, 1, 1)
-    return _randomized(convnext_fast.create_model(name, depths=depths, num_classes=7)).to(DEVICE)
+    return randomized(convnext_fast.create_model(name, depths=depths, num_classes=7)).to(DEVICE)
 
 
 ALL = convnext_fast.list_models()
@@ -91,7 +80,7 @@ def test_low_precision_within_its_rounding(dtype):
 def test_head_fold_for_every_pool_type(pool):
     """The head's LayerNorm folds into its Linear after any global pool; without pooling (a
     classifier at every position) the head is kept as it is."""
-    model = _randomized(convnext_fast.create_model("convnext_atto", depths=(1, 1, 1, 1), num_classes=7,
+    model = randomized(convnext_fast.create_model("convnext_atto", depths=(1, 1, 1, 1), num_classes=7,
                                                    global_pool=pool)).to(DEVICE)
     optimized = convnext_fast.optimize_for_inference(model)
     assert isinstance(optimized.head, FoldedHead) == (pool != "")
@@ -142,7 +131,7 @@ def test_converted_timm_model():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     original = timm.create_model("convnext_atto", pretrained=False, num_classes=5, depths=(1, 1, 1, 1)).eval()
-    _randomized(original)
+    randomized(original)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = original(x)
@@ -211,7 +200,7 @@ def test_one_kernel_blocks_under_triton(name, one_kernel, monkeypatch):
     real = impl.block_forward
     monkeypatch.setattr(impl, "block_forward", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     model = convnext_fast.create_model(name, depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=3)
-    model = _randomized(model).to(DEVICE)
+    model = randomized(model).to(DEVICE)
     x = torch.randn(1, 3, 32, 32, device=DEVICE)
     optimized = convnext_fast.optimize_for_inference(model)
     with torch.no_grad(), convnext_fast.use_backend("triton"):

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import parity
 from ..shapes import CONVNEXT_T_STAGES
 from .deps import MissingDependency, require
 
@@ -67,8 +68,6 @@ MODES = {"dwconv": ("fwd", "fwdbwd"), "layer_norm": ("fwd", "bwd"), "dwconv_ln":
          "mlp": ("fwd", "fwdbwd"), "block": ("fwd", "fwdbwd"), "model": ("infer", "train")}
 MLP_RATIO = 4  # ConvNeXt's inverted bottleneck: hidden width Hd = 4C
 LN_EPS = 1e-6
-# Parity tolerance (DESIGN.md): ours <= 2 x PyTorch's own error in the dtype + this (relative, norm-wise).
-PARITY_ATOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2, "float64": 1e-10}
 
 
 class Skip(Exception):
@@ -598,18 +597,6 @@ def _module_fn(case: Case, provider: str, device: torch.device, compile_mode: st
 # Parity
 # ------------------------------------------------------------------------------------------------
 
-def _rel_err(a: Tensor, ref: Tensor) -> float:
-    a64, r64 = a.detach().double(), ref.detach().double()
-    if not torch.isfinite(a64).all():
-        return float("inf")
-    denom = r64.norm().item()
-    return (a64 - r64).norm().item() / (denom if denom > 0 else 1.0)
-
-
-def _max_abs(a: Tensor, ref: Tensor) -> float:
-    return (a.detach().double() - ref.detach().double()).abs().max().item() if a.numel() else 0.0
-
-
 def check_parity(case: Case, provider: str, device: torch.device, *, batch: int = 2, seed: int = 1) -> dict:
     """Run ``provider`` and eager PyTorch on the same random inputs (batch ``batch``) against a
     float64 reference: forward output and, for the ops in gradient modes, every gradient (block and
@@ -675,14 +662,10 @@ def check_parity(case: Case, provider: str, device: torch.device, *, batch: int 
                     with amp(), _backend(provider), _backend_errors_skip():
                         ours = [ours_mod(x.float()).float()]
             names = ["y"]
-        ok = True
-        for name, o, lo, r in zip(names, ours, low, ref):
-            tol = 2 * _rel_err(lo, r) + PARITY_ATOL.get(dt, 1e-2)
-            err = _rel_err(o, r)
-            ok = ok and err <= tol and tuple(o.shape) == tuple(r.shape)
-            result["outputs"][name] = {"rel_err": err, "torch_rel_err": _rel_err(lo, r),
-                                       "max_abs_err": _max_abs(o, r), "tol": tol}
-        result["passed"] = bool(ok)
+        verdicts = {name: parity.compare(o, lo, r, dt) for name, o, lo, r in zip(names, ours, low, ref)}
+        result["outputs"] = {name: {k: v for k, v in verdict.items() if k != "passed"}
+                             for name, verdict in verdicts.items()}
+        result["passed"] = all(verdict["passed"] for verdict in verdicts.values())
     except Skip:
         raise
     except Exception as exc:  # noqa: BLE001 - a crash is a parity failure, recorded, not raised
