@@ -28,7 +28,6 @@ import contextlib
 import copy
 import datetime as _dt
 import functools
-import json
 import os
 import sys
 import time
