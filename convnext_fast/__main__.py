@@ -15,7 +15,7 @@ def info() -> int:
 
     import convnext_fast
     from convnext_fast import extension
-    from convnext_fast.backend import available_backends, get_backend
+    from convnext_fast.backend import available_backends, dispatch_table, get_backend
 
     print(f"convnext_fast {convnext_fast.__version__}")
     print(f"python {platform.python_version()} ({sys.executable})")
@@ -43,6 +43,11 @@ def info() -> int:
         print(f"backends for {dev} tensors:")
         for name, reason in available_backends(dev).items():
             print(f"  {name:10s} {'available' if not reason else 'unavailable: ' + reason}")
+    if "cuda" in devices:
+        waiting = [op for op, ok in dispatch_table()["cuda"].get("kernels_verified", {}).items() if not ok]
+        if waiting:
+            print(f"GPU kernels auto does not pick yet: {', '.join(waiting)} "
+                  "(check them on this GPU: python -m convnext_fast verify)")
     print("compiled extension:")
     for key, value in extension.build_info().items():
         print(f"  {key}: {value}")

@@ -81,6 +81,8 @@ def test_info_command_runs():
     assert "backends for cpu tensors" in out.stdout
     assert "compiled extension" in out.stdout
     assert "built:" in out.stdout
+    waiting = [op for op, ok in backend.dispatch_table()["cuda"]["kernels_verified"].items() if not ok]
+    assert ("python -m convnext_fast verify" in out.stdout) == bool(torch.cuda.is_available() and waiting)
 
 
 # ------------------------------------------------------------------------------------------ parity
