@@ -1,4 +1,8 @@
-"""Build: a pure-Python package that ships the kernel sources (``convnext_fast/csrc``).
+"""Build: a pure-Python package that ships the kernel sources.
+
+The repository's top level is the package's layout: ``kernels/`` (Triton kernels and launchers) is
+installed as ``convnext_fast.kernels`` and ``csrc/`` (the extension's C++ / CUDA sources) as the
+package data of ``convnext_fast.csrc``. Neither is ever a top-level import name of its own.
 
 The compiled extension is not built here: it must match the torch it runs with, which pip's build
 isolation hides from this script. The first call that needs it compiles it into a cache
@@ -13,8 +17,10 @@ setup(
     description="Fused Triton / CUDA / C++ kernels for ConvNeXt: depthwise conv, channels-first LayerNorm, MLP, models",
     license="MIT",
     classifiers=["License :: OSI Approved :: MIT License", "Programming Language :: Python :: 3"],
-    packages=find_packages(include=["convnext_fast", "convnext_fast.*"]),
-    package_data={"convnext_fast": ["csrc/*.cpp", "csrc/*.cu", "csrc/*.h", "*.json"]},
+    packages=find_packages(include=["convnext_fast", "convnext_fast.*"]) + ["convnext_fast.kernels",
+                                                                             "convnext_fast.csrc"],
+    package_dir={"convnext_fast.kernels": "kernels", "convnext_fast.csrc": "csrc"},
+    package_data={"convnext_fast": ["*.json"], "convnext_fast.csrc": ["*.cpp", "*.cu", "*.h"]},
     python_requires=">=3.10",
     # The range tested: torch 2.11 and 2.14 (triton 3.6 and 3.8 with them).
     install_requires=["torch>=2.11,<2.15", "numpy", "ninja"],

@@ -1,5 +1,5 @@
 """CPU benchmark of the fused pointwise MLP (``convnext_fast.extension.mlp_forward``, the C++ kernel
-in ``convnext_fast/csrc/cpu_mlp.cpp``) against eager PyTorch and ONNX Runtime.
+in ``csrc/cpu_mlp.cpp``) against eager PyTorch and ONNX Runtime.
 
 The MLP half of a ConvNeXt block on the (M, C) token rows of each ConvNeXt-T stage
 (``convnext_fast.shapes``; M = batch * H * W): fc1 (C -> 4C), exact GELU, fc2, layer scale gamma,

@@ -1,4 +1,4 @@
-"""Compiling the extension (``convnext_fast/csrc``) on first use, with ninja through
+"""Compiling the extension (sources in ``csrc/``, installed as ``convnext_fast.csrc``) on first use, with ninja through
 ``torch.utils.cpp_extension.load``.
 
 Why on first use and not at install: the extension must match the torch it runs with, and pip's
@@ -27,6 +27,7 @@ import fcntl
 import glob
 import hashlib
 import importlib.machinery
+import importlib.resources
 import importlib.util
 import os
 import platform
@@ -43,7 +44,10 @@ import torch
 
 __all__ = ["BuildError", "BuildPlan", "plan", "load", "cache_root", "CSRC"]
 
-CSRC = Path(__file__).resolve().parent / "csrc"
+#: The extension's sources: ``csrc/`` of the repository, shipped as package data of
+#: ``convnext_fast.csrc`` with every install kind (wheel, sdist, editable).
+CSRC = Path(os.fspath(importlib.resources.files("convnext_fast.csrc")))
+SOURCE_SUFFIXES = (".cpp", ".cu", ".h")
 MODULE_NAME = "convnext_fast_C"
 
 
@@ -163,9 +167,9 @@ class BuildPlan:
     def key(self) -> str:
         """Hash of everything the binary depends on: sources and headers, flags, torch, Python."""
         h = hashlib.sha256()
-        for path in sorted(glob.glob(str(CSRC / "*"))):
-            h.update(os.path.basename(path).encode())
-            h.update(Path(path).read_bytes())
+        for path in sorted(p for p in CSRC.iterdir() if p.suffix in SOURCE_SUFFIXES):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
         h.update(repr((self.cpu, self.cuda, self.archs, self.flags(), torch.__version__, torch.version.cuda,
                        sys.version_info[:2], platform.machine())).encode())
         return h.hexdigest()[:16]

@@ -1,4 +1,4 @@
-"""The compiled extension (sources in ``convnext_fast/csrc``) as the ``cuda`` and ``cpu`` backends.
+"""The compiled extension (sources in ``csrc/``) as the ``cuda`` and ``cpu`` backends.
 
 Loaded lazily: importing convnext_fast never imports it. The first call that needs it imports the
 cached binary or compiles it (``convnext_fast/build.py``). The launchers implement the backend

@@ -1,4 +1,4 @@
-"""The whole-block inference kernel (``convnext_fast/kernels/block.py``: depthwise conv + LayerNorm +
+"""The whole-block inference kernel (``kernels/block.py``: depthwise conv + LayerNorm +
 MLP + residual in one kernel) against the float64 evaluation of the same math:
 ``reference.dwconv_layer_norm`` with a unit LayerNorm affine, then ``reference.pointwise_mlp`` with
 x as the shortcut (the folded form of a ConvNeXt block, see ``convnext_fast/inference.py``).

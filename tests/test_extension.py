@@ -1,4 +1,4 @@
-"""Tests specific to the compiled extension (convnext_fast/csrc, compiled by convnext_fast/build.py).
+"""Tests specific to the compiled extension (csrc/, compiled by convnext_fast/build.py).
 
 The shared parity suites cover the ``cpu`` backend through the ``kernel_backend`` fixture; here:
 the build itself (CPU part when a compiler is there, CUDA part when it was requested), ``python -m

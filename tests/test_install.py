@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import convnext_fast
 from convnext_fast import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,9 +71,37 @@ def test_build_command_help():
     assert out.returncode == 0 and "--cuda" in out.stdout
 
 
-def test_sources_ship_inside_the_package():
-    csrc = Path(convnext_fast.__file__).parent / "csrc"
-    assert (csrc / "ext.cpp").is_file() and list(csrc.glob("*.cu"))
+# Run from a directory outside the checkout, so that the checkout's own top-level folders are not on
+# sys.path: what it prints is what the installed package provides.
+LAYOUT_PROBE = """
+import importlib.util, sys
+import convnext_fast.kernels.launchers as launchers
+from convnext_fast import build
+print(launchers.__file__)
+print(build.CSRC)
+print(sorted(p.name for p in build.CSRC.iterdir() if p.suffix in build.SOURCE_SUFFIXES))
+print(importlib.util.find_spec("kernels"), importlib.util.find_spec("csrc"))
+"""
+
+
+def _probe_layout(cwd: Path, env: dict) -> list:
+    out = subprocess.run([sys.executable, "-c", LAYOUT_PROBE], cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.splitlines()
+
+
+def test_editable_install_maps_kernels_and_csrc(tmp_path):
+    """The repository's top-level kernels/ and csrc/ are convnext_fast.kernels and convnext_fast.csrc
+    in the installed package, never top-level `kernels` / `csrc` import names."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    launchers, csrc, sources, top_level = _probe_layout(tmp_path, env)
+    if not Path(launchers).resolve().is_relative_to(REPO):
+        pytest.skip(f"convnext_fast is not installed editable from this checkout ({launchers})")
+    assert Path(launchers).resolve() == REPO / "kernels" / "launchers.py"
+    assert Path(csrc).resolve() == REPO / "csrc"
+    assert "'ext.cpp'" in sources and ".cu'" in sources, sources
+    assert top_level == "None None", f"the install provides a top-level kernels/csrc module: {top_level}"
 
 
 @pytest.mark.slow
@@ -87,9 +114,14 @@ def test_non_editable_install_carries_the_tools(tmp_path):
     assert pip.returncode == 0, pip.stderr[-3000:]
     assert (target / "convnext_fast" / "csrc" / "ext.cpp").is_file()
     assert (target / "convnext_fast" / "kernels" / "launchers.py").is_file()
+    assert not (target / "kernels").exists() and not (target / "csrc").exists()
     env = {**os.environ, "PYTHONPATH": str(target)}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    launchers, csrc, sources, top_level = _probe_layout(elsewhere, env)
+    assert launchers.startswith(str(target)) and csrc.startswith(str(target)), (launchers, csrc)
+    assert "'ext.cpp'" in sources and ".cu'" in sources, sources
+    assert top_level == "None None", f"the install provides a top-level kernels/csrc module: {top_level}"
     probe = ("import sys, convnext_fast; print(convnext_fast.__file__); "
              "print(sorted(m for m in sys.modules if m.startswith('convnext_fast.')))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True,
@@ -107,8 +139,9 @@ def test_non_editable_install_carries_the_tools(tmp_path):
 
 @pytest.mark.slow
 def test_first_cpu_call_compiles_the_extension_into_an_empty_cache(tmp_path):
-    """What a fresh `pip install -e .` gives: the first call that needs the cpu backend compiles the
-    extension (one line says so) into the cache, the call is right, and the next process loads it."""
+    """What a fresh `pip install .` gives: the first call that needs the cpu backend compiles the
+    extension from the sources the install shipped (one line says so) into the cache, the call is
+    right, and the next process loads it. (The editable install's build is setup.sh's.)"""
     script = (
         "import torch, convnext_fast as cf\n"
         "from convnext_fast import extension, reference\n"
@@ -118,12 +151,20 @@ def test_first_cpu_call_compiles_the_extension_into_an_empty_cache(tmp_path):
         "assert torch.allclose(y, reference.depthwise_conv2d(x, w), atol=1e-5)\n"
         "print(extension.build_info()['obtained'])\n"
     )
-    env = {**os.environ, "CONVNEXT_FAST_CACHE": str(tmp_path / "cache"), "CONVNEXT_FAST_BUILD_CUDA": "0"}
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                          "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    script = f"import convnext_fast; assert convnext_fast.__file__.startswith({str(target)!r})\n" + script
+    env = {**os.environ, "CONVNEXT_FAST_CACHE": str(tmp_path / "cache"), "CONVNEXT_FAST_BUILD_CUDA": "0",
+           "PYTHONPATH": str(target)}
     env.pop("TRITON_INTERPRET", None)
-    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1200)
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1200,
+                           cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "compiling the extension" in first.stderr
     assert first.stdout.strip().startswith("compiled")
-    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "compiling" not in second.stderr and second.stdout.strip().startswith("cached")

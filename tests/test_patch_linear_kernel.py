@@ -1,4 +1,4 @@
-"""The patch-convolution inference kernel (``convnext_fast/kernels/patch_linear.py``: ConvNeXt's
+"""The patch-convolution inference kernel (``kernels/patch_linear.py``: ConvNeXt's
 stem and downsampling layers, a k x k stride-k conv with an optional LayerNorm over C of its input
 pixels and an optional LayerNorm over O of its outputs) against the float64 evaluation of the same
 math: ``F.layer_norm`` over C on the NHWC view (no affine), ``F.conv2d`` with stride k and the weight

@@ -1,4 +1,4 @@
-"""The CPU kernel of the fused pointwise MLP (convnext_fast/csrc/cpu_mlp.cpp) through its launchers
+"""The CPU kernel of the fused pointwise MLP (csrc/cpu_mlp.cpp) through its launchers
 ``extension.mlp_forward`` / ``extension.mlp_backward``, against ``reference.pointwise_mlp`` in float64.
 
 Token rows are the NHWC view of channels_last (N, C, H, W) tensors, as the op passes them. Covered:

@@ -1,4 +1,4 @@
-"""The Triton kernels of the pointwise MLP (``convnext_fast/kernels/pointwise_mlp.py``) against
+"""The Triton kernels of the pointwise MLP (``kernels/pointwise_mlp.py``) against
 ``reference.pointwise_mlp`` evaluated in float64: the forward (both routes: fused, and the two GEMMs
 with fused epilogues), the saved pre-activation, every gradient of ``mlp_backward`` (saved and
 recomputed h), each optional term absent, rows not a multiple of the row tile, C not a power of

@@ -1,6 +1,6 @@
 """The Triton backend's launchers, one import away (``backend.implementation("triton")``).
 
-Contract (every backend module provides the same functions): see ``convnext_fast/kernels/layout.py``
+Contract (every backend module provides the same functions): see ``kernels/layout.py``
 for the allocation rules and each op module (``convnext_fast/depthwise_conv.py`` ...) for the
 signatures.
 """
