@@ -16,7 +16,7 @@ import torch
 
 from convnext_fast import reference
 from convnext_fast.kernels import block as B
-from numerics import assert_matches_reference
+from convnext_fast.parity import assert_matches_reference
 
 ON_GPU = torch.cuda.is_available()
 DEV = torch.device("cuda" if ON_GPU else "cpu")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import convnext_fast
 from conftest import ON_GPU
 from convnext_fast import reference
-from numerics import assert_matches_reference, lowp_atol
+from convnext_fast.parity import assert_matches_reference, lowp_atol
 
 
 def _make_x(shape, dtype, device, layout):
@@ -142,7 +142,7 @@ def test_low_precision_against_torch(kernel_backend, device, dtype):
         grad_y = torch.randn(shape, device=device).to(dtype)
         ours = _ours(x, w, b, grad_y)
         assert all(t.dtype == dtype for t in ours)
-        # lowp_atol: the interpreter rounds fp32 -> bf16 by truncation (see tests/numerics.py).
+        # lowp_atol: the interpreter rounds fp32 -> bf16 by truncation (see convnext_fast.parity.lowp_atol).
         _check_all(ours, _reference64(x, w, b, grad_y), _torch_lowp(x, w, b, grad_y),
                    atol=lowp_atol(kernel_backend, dtype))
 

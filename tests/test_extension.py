@@ -18,7 +18,7 @@ import torch
 
 import convnext_fast
 from convnext_fast import backend, extension, reference
-from numerics import assert_matches_reference
+from convnext_fast.parity import assert_matches_reference
 
 INFO = extension.build_info()
 CPU_OK = extension.unavailable_reason("cpu") == ""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import convnext_fast
 from convnext_fast import reference
-from numerics import assert_matches_reference, lowp_atol
+from convnext_fast.parity import assert_matches_reference, lowp_atol
 from conftest import ON_GPU
 
 

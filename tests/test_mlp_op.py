@@ -23,7 +23,7 @@ from convnext_fast.backend import BackendUnavailableError, resolve_passes
 from convnext_fast.mlp import mlp_bwd, mlp_fwd
 
 from conftest import DEVICE, ON_GPU
-from numerics import assert_matches_reference, lowp_atol
+from convnext_fast.parity import assert_matches_reference, lowp_atol
 
 OP = "pointwise_mlp"
 TERMS = ("b1", "b2", "gamma", "shortcut", "drop_scale")

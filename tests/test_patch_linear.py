@@ -19,7 +19,7 @@ import convnext_fast
 from convnext_fast.patch_linear import (fold_norm_into_patch_weight, patch_linear, patch_linear_composite,
                                         patch_linear_fwd, patch_weight)
 from conftest import cpu_kernel_unavailable
-from numerics import assert_matches_reference
+from convnext_fast.parity import assert_matches_reference
 
 
 REASON = cpu_kernel_unavailable("patch_linear_forward")

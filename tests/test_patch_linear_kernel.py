@@ -21,7 +21,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from convnext_fast.kernels import patch_linear as P  # noqa: E402
-from numerics import assert_matches_reference, max_abs_err  # noqa: E402
+from convnext_fast.parity import assert_matches_reference, max_abs_err  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
 DEV = torch.device("cuda" if ON_GPU else "cpu")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from convnext_fast import extension, reference
 from conftest import cpu_kernel_unavailable
-from numerics import assert_matches_reference
+from convnext_fast.parity import assert_matches_reference
 
 
 REASON = cpu_kernel_unavailable("mlp_forward")

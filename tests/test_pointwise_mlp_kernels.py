@@ -12,7 +12,7 @@ import torch
 
 from convnext_fast import reference
 from convnext_fast.kernels import pointwise_mlp as P
-from numerics import assert_matches_reference as _assert_matches
+from convnext_fast.parity import assert_matches_reference as _assert_matches
 
 ON_GPU = torch.cuda.is_available()
 DEV = torch.device("cuda" if ON_GPU else "cpu")
@@ -92,7 +92,7 @@ def run_backward(cd, go, rps, h=None):
 
 
 def assert_matches_reference(ours, ref64, lowp=None, **kw):
-    """numerics.assert_matches_reference with every tensor brought to the CPU first."""
+    """convnext_fast.parity.assert_matches_reference with every tensor brought to the CPU first."""
     _assert_matches(ours.cpu(), ref64.cpu(), None if lowp is None else lowp.cpu(), **kw)
 
 

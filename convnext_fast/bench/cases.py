@@ -605,7 +605,7 @@ def check_parity(case: Case, provider: str, device: torch.device, *, batch: int 
     An optimized model runs in the dtype itself (no autocast): PyTorch's own error for it is timm's
     model cast to that dtype. The resnet50 anchor has no parity (it is not a ConvNeXt).
 
-    Returns a dict: passed, outputs {name: {rel_err, torch_rel_err, max_abs_err, tol}}, error.
+    Returns a dict: passed, outputs {name: :func:`convnext_fast.parity.compare`'s numbers}, error.
     Raises Skip when the provider cannot run here or does not measure the case. Never raises for a
     wrong answer.
     """

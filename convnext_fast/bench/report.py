@@ -526,10 +526,11 @@ def render_markdown(data: dict) -> str:
         verdict = "skipped" if p.get("passed") is None else ("ok" if p["passed"] else "**FAILED**")
         body.append([p["op"], p["mode"], _shape_text(p["shape"]), p["dtype"], p["k"], p["provider"],
                      f"{worst['rel_err']:.2e}" if worst else "-", f"{worst['tol']:.2e}" if worst else "-",
-                     f"{worst['max_abs_err']:.2e}" if worst else "-", verdict,
+                     f"{worst['max_abs_err']:.2e}" if worst else "-",
+                     f"{worst['max_abs_tol']:.2e}" if worst and "max_abs_tol" in worst else "-", verdict,
                      (p.get("error") or "")[:120]])
     out.append(aggregate.markdown_table(["op", "mode", "shape", "dtype", "K", "provider", "rel err (worst)",
-                                         "tol", "max abs err", "result", "error"], body) if body else
+                                         "tol", "max abs err", "max abs tol", "result", "error"], body) if body else
                "No parity checks ran (no kernel provider available here).")
     out.append("")
 
