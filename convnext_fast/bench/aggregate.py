@@ -6,7 +6,8 @@ fabricated data and reused by ``scripts/update_readme_perf.py``.
 A result row (one case x provider) has at least: ``op, mode, shape, dtype, k, group, provider,
 status`` ('ok' | 'skipped' | 'failed' | 'budget'), and when ok ``time_ms`` plus the roofline fields
 (``bytes, gbps, tflops, pct_roofline, pct_bandwidth``), ``img_per_s`` and ``peak_mem_mb`` for the
-model, ``parity`` ('ok' | 'failed' | 'n/a').
+model, ``parity`` ('ok' | 'failed' | 'n/a'), and ``unstable`` (its repetitions stayed spread: shown
+in the tables, left out of every speedup, summary and target, see :func:`usable`).
 
 Two summaries come out of the rows: :func:`measured_summary` (what our providers did against eager
 PyTorch and ``torch.compile`` on the machine that ran, whatever it is) and :func:`evaluate_targets`
@@ -22,7 +23,7 @@ from .roofline import checked_pct
 
 __all__ = [
     "OURS", "OPTIMIZED", "MODEL_OURS", "Target", "TARGETS", "TARGET_DEVICE", "add_speedups", "best_ours", "describe",
-    "evaluate_targets", "fmt",
+    "evaluate_targets", "fmt", "usable",
     "geomean", "row_key", "markdown_table", "measured_summary", "roofline_pct", "summary_markdown",
     "targets_markdown", "targets_section",
 ]
@@ -70,17 +71,23 @@ def geomean(values: Iterable[float]) -> Optional[float]:
     return math.exp(sum(math.log(v) for v in vals) / len(vals))
 
 
+def usable(row: dict) -> bool:
+    """A row that may enter a comparison: measured, and steady (a row marked ``unstable`` is noise)."""
+    return row.get("status") == "ok" and not row.get("unstable")
+
+
 def add_speedups(rows: list[dict]) -> list[dict]:
     """Set ``speedup_vs_eager`` / ``speedup_vs_compile`` on every ok row (in place; returns rows).
 
-    Speedup = baseline time / this row's time, same case key; None where the baseline is missing.
+    Speedup = baseline time / this row's time, same case key; None where the baseline is missing or
+    either row is unstable.
     """
     base: dict = {}
     for r in rows:
-        if r.get("status") == "ok" and r["provider"] in ("torch", "torch_compile"):
+        if usable(r) and r["provider"] in ("torch", "torch_compile"):
             base[(row_key(r), r["provider"])] = r["time_ms"]
     for r in rows:
-        if r.get("status") != "ok":
+        if not usable(r):
             r["speedup_vs_eager"] = r["speedup_vs_compile"] = None
             continue
         k = row_key(r)
@@ -92,13 +99,13 @@ def add_speedups(rows: list[dict]) -> list[dict]:
 
 def best_ours(rows: Sequence[dict], key: tuple, providers: Sequence[str] = OURS) -> Optional[dict]:
     """Our fastest ok row for a case key (over ``providers``, default all of ours), or None."""
-    cands = [r for r in rows if r.get("status") == "ok" and r["provider"] in providers and row_key(r) == key]
+    cands = [r for r in rows if usable(r) and r["provider"] in providers and row_key(r) == key]
     return min(cands, key=lambda r: r["time_ms"]) if cands else None
 
 
 def _find(rows: Sequence[dict], key: tuple, provider: str) -> Optional[dict]:
     for r in rows:
-        if r.get("status") == "ok" and r["provider"] == provider and row_key(r) == key:
+        if usable(r) and r["provider"] == provider and row_key(r) == key:
             return r
     return None
 
@@ -312,7 +319,7 @@ def measured_summary(rows: list[dict]) -> list[dict]:
     add_speedups(rows)
     groups: dict = {}
     for r in rows:
-        if r.get("status") != "ok" or r["provider"] not in OURS:
+        if not usable(r) or r["provider"] not in OURS:
             continue
         if r.get("group", "standard") == "standard" and r["op"] != "model" and int(r.get("k", 7)) != 7:
             continue

@@ -39,7 +39,7 @@ import torch
 
 from . import aggregate, cases as C, deps, roofline
 from .env import bench_device, environment
-from .timing import measure
+from .timing import SPREAD_LIMIT, measure, measure_steady
 
 __all__ = ["main", "make_figures", "measure_ceilings", "render_markdown", "roofline_ceilings", "write_plots"]
 
@@ -225,6 +225,13 @@ def _parity_plan(cases: Sequence[C.Case], device: torch.device) -> list[C.Case]:
     return plan
 
 
+def _load_average() -> Optional[list[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not every platform has one
+        return None
+
+
 def run(args: argparse.Namespace) -> dict:
     """Parity, ceilings, timings; returns the results.json structure."""
     t_start = time.perf_counter()
@@ -233,6 +240,10 @@ def run(args: argparse.Namespace) -> dict:
         # timm's training scripts turn this on; PyTorch's best setup is the fair baseline.
         torch.backends.cudnn.benchmark = True
     env = environment()
+    # Timings from a loaded machine spread; the load at the start says how busy it was.
+    env["load_average"] = _load_average()
+    print(f"load average at start (1, 5, 15 min): {env['load_average'] or 'unknown'} on "
+          f"{os.cpu_count()} logical CPUs", flush=True)
     providers = args.providers.split(",") if args.providers else _default_providers(device, args.quick)
     cases = C.standard_cases(device.type, quick=args.quick, stages=_stage_numbers(args.stages))
     if args.only:
@@ -373,7 +384,7 @@ def run(args: argparse.Namespace) -> dict:
             try:
                 prep = C.prepare(case, p, device, compile_mode=args.compile_mode)
                 peak, case_notes = prep.peak_mem_mb, prep.notes
-                t = measure(prep.fn, device, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
+                t = measure_steady(prep.fn, device, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
                             min_reps=5 if device.type == "cuda" else 3,
                             cuda_graph=args.cuda_graphs and case.mode in ("fwd", "infer"),
                             max_total_s=2.0)
@@ -394,7 +405,7 @@ def run(args: argparse.Namespace) -> dict:
             work = (roofline.resnet50_work(case.shape[0], case.dtype, case.mode, int(case.shape[2])) if p in C.ANCHORS
                     else roofline.op_work(case.op, case.shape, case.k, case.dtype, case.mode))
             row.update(status="ok", time_ms=t.median_ms, time_p20_ms=t.p20_ms, time_p80_ms=t.p80_ms, reps=t.reps,
-                       cuda_graph=t.cuda_graph, host_ms=t.host_ms, setup_s=round(seen_cost[(case.op, case.mode, p)], 2))
+                       spread=round(t.spread, 3), attempts=t.attempts, unstable=t.unstable, cuda_graph=t.cuda_graph, host_ms=t.host_ms, setup_s=round(seen_cost[(case.op, case.mode, p)], 2))
             row.update(roofline.roofline(work, t.median_ms, ceilings, case.dtype))
             if case.op == "model":
                 row["img_per_s"] = case.shape[0] / (t.median_ms / 1e3)
@@ -451,6 +462,8 @@ def _row_note(row: dict, with_roofline: bool = True) -> str:
     notes = []
     if row.get("parity") == "failed":
         notes.append("PARITY FAILED")
+    if row.get("unstable"):
+        notes.append(f"unstable (p80/p20 {row['spread']:.2f} after {row['attempts']} tries): not summarized")
     host = row.get("host_ms")
     if host is not None and row.get("time_ms") and host >= HOST_BOUND_FRACTION * row["time_ms"]:
         notes.append("host-bound")
@@ -480,6 +493,10 @@ def render_markdown(data: dict) -> str:
                f"timm {m.get('timm')}, Python {m.get('python')}, convnext_fast {m.get('convnext_fast')} "
                f"(commit {m.get('git_commit')}). Run took {m.get('elapsed_s')} s"
                f"{' (--quick)' if m.get('quick') else ''}; torch.compile mode `{m.get('compile_mode')}`.")
+    if m.get("load_average"):
+        out.append(f"Load average at the start (1, 5, 15 min): {', '.join(str(v) for v in m['load_average'])}. "
+                   f"A row whose p80 / p20 stayed above {SPREAD_LIMIT:.2f} after two retries is marked "
+                   "unstable and left out of every summary and target.")
     out.append("")
     gb = ceil.get("copy_gbps")
     mm = ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in (ceil.get("matmul_tflops") or {}).items())
@@ -571,7 +588,8 @@ def render_markdown(data: dict) -> str:
     out.append(aggregate.markdown_table(
         ["mode", "batch", "dtype", "provider", "time ms", "img/s", "peak MiB", "x eager", "x compile", "% roofline"],
         [[r["mode"], r["shape"][0], dtype_text(r), r["provider"],
-          f"{r['time_ms']:.1f}" if r["time_ms"] >= 1 else f"{r['time_ms']:.3f}", f"{r['img_per_s']:.0f}",
+          (f"{r['time_ms']:.1f}" if r["time_ms"] >= 1 else f"{r['time_ms']:.3f}") + (" (unstable)" if r.get("unstable")
+                                                                                   else ""), f"{r['img_per_s']:.0f}",
           aggregate.fmt(r.get("peak_mem_mb")), aggregate.fmt(r.get("speedup_vs_eager"), "x"),
           aggregate.fmt(r.get("speedup_vs_compile"), "x"), pct(r)] for r in model]) if model else "Not measured.")
     out.append("")

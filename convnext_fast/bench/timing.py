@@ -8,21 +8,28 @@
 * CPU: ``time.perf_counter`` around each call, median.
 
 The caller warms up (and compiles) *before* handing ``fn`` over; ``measure`` warms up again by time.
+
+A busy machine shows up as spread: on a loaded CPU, calls land on multiples of the scheduler's tick
+and a neighbour's burst slows a few of them. ``measure_steady`` retries a measurement whose p80 / p20
+exceeds :data:`SPREAD_LIMIT` and marks it ``unstable`` when it stays spread; the report shows such a
+row but leaves it out of every summary and target.
 """
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
 
-__all__ = ["Timing", "measure"]
+__all__ = ["SPREAD_LIMIT", "Timing", "measure", "measure_steady"]
 
 _L2_FLUSH_BYTES = 256 * 2**20
 _HOST_REPS = 20  # calls timed on the host clock alone (GPU), for Timing.host_ms
 _flush_buffers: dict = {}
+#: A measurement whose 80th / 20th percentile ratio exceeds this is retried, then marked unstable.
+SPREAD_LIMIT = 1.10
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,16 @@ class Timing:
     # no synchronization inside). When it is close to or above median_ms the call is host-bound:
     # at this size the GPU waits for the launches, and the time measured includes that wait.
     host_ms: Optional[float] = None
+    attempts: int = 1  # measurements made (measure_steady retries a spread one)
+
+    @property
+    def spread(self) -> float:
+        """p80 / p20: 1.0 for a perfectly steady call."""
+        return self.p80_ms / self.p20_ms if self.p20_ms > 0 else float("inf")
+
+    @property
+    def unstable(self) -> bool:
+        return self.spread > SPREAD_LIMIT
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -154,3 +171,19 @@ def measure(fn: Callable[[], object], device: torch.device, *, warmup_ms: float 
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return _summary(times)
+
+
+def measure_steady(fn: Callable[[], object], device: torch.device, *, retries: int = 2,
+                   measure_fn: Callable[..., Timing] = measure, **kwargs) -> Timing:
+    """:func:`measure`, retried at most ``retries`` times while its p80 / p20 exceeds
+    :data:`SPREAD_LIMIT`. Returns the steadiest attempt (``attempts`` says how many were made; its
+    ``unstable`` is true when even that one is spread). ``kwargs`` go to ``measure_fn``."""
+    best: Optional[Timing] = None
+    for attempt in range(1, retries + 2):
+        t = measure_fn(fn, device, **kwargs)
+        if best is None or t.spread < best.spread:
+            best = t
+        if not t.unstable:
+            break
+    assert best is not None
+    return replace(best, attempts=attempt)
