@@ -91,7 +91,7 @@ def all_configs() -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities (90 = H100)")
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities (90 = Hopper, 80 = Ampere)")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     parser.add_argument("--mix", action="store_true",
                         help="also the hot loop's instruction mix (loop instructions, FFMA share, MOV, memory, "

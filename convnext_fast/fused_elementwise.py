@@ -37,10 +37,9 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     On the CPU, in inference (see :func:`_cpu_inference_in_place`), the bias and GELU are applied
     in place to the GEMM's output instead: CPU ``addmm`` first copies the bias into a fresh output
     (one more pass), and every fresh tensor above glibc's 32 MB mmap threshold (ConvNeXt-T stage 1
-    at batch 8: 25088 x 384 fp32 = 38.5 MB) is page-faulted in again on every call. On the 2-core
-    dev machine at that shape: linear 17.5 ms + GELU 11.4 ms before, matmul 14.4 ms + in-place
-    bias and GELU after. Same operations in the same order per element, so the same values up to
-    the GEMM's last-bit rounding of ``dot + bias``.
+    at batch 8: 25088 x 384 fp32 = 38.5 MB) is page-faulted in again on every call (the times are in
+    docs/performance.md, "Kernel constants"). Same operations in the same order per element, so the
+    same values up to the GEMM's last-bit rounding of ``dot + bias``.
 
     Args:
         x: (..., C_in), channels last.

@@ -1,4 +1,4 @@
-"""The ConvNeXt family on the fused ops: :class:`ConvNeXtBlock`, :class:`ConvNeXt` and factories.
+"""The ConvNeXt family on the fused ops: :class:`ConvNeXtBlock`, :class:`ConvNeXt`.
 
 * ConvNeXt: Liu et al., "A ConvNet for the 2020s", CVPR 2022 (facebookresearch/ConvNeXt).
 * ConvNeXt V2: Woo et al., "ConvNeXt V2: Co-designing and Scaling ConvNets with Masked
@@ -12,10 +12,12 @@ the official and torchvision layouts onto it. With ``conv_mlp=True`` (timm's sma
 weights are stored as 1x1 convolutions, exactly as timm stores them; the computation is the same
 either way (a Linear on the channels-last view).
 
-The network runs channels_last throughout: the block's first half is the fused
-``dwconv_layer_norm`` op, its MLP runs as ``nn.Linear`` on the free NHWC view
-``x.permute(0, 2, 3, 1)``, and bias + GELU and layer scale + residual each take one pass
-(``convnext_fast.fused_elementwise``).
+The network runs channels_last throughout. A block is two ops: the fused ``dwconv_layer_norm``,
+then the fused ``pointwise_mlp`` (fc1, exact GELU, [GRN], fc2, layer scale, stochastic depth and
+the residual add, on the free NHWC view ``x.permute(0, 2, 3, 1)``). Where the backend has no MLP
+kernel, the MLP half runs PyTorch's GEMMs with bias + GELU and layer scale + residual as one pass
+each (``convnext_fast.fused_elementwise``). The registry and the factories are in
+:mod:`convnext_fast.pretrained`; this module re-exports them.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The instruction mix of a kernel's hot loop, read from its SASS: what a GPU will issue, seen without one.
 
-A depthwise convolution in bf16 with fp32 accumulation is bound by the fp32 FMA rate on an H100,
+A depthwise convolution in bf16 with fp32 accumulation is bound by the fp32 FMA rate on a Hopper GPU,
 not by memory (``convnext_fast/bench/roofline.py``), and every SM sub-partition issues one warp
 instruction per clock: each instruction that is not an FFMA (a load, a bf16 -> fp32 conversion, an
 address or mask computation, a register move) takes an issue slot from the FMAs. The FFMA share of

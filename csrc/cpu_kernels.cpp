@@ -676,9 +676,8 @@ const RowOps<double>& row_ops<double>() {
 // ---------------------------------------------------------------------------------- bf16 rows
 
 // Whole bf16 rows converted with the vector primitives above (the channel-blocked load is
-// load_blocked_impl's). Element by element these conversions, with the channel-blocked index
-// math, took 60% of the bf16 conv on the dev machine (2.3 ms at stage 1, batch 8, against
-// PyTorch's 1.56 ms).
+// load_blocked_impl's). Element by element, these conversions with the channel-blocked index math
+// took most of the bf16 conv's time.
 
 // load_row for bf16: W pixels x C channels -> fp32 rows of stride Cp.
 template <int V>
@@ -1111,9 +1110,8 @@ void dwconv_wgrad(const S* gy, const T* x, const Shape& s, int64_t Cp, T* gw, T*
   const int64_t K = s.K, Kp = round_up(K, kKB);
   const int64_t stride = K * Kp * Cp + Cp;  // per block: taps, then the bias partial
   // At most 16 blocks: the weight gradient's partial rows are wide (K * round_up(K, 8) + 1 floats per
-  // channel), and zeroing and summing them grows with the block count. Measured on the 2-core dev
-  // machine, fp32 batch 8: conv backward 0.92 -> 0.62 ms at 14x14 and 0.65 -> 0.52 ms at 7x7 with 16
-  // instead of up to 64 blocks. The price: this pass uses at most 16 threads.
+  // channel), and zeroing and summing them grows with the block count: at the late stages that
+  // cost outweighs more parallelism. The price: this pass uses at most 16 threads.
   const Blocks blk = make_blocks(s.N * s.H, stride, s.W * Cp * K * K, /*max_blocks=*/16);
   // The partial rows (at most 16 MB, see make_blocks) live in the calling thread's scratch slot 4:
   // reused across calls instead of fresh, page-faulted memory each time; zeroed here.

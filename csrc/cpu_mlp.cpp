@@ -17,9 +17,9 @@
 // fp32 accumulate/out), which multiplies row-major A (M x K) by row-major B (K x N). Taking the
 // weights as A (as nn.Linear stores them) and the transposed token tiles as B, no weight is ever
 // copied: at batch 1 a transposed copy of every weight on every call would move more memory than
-// the GEMMs read. The transposes are of the small, cache-resident token tiles instead. On a
-// 2-core AVX-512 CPU (Zen 4) brgemm ran the per-block GEMMs about 2x faster than at::mm on the
-// same tiles (MKL's sgemm, which is also what F.linear runs). Wide layers (Hd > kMaxChunk) are
+// the GEMMs read. The transposes are of the small, cache-resident token tiles instead. brgemm runs
+// these per-block GEMMs about 2x faster than at::mm on the same tiles (MKL's sgemm, which is also
+// what F.linear runs; docs/performance.md, "Kernel constants"). Wide layers (Hd > kMaxChunk) are
 // split into hidden chunks of J rows of w1 (flash-attention's loop over key blocks): fc2
 // accumulates the chunks into out.T with brgemm's add_C, so the tile stays J x R whatever the width.
 // bfloat16: brgemm's bf16 path needs VNNI-packed B, which this oneDNN does not offer without AMX
@@ -70,15 +70,15 @@ using at::Tensor;
 using OptTensor = c10::optional<Tensor>;
 using namespace simd;
 
-// Hidden tile budget per thread: R x J fp32 values (L2 is 1 MiB per core on AMD Zen 4; the
-// weight panels and the output rows share it).
+// Hidden tile budget per thread: R x J fp32 values (a quarter of a 1 MiB per-core L2; the weight
+// panels and the output rows share it).
 constexpr int64_t kTileBytes = 256 * 1024;
 // Hidden chunking (fp32). brgemm is a micro-kernel: it does no cache blocking of its own and
 // re-reads its operands for every few rows of the weight panel (J x C of w1, C x J of w2), so each
 // call's panel and token tile must stay in L2: up to Hd = kMaxChunk the layer runs unchunked
 // (ConvNeXt-T stages 1-2, panels of 144 / 576 KiB), wider ones in chunks of J hidden units with
-// C * J floats <= kPanelBytes (stage 3: J = 256, stage 4: 128). Measured on a 2-core AVX-512 Zen 4
-// CPU (1 thread, batch 8): stage 4 took 69 ms unchunked, 39 ms with J = 128.
+// C * J floats <= kPanelBytes (stage 3: J = 256, stage 4: 128): unchunked, stage 4's panels
+// overflow L2 and the layer runs at about half the speed.
 constexpr int64_t kMaxChunk = 768;
 constexpr int64_t kPanelBytes = 384 * 1024;
 constexpr int64_t kMinRows = 32, kMaxRows = 256;

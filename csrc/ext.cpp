@@ -4,7 +4,7 @@
 // Contract with convnext_fast/extension.py: activations arrive as dense channels_last (N, C, H, W)
 // tensors, depthwise weights as contiguous (C, 1, K, K), vectors as (C,), mean/rstd as contiguous
 // (N, H, W) in float32 (float64 for float64 inputs); outputs are allocated by the caller (exactly as
-// convnext_fast.layout allocates them) and filled here.
+// convnext_fast.kernels.layout allocates them) and filled here.
 #include <torch/extension.h>
 
 #include <string>

@@ -9,7 +9,7 @@ ConvNeXt (Liu et al., "A ConvNet for the 2020s", CVPR 2022) computes per block, 
 
 with the LayerNorm affine folded into fc1 (W1', b1') and the layer scale into fc2 (W2', b2'), as
 ``convnext_fast.inference.optimize_for_inference`` does. At stages 1-2 the block is memory-bound
-unless the 4C hidden activation stays on chip (DESIGN.md, "The MLP half"); here neither the conv
+unless the 4C hidden activation stays on chip (``pointwise_mlp.py``'s docstring); here neither the conv
 output, the normalized activation nor the hidden activation reaches memory: the block reads x
 (its K*K shifted windows from L1/L2) and the weights, and writes out, once.
 
@@ -66,7 +66,8 @@ __all__ = ["block_forward", "dw_taps", "aot_configs", "MAX_C", "MAX_K"]
 
 # Widest block served: stages 1-2 of every ConvNeXt (40 .. 256). At C = 256 the [BLOCK_M, C] fp32
 # MLP accumulator takes all 255 registers of a thread at BLOCK_M 128 (see _config); from C = 384
-# the block is compute-bound (DESIGN.md) and the two fused ops (fc1 / fc2 GEMMs) serve it.
+# the block is compute-bound (its GEMMs outweigh its bytes) and the two fused ops (fc1 / fc2 GEMMs)
+# serve it.
 MAX_C = 256
 # Largest depthwise kernel: the conv's K*K taps are unrolled K at a time.
 MAX_K = 7

@@ -10,7 +10,7 @@ channels] with channels innermost, so on channels_last (NHWC) memory each thread
 bytes of channels. Any strides are accepted (a stride of 0 too: the expanded gradient of
 ``y.sum()``); the launchers copy an input whose channel stride is neither 1 nor 0 to channels_last
 first, because channel-innermost tiles over NCHW memory would touch one 32-byte sector per element.
-Outputs are channels_last (``convnext_fast.layout.empty_channels_last``).
+Outputs are channels_last (``layout.empty_channels_last``).
 
 NaN / Inf weights: the conv multiplies the zero padding like the real pixels, as float64
 ``F.conv2d`` does (0 * NaN = 0 * Inf = NaN), so an output whose window puts a NaN or Inf tap over the
@@ -42,7 +42,7 @@ Kernels:
   grad_w (C, 1, K, K) and grad_b (C,). No atomics anywhere: two backward passes give bitwise-equal
   weight gradients.
 
-Launcher contract (``convnext_fast/ops.py``): ``dwconv_forward(x, w, b) -> y`` and
+Launcher contract (``kernels/launchers.py``): ``dwconv_forward(x, w, b) -> y`` and
 ``dwconv_backward(gy, x, w) -> (gx, gw, gb)``.
 """
 from __future__ import annotations
@@ -60,8 +60,8 @@ from .joined_sums import joined_sums, slot8
 
 __all__ = ["dwconv_forward", "dwconv_backward", "aot_configs"]
 
-# Programs to aim for in the weight-gradient pass: enough to fill an H100 (132 SMs, several 2-warp
-# programs each) while keeping the partials buffer small. A fixed number, not a device query, so
+# Programs to aim for in the weight-gradient pass: enough to fill a large GPU (130+ SMs, several
+# 2-warp programs each) while keeping the partials buffer small. A fixed number, not a device query, so
 # the reduction order (and the result bits) depend only on the shapes.
 _WGRAD_TARGET_PROGRAMS = 1024
 # Forward programs to aim for: a program takes a whole image column (no halo rows read twice)

@@ -59,9 +59,9 @@ __all__ = ["dwconv_ln_forward", "dwconv_ln_backward", "aot_configs"]
 # Elements of the fp32 conv accumulator tile (BLOCK_W * BLOCK_C) for 16-bit input, 4 warps. The
 # forward keeps one accumulator plus the in-flight tap loads: 4096 for narrow layers (C <= 256:
 # many pixels per program, so neighbouring taps hit L1), 1024 for wide ones; the backward also holds
-# the incoming gradient and zhat: 2048, 1024 from C > 512. Measured on an H100 at ConvNeXt-T shapes
-# (bf16, batch 128) against 512..4096 and 8 warps: fastest or within ~10%, and the wide tiles are
-# the largest that compiled without spills for both sm_90 and sm_80.
+# the incoming gradient and zhat: 2048, 1024 from C > 512. Timed against 512..4096 and 8 warps at
+# ConvNeXt-T shapes (docs/performance.md, "Kernel constants"); the wide tiles are the largest that
+# compile without spills for both sm_90 and sm_80.
 TILE_FWD = 4096
 TILE_FWD_WIDE = 1024
 TILE_BWD = 2048
@@ -497,15 +497,12 @@ def _dwconv_ln_bwd_kernel(
 
 
 # Channel-chunked configurations (C > the largest register tile), (BLOCK_W, BLOCK_C, num_warps) by
-# (pass, element size). Picked from a sweep of AOT compiles for sm_90 and sm_80 (with and without
-# the JIT's divisibility marks): ptxas spilled a word or two at several neighbouring shapes
-# even at 72-96 registers, these were clean in all four builds. The backward entries were re-picked
-# twice (2026-11-22) when the code around them changed: ptxas's register choice flips with
-# instruction order. ("fwd", 2) moved from (1, 1024, 4) to (1, 512, 4) (2026-11-23): Triton 3.6
-# (the GPU machine's) spilled 8 B on sm_80 at 72 registers where 3.8 did not; (1, 512, 4) has
-# 54-64 registers and no spill with either. tests/test_aot_compile.py fails on any spill; then
-# AOT-compile the neighbours (BLOCK_W 1-4, BLOCK_C 256-1024, 4 or 8 warps) for sm_90 and sm_80,
-# with every Triton version in use, and take a clean one.
+# (pass, element size). Each is one that compiles without spills for sm_90 and sm_80, with and
+# without the JIT's divisibility marks, under every supported Triton version: ptxas spills a word
+# or two at several neighbouring shapes, and its register choice flips with instruction order, so
+# a change to the kernels can make an entry spill. tests/test_aot_compile.py fails on any spill;
+# then AOT-compile the neighbours (BLOCK_W 1-4, BLOCK_C 256-1024, 4 or 8 warps) for sm_90 and
+# sm_80 with each supported Triton and take a clean one.
 CHUNKED_BLOCKS = {
     ("fwd", 2): (1, 512, 4), ("fwd", 4): (2, 512, 4), ("fwd", 8): (1, 512, 4),
     ("bwd", 2): (1, 1024, 8), ("bwd", 4): (2, 512, 8), ("bwd", 8): (1, 512, 4),

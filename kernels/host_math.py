@@ -1,10 +1,9 @@
 """Integer helpers for the launchers' host code: grid sizes and block shapes.
 
 ``triton.cdiv`` and ``triton.next_power_of_2`` are ``ConstexprFunction`` objects since Triton 3.6:
-every call from Python unwraps its arguments as constexprs and costs 1-2 us on the dev machine,
-and a launcher makes up to a dozen such calls per launch (``host_profile.txt`` of the 2026-11-23
-H100 report: ~50 us of a depthwise forward's profiled host time). These are the same functions in
-plain Python. Inside ``@triton.jit`` code keep ``tl.cdiv``.
+every call from Python unwraps its arguments as constexprs and costs microseconds, and a launcher
+makes up to a dozen such calls per launch, a visible share of a small call's host time. These are
+the same functions in plain Python. Inside ``@triton.jit`` code keep ``tl.cdiv``.
 """
 
 

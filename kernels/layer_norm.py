@@ -40,15 +40,15 @@ __all__ = ["layer_norm_forward", "layer_norm_backward", "aot_configs"]
 MAX_BLOCK_C = 1024
 MAX_BLOCK_C_FP64 = 512
 # Elements per register tile (BLOCK_P * BLOCK_C), 4 warps: 32 (forward) / 16 (backward, which
-# holds x, grad_y and intermediates) values per thread. Measured on an H100 at ConvNeXt-T shapes
-# (bf16, batch 128) against 2048 / 8192 and 8 warps: these were the fastest or within a few %.
+# holds x, grad_y and intermediates) values per thread: the fastest, or within a few %, of the tiles
+# timed at ConvNeXt-T shapes (docs/performance.md, "Kernel constants").
 TILE_FWD = 4096
 TILE_BWD = 2048
 NUM_WARPS = 4
 # Programs of a backward kernel (= rows of its fp32 partial gradient buffer): about 8 resident
-# programs per SM on a 132-SM H100. Fixed, so the summation order, and the bits of the result, do
-# not depend on the GPU the code runs on. Measured on an H100: raising it to ~5000 for C = 96 made
-# the backward slower, because the fixed-order reduction over the rows then dominates.
+# programs per SM on a large GPU (130+ SMs). Fixed, so the summation order, and the bits of the
+# result, do not depend on the GPU the code runs on. Many more programs make the backward slower:
+# the fixed-order reduction over the rows then dominates.
 MAX_PARTIALS = 1024
 # Rows of the partial buffer summed per step of the reduction kernel (one [64, 64] tile).
 REDUCE_BLOCK_G = 64

@@ -2,7 +2,7 @@
 
 torch.compile needs the fake implementation of an op to report exactly the strides the real
 one returns. Every backend therefore allocates its outputs through these helpers, and so do the
-fakes in ``ops.py``: one rule, one place.
+fake implementations of each op's module (``convnext_fast/<op>.py``): one rule, one place.
 """
 from __future__ import annotations
 

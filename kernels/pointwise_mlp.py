@@ -4,7 +4,7 @@ stochastic depth -> residual, on token rows.
 ConvNeXt (Liu et al., "A ConvNet for the 2020s", CVPR 2022, section 2.4) ends every block with an
 inverted bottleneck of two Linear layers over channels (C -> 4C -> C) on the channels_last view of
 the activation. Per token that is 16*C^2 FLOPs against ~6*C bytes of input and output (x,
-shortcut, out in 16-bit): an H100's ridge is ~300 FLOP/B, so the 4C hidden vector decides the
+shortcut, out in 16-bit): a Hopper GPU's ridge is ~300 FLOP/B, so the 4C hidden vector decides the
 narrow stages (C = 96: 768 B of hidden activation per token, written and read back by an unfused
 pipeline) and GEMM efficiency the wide ones (C >= 384). On rows x (M, C) of contiguous channels:
 
@@ -82,7 +82,7 @@ FUSED_MAX_C = 256
 # Output columns per fused program: the fp32 accumulator [BLOCK_M, BLOCK_N] lives in registers;
 # with 256 columns every tried sm_90 configuration spilled.
 FUSED_MAX_BLOCK_N = 128
-# Programs to aim for in the weight-gradient split over rows: about two waves of a 132-SM H100.
+# Programs to aim for in the weight-gradient split over rows: about two waves of a 132-SM GPU.
 # A constant, not a device query, so the split (and the bits of the result) depends on the shape only.
 _WGRAD_TARGET_PROGRAMS = 264
 _MIN_DOT = 16  # tl.dot needs every dimension >= 16
@@ -386,7 +386,7 @@ def _fwd_config(c: int, hd: int, dtype: torch.dtype, small_smem: bool = False) -
     256 (two output slices of 128), BLOCK_M 128 takes 166 registers and 120 KB, BLOCK_M 64 (small
     shared memory GPUs) 105 registers and 84 KB: BLOCK_M 128 halves the L2 traffic of re-reading
     the weights (w1 and a w2 slice, ~590 KB per row tile at C = 192). fp32 (exact fma dots, a
-    correctness path) uses BLOCK_M 64. The GEMM tiles are the Triton matmul tutorial's H100
+    correctness path) uses BLOCK_M 64. The GEMM tiles are the Triton matmul tutorial's Hopper
     choice, 128 x 128 x 64 with 8 warps and 3 stages (96 KB of shared memory: fits every sm_80+),
     32-wide K steps for fp32.
     """

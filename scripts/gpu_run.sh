@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU job in one command: install + build, environment info, the test suite on CUDA, the
 # benchmark report. Writes everything to OUTDIR. Works offline against the torch/triton already
-# installed, on a machine that starts with nothing built, within a ten-minute budget by default.
+# installed, on a machine that starts with nothing built, within the wall-time budget TOTAL_S.
 #
 #   scripts/gpu_run.sh OUTDIR
 #
@@ -47,13 +47,13 @@
 # Environment knobs (all optional):
 #   STEPS            steps to run, in order (default "build info testfiles"; also "tests" (the suite in
 #                    one process, junit.xml), "host", "bench", "pybench", "tune", "mlp", "latency",
-#                    "verify"). On a bare machine the test files one after another took ~7 minutes
-#                    (Triton compiles every kernel variant first; `testfiles` now runs TEST_JOBS of
-#                    them at once), so the benchmark gets a call of its own: STEPS="build host bench"
+#                    "verify"). On a bare machine the test files take minutes (Triton compiles every
+#                    kernel variant first; `testfiles` runs TEST_JOBS of them at once), so the
+#                    benchmark gets a call of its own: STEPS="build host bench"
 #   TEST_FILES, FILE_TIMEOUT_S  order of the test files and the cap on each (default 460 s), for `testfiles`
-#   TEST_JOBS        test files run at once by `testfiles` (default 8: on 2026-11-23, 6 at once, the
-#                    longest file, test_aot_compile, took 420 s, the others 230-370 s)
-#   TOTAL_S          wall-time budget for the whole script (default 570: the tool stops at 600)
+#   TEST_JOBS        test files run at once by `testfiles` (default 8; the longest file,
+#                    test_aot_compile, takes several minutes, so it starts first)
+#   TOTAL_S          wall-time budget for the whole script in seconds (default 570)
 #   BUILD_TIMEOUT_S  cap on the build step (default 240)
 #   TESTS_TIMEOUT_S  cap on the test step (default 200)
 #   PYTEST_ARGS      test-suite options (default "-q -rf --maxfail=25": every failure listed, up to 25)
@@ -175,7 +175,7 @@ step_testfiles() {
     # with tracebacks go to tests_by_file.txt, in TEST_FILES order.
     local f cap i=0 n=0 worst=0 files="${TEST_FILES:-}" jobs="${TEST_JOBS:-8}"
     if [ -z "$files" ]; then
-        # test_aot_compile first: the longest file (420 s on 2026-11-23), so it must start at once
+        # test_aot_compile first: the longest file, so it must start at once
         local first="tests/test_aot_compile.py tests/test_depthwise_conv.py tests/test_dwconv_layer_norm.py tests/test_layer_norm.py
                      tests/test_api.py tests/test_extension.py tests/test_models.py tests/test_training.py"
         for f in $first; do [ -f "$f" ] && files="$files $f"; done

@@ -167,9 +167,9 @@ def _estimated_cost_s(case: C.Case, provider: str, device: torch.device, seen: d
     """A guess at one measurement's wall time (compile included), to skip what cannot fit."""
     observed = seen.get((case.op, case.mode, provider))
     if provider in C.COMPILED:
-        # H100, 2026-11-23: compiling and timing convnext_tiny under torch.compile took 22-37 s (train)
-        # and 11-14 s (infer); the guesses leave room for a cold compile cache without skipping what
-        # would have fitted.
+        # Compiling and timing convnext_tiny under torch.compile takes tens of seconds on a GPU
+        # (docs/performance.md, "Kernel constants"); the guesses leave room for a cold compile cache
+        # without skipping what would have fitted.
         guess = {"model": 90.0 if case.mode == "train" else 45.0, "block": 20.0}.get(case.op, 8.0)
         if device.type != "cuda":
             guess *= 3

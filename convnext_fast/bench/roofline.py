@@ -3,7 +3,7 @@
 Pure functions (no timing, no device): the report and the pytest suite both use them, and
 ``tests/test_bench_report.py`` checks them by hand-computed numbers.
 
-Conventions (METHOD.md, "two numbers first"):
+Conventions:
 
 * bytes: every input read once + every output written once, at the dtype's element size. The
   hidden activations of the MLP (in the ``mlp`` op and the block), the LayerNorm statistics and the

@@ -1,7 +1,7 @@
-"""Timing that is fair to every provider (METHOD.md, DESIGN.md "Benchmarks").
+"""Timing that is fair to every provider: synchronized, warmed up, medians with their spread.
 
-* GPU: CUDA events around each call, a 256 MB L2 flush between calls (H100's L2 is 50 MB, so every
-  call reads its inputs from HBM, as it would inside a real network), warm-up first, the median of
+* GPU: CUDA events around each call, a 256 MB L2 flush between calls (larger than any current GPU's
+  L2, so every call reads its inputs from HBM, as it would inside a real network), warm-up first, the median of
   many calls. Optionally the call is captured in a CUDA graph and the graph replayed, which removes
   launch gaps for small batches. The host time to issue one call is measured too (``host_ms``),
   to tell a slow kernel from a call the GPU spends waiting for Python and launches.
