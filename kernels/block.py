@@ -60,7 +60,7 @@ import triton.language as tl
 
 from .host_math import cdiv, next_power_of_2
 from .layout import device_guard, empty_channels_last
-from .pointwise_mlp import _TRITON_DTYPE, _dot_precision, _gelu
+from .pointwise_mlp import _TRITON_DTYPE, _dot_precision, _gelu_fc2, _residual_epilogue
 
 __all__ = ["block_forward", "dw_taps", "aot_configs", "MAX_C", "MAX_K"]
 
@@ -194,19 +194,12 @@ def _block_fwd_kernel(
             h = tl.dot(us[ci], w1, h, input_precision=DOT_PRECISION)
         if HAS_B1:
             h += tl.load(b1_ptr + hid, mask=hmask, other=0.0).to(tl.float32)[None, :]
-        a = _gelu(h).to(x_ptr.dtype.element_ty)
-        # w2 chunk as [BLOCK_H, BLOCK_N] (= W2'[cols, hid]^T); padded hidden units have zero rows.
-        w2 = tl.load(w2_ptr + cols[None, :] * HD + hid[:, None], mask=hmask[:, None] & cmask[None, :], other=0.0)
-        acc = tl.dot(a, w2, acc, input_precision=DOT_PRECISION)
+        acc = _gelu_fc2(h, hid, hmask, cols, cmask, w2_ptr, HD, acc, x_ptr.dtype.element_ty, DOT_PRECISION)
 
-    # ---- epilogue: + b2', + x (the residual), one rounding
-    y = acc
-    if HAS_B2:
-        y += tl.load(b2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    mask = pmask[:, None] & cmask[None, :]
-    offs = pix64[:, None] * C + cols[None, :]
-    y += tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    # ---- epilogue: + b2', + x (the residual), one rounding: the MLP kernel's, with gamma folded into
+    # fc2 and no stochastic depth (inference), so those pointers are never read.
+    _residual_epilogue(acc, pix, pix64, pmask, cols, cmask, b2_ptr, b2_ptr, x_ptr, b2_ptr, out_ptr, C, 1,
+                       HAS_B2, False, True, False)
 
 
 # --------------------------------------------------------------------------------- configuration

@@ -50,23 +50,23 @@ from .layout import empty_channels_last, stats_dtype, stats_shape
 from .depthwise_conv import dwconv_backward
 from .host_math import cdiv, next_power_of_2
 from .joined_sums import joined_sums, slot8, split8
-from .layer_norm import (_TRITON_DTYPE, MAX_BLOCK_C, MAX_BLOCK_C_FP64, _add_to_partial, _affine,
-                         _chunk_stats, _ln_bwd_chunk, _ln_dx, _mean_div, _tile_stats, divisibility_attrs,
-                         num_partials, reduce_partials)
+from .layer_norm import (_TRITON_DTYPE, MAX_BLOCK_C, MAX_BLOCK_C_FP64, NUM_WARPS, TILE_BWD, TILE_FWD,
+                         _add_to_partial, _affine, _chunk_stats, _ln_bwd_chunk, _ln_dx, _mean_div, _tile_stats,
+                         divisibility_attrs, num_partials, reduce_partials)
 
 __all__ = ["dwconv_ln_forward", "dwconv_ln_backward", "aot_configs"]
 
 # Elements of the fp32 conv accumulator tile (BLOCK_W * BLOCK_C) for 16-bit input, 4 warps. The
-# forward keeps one accumulator plus the in-flight tap loads: 4096 for narrow layers (C <= 256:
-# many pixels per program, so neighbouring taps hit L1), 1024 for wide ones; the backward also holds
-# the incoming gradient and zhat: 2048, 1024 from C > 512. Timed against 512..4096 and 8 warps at
-# ConvNeXt-T shapes (docs/performance.md, "Kernel constants"); the wide tiles are the largest that
-# compile without spills for both sm_90 and sm_80.
-TILE_FWD = 4096
+# forward keeps one accumulator plus the in-flight tap loads: the LayerNorm's TILE_FWD (4096) for
+# narrow layers (C <= 256: many pixels per program, so neighbouring taps hit L1), 1024 for wide
+# ones; the backward also holds the incoming gradient and zhat: the LayerNorm's TILE_BWD (2048),
+# 1024 from C > 512. The narrow tiles and the warps are imported from layer_norm.py, their one
+# home; each module binds its own name, so the launcher-constant sweep still varies them per
+# launcher. Timed against 512..4096 and 8 warps at ConvNeXt-T shapes (docs/performance.md,
+# "Kernel constants"); the wide tiles are the largest that compile without spills for both sm_90
+# and sm_80.
 TILE_FWD_WIDE = 1024
-TILE_BWD = 2048
 TILE_BWD_WIDE = 1024
-NUM_WARPS = 4
 
 
 @triton.jit

@@ -150,6 +150,19 @@ def _ln_bwd_chunk(z, gy_ptr, g_row, w_ptr, cols, c_mask, mask, mean, rstd, sg_c,
 
 
 @triton.jit
+def _ln_bwd_x_chunk(c0, cols0, p_mask, x_ptr, x_row, sx_c, gy_ptr, g_row, w_ptr, mean, rstd, sg_c, C,
+                    acc_t: tl.constexpr):
+    """The channel chunk starting at c0 for both passes of the chunked LayerNorm backward: loads x
+    and hands it to :func:`_ln_bwd_chunk`. Returns (cols, c_mask, mask, xhat, w * gy, gy)."""
+    cols = c0 + cols0
+    c_mask = cols < C
+    mask = p_mask[:, None] & c_mask[None, :]
+    x = tl.load(x_ptr + (x_row[:, None] + cols.to(tl.int64)[None, :] * sx_c), mask=mask, other=0.0).to(acc_t)
+    xhat, wdy, gy = _ln_bwd_chunk(x, gy_ptr, g_row, w_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t)
+    return cols, c_mask, mask, xhat, wdy, gy
+
+
+@triton.jit
 def _add_to_partial(ptrs, value, mask):
     """ptrs += value: read-modify-write of a program's own partial-sum row (no other program
     touches it, so no atomics; the caller orders it against the next tile with a barrier)."""
@@ -303,12 +316,8 @@ def _layer_norm_bwd_kernel(
             c1 = tl.zeros([BLOCK_P], dtype=acc_t)
             c2 = tl.zeros([BLOCK_P], dtype=acc_t)
             for c0 in range(0, C, BLOCK_C):
-                cols = c0 + cols0
-                c_mask = cols < C
-                mask = p_mask[:, None] & c_mask[None, :]
-                x = tl.load(x_ptr + (x_row[:, None] + cols.to(tl.int64)[None, :] * sx_c), mask=mask,
-                            other=0.0).to(acc_t)
-                xhat, wdy, gy = _ln_bwd_chunk(x, gy_ptr, g_row, w_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t)
+                cols, c_mask, mask, xhat, wdy, gy = _ln_bwd_x_chunk(c0, cols0, p_mask, x_ptr, x_row, sx_c, gy_ptr,
+                                                                    g_row, w_ptr, mean, rstd, sg_c, C, acc_t)
                 c1 += tl.sum(xhat * wdy, axis=1)
                 c2 += tl.sum(wdy, axis=1)
             c1 = _mean_div(c1, C, inv_C)
@@ -316,12 +325,8 @@ def _layer_norm_bwd_kernel(
             # Pass 2 (re-reads hit L2): grad_x, and the parameter partials added into this
             # program's own row of the partial buffers.
             for c0 in range(0, C, BLOCK_C):
-                cols = c0 + cols0
-                c_mask = cols < C
-                mask = p_mask[:, None] & c_mask[None, :]
-                x = tl.load(x_ptr + (x_row[:, None] + cols.to(tl.int64)[None, :] * sx_c), mask=mask,
-                            other=0.0).to(acc_t)
-                xhat, wdy, gy = _ln_bwd_chunk(x, gy_ptr, g_row, w_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t)
+                cols, c_mask, mask, xhat, wdy, gy = _ln_bwd_x_chunk(c0, cols0, p_mask, x_ptr, x_row, sx_c, gy_ptr,
+                                                                    g_row, w_ptr, mean, rstd, sg_c, C, acc_t)
                 gx = _ln_dx(xhat, wdy, c1, c2, rstd)
                 tl.store(gx_ptr + (p[:, None] * C + cols[None, :]), gx.to(gx_ptr.dtype.element_ty), mask=mask)
                 _add_to_partial(part_ptr + part_row + cols, tl.sum(gy * xhat, axis=0), c_mask)

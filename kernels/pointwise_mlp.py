@@ -160,13 +160,21 @@ def _mlp_fwd_fused_kernel(
             if pid_n == 0:
                 tl.store(h_ptr + rows64[:, None] * HD + hid[None, :], h.to(h_ptr.dtype.element_ty),
                          mask=rmask[:, None] & hmask[None, :])
-        a = _gelu(h).to(x_ptr.dtype.element_ty)
-        # w2 chunk as [BLOCK_H, BLOCK_N] (= w2[cols, hid]^T).
-        w2 = tl.load(w2_ptr + cols[None, :] * HD + hid[:, None], mask=hmask[:, None] & cmask[None, :], other=0.0)
-        acc = tl.dot(a, w2, acc, input_precision=DOT_PRECISION)
+        acc = _gelu_fc2(h, hid, hmask, cols, cmask, w2_ptr, HD, acc, x_ptr.dtype.element_ty, DOT_PRECISION)
 
     _residual_epilogue(acc, rows, rows64, rmask, cols, cmask, b2_ptr, gamma_ptr, sc_ptr, s_ptr, out_ptr, C, RPS,
                        HAS_B2, HAS_GAMMA, HAS_SC, HAS_S)
+
+
+@triton.jit
+def _gelu_fc2(h, hid, hmask, cols, cmask, w2_ptr, HD, acc, A_TY: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The second half of one hidden chunk, shared by this MLP and the one-kernel block:
+    ``acc += GELU(h).to(A_TY) @ w2[cols, hid]^T``. GELU in fp32, rounded once to the dot's operand
+    dtype; the w2 chunk is loaded as [BLOCK_H, BLOCK_N] (the dot's B operand without a transpose),
+    and padded hidden units (hmask false) load zero rows, so they add nothing."""
+    a = _gelu(h).to(A_TY)
+    w2 = tl.load(w2_ptr + cols[None, :] * HD + hid[:, None], mask=hmask[:, None] & cmask[None, :], other=0.0)
+    return tl.dot(a, w2, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
