@@ -58,8 +58,8 @@ def build(cuda: bool | None, verbose: bool) -> int:
     from convnext_fast import build as builder
 
     try:
-        p = builder.plan(cuda=cuda)
-        module, p, how = builder.load(p, verbose=verbose)
+        # load() checks the cache first and builds (replacing a damaged library) only when needed.
+        module, p, how = builder.load(verbose=verbose, cuda=cuda)
     except builder.BuildError as e:
         print(f"convnext_fast build: {e}", file=sys.stderr)
         return 1

@@ -8,6 +8,15 @@ backend compiles them once into a cache directory keyed by the sources, the flag
 Python; later processes import the cached binary directly. ``python -m convnext_fast build``
 compiles ahead of time (for example in a Docker image or a CI setup step).
 
+The cache only ever holds complete libraries, because loading a truncated or overwritten one kills
+the process (SIGBUS, SIGILL) before Python can report anything: a build runs in a fresh directory
+beside its configuration's, the library is checked and renamed into place, and then a completeness
+record (its size and SHA-256, ``convnext_fast_C.so.sha256``) is written. A library is loaded only
+when its record matches it; otherwise it is built again, under the configuration's lock (a process
+that finds another's build under way says so and waits for it). A complete library whose
+configuration serves the process loads without a compiler, so a runtime image needs only the cache
+that a build stage filled.
+
 Switches (environment variables):
 
 * ``CONVNEXT_FAST_BUILD_CPU=auto|0|1``  - the C++ CPU kernels (auto: when a C++ compiler is there)
@@ -29,11 +38,14 @@ import hashlib
 import importlib.machinery
 import importlib.resources
 import importlib.util
+import json
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +61,7 @@ __all__ = ["BuildError", "BuildPlan", "plan", "load", "cache_root", "CSRC"]
 CSRC = Path(os.fspath(importlib.resources.files("convnext_fast.csrc")))
 SOURCE_SUFFIXES = (".cpp", ".cu", ".h")
 MODULE_NAME = "convnext_fast_C"
+RECORD_SUFFIX = ".sha256"  # the completeness record next to a cached library
 
 
 class BuildError(RuntimeError):
@@ -185,18 +198,39 @@ class BuildPlan:
         return " and ".join(parts) or "bindings only"
 
 
-def plan(cuda: Optional[bool] = None) -> BuildPlan:
-    """The configuration the switches ask for on this machine. ``cuda`` overrides the CUDA switch
-    (True: build the CUDA part even without a GPU)."""
+def _archs() -> list[str]:
+    return [a.strip().replace(".", "") for a in os.environ.get("CONVNEXT_FAST_CUDA_ARCHS", "80;90").split(";")
+            if a.strip()]
+
+
+def _switches(cuda: Optional[bool]) -> tuple[str, str]:
     want_cpu, want_cuda = _switch("CONVNEXT_FAST_BUILD_CPU"), _switch("CONVNEXT_FAST_BUILD_CUDA")
     if cuda is not None:
         want_cuda = "1" if cuda else "0"
+    return want_cpu, want_cuda
+
+
+def plan(cuda: Optional[bool] = None) -> BuildPlan:
+    """The configuration the switches ask for that can be compiled on this machine. ``cuda``
+    overrides the CUDA switch (True: build the CUDA part even without a GPU).
+
+    Raises:
+        BuildError: a part that is required (its switch set to 1, or ``cuda=True``) cannot be
+            compiled here. :func:`load` looks in the cache before it asks for this.
+    """
+    return _plan(cuda, strict=True)
+
+
+def _plan(cuda: Optional[bool], strict: bool) -> BuildPlan:
+    """:func:`plan`; with ``strict=False`` a required part that cannot be compiled is left out (and
+    listed in ``skipped``) instead of raising."""
+    want_cpu, want_cuda = _switches(cuda)
     skipped: dict[str, str] = {}
     cpu_ok = want_cpu != "0" and not _cxx_reason()
     if want_cpu == "0":
         skipped["cpu"] = "CONVNEXT_FAST_BUILD_CPU=0"
     elif not cpu_ok:
-        if want_cpu == "1":
+        if want_cpu == "1" and strict:
             raise BuildError(f"CONVNEXT_FAST_BUILD_CPU=1 but the CPU kernels cannot be built: {_cxx_reason()}")
         skipped["cpu"] = _cxx_reason()
     cuda_ok = False
@@ -204,16 +238,47 @@ def plan(cuda: Optional[bool] = None) -> BuildPlan:
         skipped["cuda"] = "not requested (CONVNEXT_FAST_BUILD_CUDA=0)"
     else:
         reason = _cuda_reason()
-        if reason and want_cuda == "1":
+        if reason and want_cuda == "1" and strict:
             raise BuildError(f"the CUDA kernels were requested but cannot be built: {reason}")
         if not reason and want_cuda == "auto" and not torch.cuda.is_available():
             reason = "no GPU visible (set CONVNEXT_FAST_BUILD_CUDA=1 to compile the CUDA kernels anyway)"
         cuda_ok = not reason
         if reason:
             skipped["cuda"] = reason
-    archs = [a.strip().replace(".", "") for a in os.environ.get("CONVNEXT_FAST_CUDA_ARCHS", "80;90").split(";")
-             if a.strip()] if cuda_ok else []
-    return BuildPlan(cpu=cpu_ok, cuda=cuda_ok, archs=archs, skipped=skipped)
+    return BuildPlan(cpu=cpu_ok, cuda=cuda_ok, archs=_archs() if cuda_ok else [], skipped=skipped)
+
+
+def _candidates(cuda: Optional[bool]) -> list[BuildPlan]:
+    """The configurations whose complete cached library serves this process, most parts first.
+
+    A part that can be compiled here must be in it (a cached library never takes away a part the
+    machine could build); a part that cannot be compiled here (no compiler, no nvcc, no GPU) may
+    be in it, since a prebuilt library needs no compiler to load; a part switched off is not.
+    """
+    want_cpu, want_cuda = _switches(cuda)
+    here = _plan(cuda, strict=False)
+    if want_cpu == "0":
+        cpu_options = [False]
+    elif here.cpu or want_cpu == "1":
+        cpu_options = [True]
+    else:
+        cpu_options = [True, False]
+    if want_cuda == "0":
+        cuda_options = [False]
+    elif here.cuda or want_cuda == "1":
+        cuda_options = [True]
+    elif torch.version.cuda is not None:
+        cuda_options = [True, False]  # CUDA kernels built elsewhere run the CPU kernels the same
+    else:
+        cuda_options = [False]
+    found = []
+    for cpu in cpu_options:
+        for cuda_part in cuda_options:
+            if cpu or cuda_part:
+                has = {"cpu": cpu, "cuda": cuda_part}
+                skipped = {part: why for part, why in here.skipped.items() if not has[part]}
+                found.append(BuildPlan(cpu=cpu, cuda=cuda_part, archs=_archs() if cuda_part else [], skipped=skipped))
+    return found
 
 
 def _write_build_config(p: BuildPlan, directory: Path) -> Path:
@@ -237,6 +302,110 @@ def _so_path(directory: Path) -> Optional[Path]:
     return found[0] if found else None
 
 
+def _record_path(library: Path) -> Path:
+    """The completeness record of a cached library: its size and SHA-256, written after it."""
+    return library.with_name(library.name + RECORD_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _complete_library(directory: Path) -> tuple[Optional[Path], str]:
+    """(the library in ``directory``, "") when its completeness record matches it byte for byte;
+    else (None, why it cannot be loaded), the reason "" when there is no library at all.
+
+    Loading a truncated or overwritten library kills the process (SIGBUS, SIGILL) before Python
+    can report anything, so nothing is loaded on the strength of the file merely existing.
+    """
+    so = _so_path(directory)
+    if so is None:
+        return None, ""
+    record_path = _record_path(so)
+    try:
+        record = json.loads(record_path.read_text())
+        size, digest = int(record["size"]), str(record["sha256"])
+    except FileNotFoundError:
+        return None, (f"{so} has no completeness record ({record_path.name}): the build that wrote it did not "
+                      f"finish, or an older convnext_fast wrote it")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"the completeness record {record_path} is unreadable ({type(e).__name__}: {e})"
+    try:
+        actual = so.stat().st_size
+        if actual != size:
+            return None, f"{so} is damaged: it has {actual} bytes, {size} were written"
+        if _sha256(so) != digest:
+            return None, f"{so} is damaged: its SHA-256 differs from the one recorded when it was written"
+    except OSError as e:
+        return None, f"{so} cannot be read ({e})"
+    return so, ""
+
+
+def _incomplete_reason(path: Path) -> str:
+    """'' when ``path`` holds a whole shared library as far as its ELF header tells (nothing is
+    loaded); else what is wrong. Only 64-bit little-endian ELF files are measured."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if size == 0:
+                return "it is empty"
+            if not sys.platform.startswith("linux"):
+                return ""
+            if head[:4] != b"\x7fELF":
+                return f"it is not an ELF shared library (it starts with {head[:8]!r})"
+            if len(head) < 64 or head[4] != 2 or head[5] != 1:
+                return ""
+            phoff, shoff = struct.unpack_from("<QQ", head, 0x20)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", head, 0x36)
+            end = shoff + shnum * shentsize
+            f.seek(phoff)
+            table = f.read(phnum * phentsize)
+    except OSError as e:
+        return f"it cannot be read ({e})"
+    if len(table) < phnum * phentsize:
+        return f"it is truncated ({size} bytes, its program headers end at byte {phoff + phnum * phentsize})"
+    for i in range(phnum):
+        offset, filesz = struct.unpack_from("<Q", table, i * phentsize + 8)[0], \
+            struct.unpack_from("<Q", table, i * phentsize + 32)[0]
+        end = max(end, offset + filesz)
+    if end > size:
+        return f"it is truncated ({size} bytes, its ELF header describes {end})"
+    return ""
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _install(staged: Path, directory: Path) -> Path:
+    """Move a checked library from its build directory into ``directory`` (one rename, so a reader
+    sees the old file or the new one, never part of one), then write its completeness record."""
+    size, digest = staged.stat().st_size, _sha256(staged)
+    _fsync(staged)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / staged.name
+    record = _record_path(final)
+    record.unlink(missing_ok=True)  # the library it describes is about to be replaced
+    os.replace(staged, final)
+    pending = record.with_name(record.name + ".tmp")
+    pending.write_text(json.dumps({"file": final.name, "size": size, "sha256": digest}) + "\n")
+    _fsync(pending)
+    os.replace(pending, record)
+    return final
+
+
+def _unwritable(path: Path, e: OSError) -> str:
+    return (f"cannot write the extension cache at {path} ({e.strerror or e}): set CONVNEXT_FAST_CACHE to a writable "
+            f"directory (the default is ~/.cache/convnext_fast), or build the extension ahead of time where the "
+            f"cache is writable (`python -m convnext_fast build`)")
+
+
 def _import_binary(path: Path) -> ModuleType:
     loader = importlib.machinery.ExtensionFileLoader(MODULE_NAME, str(path))
     spec = importlib.util.spec_from_file_location(MODULE_NAME, str(path), loader=loader)
@@ -247,10 +416,25 @@ def _import_binary(path: Path) -> ModuleType:
 
 @contextlib.contextmanager
 def _lock(directory: Path) -> Iterator[None]:
-    """An exclusive file lock, so two processes never compile the same configuration at once."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(directory) + ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    """An exclusive file lock on one configuration, so two processes never build it at once. A
+    process that has to wait for another's build says so.
+
+    Raises:
+        BuildError: the cache directory or the lock file cannot be written.
+    """
+    lock_path = Path(str(directory) + ".lock")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock_path, "a")
+    except OSError as e:
+        raise BuildError(_unwritable(directory.parent, e)) from e
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"convnext_fast: waiting for another process's build of the extension (it holds {lock_path})...",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -258,6 +442,7 @@ def _lock(directory: Path) -> Iterator[None]:
 
 
 def _compile(p: BuildPlan, directory: Path, verbose: bool) -> None:
+    """Compile ``p`` with ninja in ``directory`` (a fresh build directory), leaving the library there."""
     from torch.utils import cpp_extension
 
     flags = p.flags()
@@ -268,44 +453,97 @@ def _compile(p: BuildPlan, directory: Path, verbose: bool) -> None:
         # toolkit; load() reads the module global when it writes the ninja file.
         cpp_extension.CUDA_HOME = root
         include.append(os.path.join(root, "include"))
-    start = time.monotonic()
-    print(f"convnext_fast: compiling the extension ({p.describe()}) into {directory}; once per torch "
-          f"version and source change (a minute or more)...", file=sys.stderr, flush=True)
     cpp_extension.load(
         name=MODULE_NAME, sources=p.sources, extra_cflags=flags["cxx"], extra_cuda_cflags=flags["nvcc"],
         extra_ldflags=flags["ld"], extra_include_paths=include, build_directory=str(directory),
         with_cuda=p.cuda, verbose=verbose,
     )
-    print(f"convnext_fast: extension compiled in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
 
 
-def load(p: Optional[BuildPlan] = None, verbose: bool = False) -> tuple[ModuleType, BuildPlan, str]:
+def _build(p: BuildPlan, directory: Path, verbose: bool, why_not_cached: str) -> Path:
+    """Compile ``p`` in a fresh directory next to ``directory``, check the library, move it into
+    ``directory`` and record it complete. The caller holds the configuration's lock."""
+    root = directory.parent
+    # Build directories left by a builder that was killed: no other builder runs under this lock.
+    for stale in root.glob(glob.escape(directory.name) + ".build-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=directory.name + ".build-", dir=root))
+    except OSError as e:
+        raise BuildError(_unwritable(root, e)) from e
+    try:
+        if why_not_cached:
+            print(f"convnext_fast: not loading the cached extension: {why_not_cached}; building it again",
+                  file=sys.stderr, flush=True)
+        start = time.monotonic()
+        print(f"convnext_fast: compiling the extension ({p.describe()}) for {directory}; once per torch version and "
+              f"source change (a minute or more)...", file=sys.stderr, flush=True)
+        _compile(p, staging, verbose)
+        staged = _so_path(staging)
+        if staged is None:
+            raise BuildError(f"compiling the extension left no binary in {staging}")
+        bad = _incomplete_reason(staged)
+        if bad:
+            raise BuildError(f"compiling the extension left an unusable binary {staged}: {bad}")
+        try:
+            final = _install(staged, directory)
+        except OSError as e:
+            raise BuildError(_unwritable(directory, e)) from e
+        print(f"convnext_fast: extension compiled in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _not_cached(problems: list[str]) -> str:
+    found = f" ({'; '.join(problems)})" if problems else ""
+    return (f"no complete prebuilt library for this torch, Python and these sources is in {cache_root()}{found}; "
+            f"`python -m convnext_fast build` makes one where a compiler is (CONVNEXT_FAST_CACHE chooses the cache)")
+
+
+def load(p: Optional[BuildPlan] = None, verbose: bool = False,
+         cuda: Optional[bool] = None) -> tuple[ModuleType, BuildPlan, str]:
     """(the extension module, its plan, how it was obtained: "cached" or "compiled").
 
-    In ``auto`` mode without a GPU, a cached build that also has the CUDA part is used when there is
-    one (it runs the CPU kernels the same). Raises :class:`BuildError` when nothing can be built,
-    and whatever the compiler reported when compiling fails.
+    Only a library whose completeness record matches it is loaded; one that is missing, damaged
+    or still being written is compiled again under the configuration's lock (a process that
+    arrives during another's build waits for it and then loads its result).
+
+    Args:
+        p: load or build exactly this configuration. Default: the configuration the switches ask
+            for; a complete cached library serving it is loaded even where nothing can be
+            compiled (no compiler or nvcc: a runtime image built from a stage that ran
+            ``python -m convnext_fast build``). In ``auto`` mode without a GPU, a cached build that
+            also has the CUDA part is used when there is one (it runs the CPU kernels the same).
+        verbose: show the compiler commands.
+        cuda: with ``p`` None, overrides the CUDA switch as in :func:`plan`.
+
+    Raises:
+        BuildError: nothing usable is cached and nothing can be built (the message says why, and
+            what was found in the cache), or the cache cannot be written. Whatever the compiler
+            reported when compiling fails.
     """
+    candidates = [p] if p is not None else _candidates(cuda)
+    problems = []
+    for candidate in candidates:
+        so, why = _complete_library(candidate.directory())
+        if so is not None:
+            return _import_binary(so), candidate, "cached"
+        if why:
+            problems.append(why)
     if p is None:
-        p = plan()
-        if not p.cuda and "cuda" in p.skipped and not _cuda_reason() and _switch("CONVNEXT_FAST_BUILD_CUDA") == "auto":
-            fuller = plan(cuda=True)
-            if _so_path(fuller.directory()) is not None:
-                p = fuller
+        try:
+            p = plan(cuda)
+        except BuildError as e:
+            raise BuildError(f"{e}; {_not_cached(problems)}") from None
     if not (p.cpu or p.cuda):
-        raise BuildError("neither the CPU nor the CUDA kernels can be built: " +
-                         "; ".join(f"{k}: {v}" for k, v in p.skipped.items()))
+        raise BuildError("neither the CPU nor the CUDA kernels can be built here (" +
+                         "; ".join(f"{k}: {v}" for k, v in p.skipped.items()) + f"), and {_not_cached(problems)}")
     directory = p.directory()
-    so = _so_path(directory)
-    how = "cached"
-    if so is None:
-        with _lock(directory):
-            so = _so_path(directory)  # another process may have finished it while we waited
-            if so is None:
-                directory.mkdir(parents=True, exist_ok=True)
-                _compile(p, directory, verbose)
-                so = _so_path(directory)
-                how = "compiled"
+    with _lock(directory):
+        so, why = _complete_library(directory)  # another process may have built it while this one waited
+        how = "cached"
         if so is None:
-            raise BuildError(f"compiling the extension left no binary in {directory}")
+            so = _build(p, directory, verbose, why)
+            how = "compiled"
     return _import_binary(so), p, how
