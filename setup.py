@@ -20,7 +20,7 @@ setup(
     packages=find_packages(include=["convnext_fast", "convnext_fast.*"]) + ["convnext_fast.kernels",
                                                                              "convnext_fast.csrc"],
     package_dir={"convnext_fast.kernels": "kernels", "convnext_fast.csrc": "csrc"},
-    package_data={"convnext_fast": ["*.json"], "convnext_fast.csrc": ["*.cpp", "*.cu", "*.h"]},
+    package_data={"convnext_fast": ["*.json", "records/*.json"], "convnext_fast.csrc": ["*.cpp", "*.cu", "*.h"]},
     python_requires=">=3.10",
     # The range tested: torch 2.11 and 2.14 (triton 3.6 and 3.8 with them).
     install_requires=["torch>=2.11,<2.15", "numpy", "ninja"],

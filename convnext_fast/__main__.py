@@ -1,7 +1,8 @@
 """``python -m convnext_fast info``: versions, GPU, backends available per device, how the extension
 was obtained. ``python -m convnext_fast build``: compile the extension now (it is otherwise compiled
-on first use). ``python -m convnext_fast verify``: check on this GPU the kernels that ``auto`` does
-not pick on GPUs yet (``verify --help``)."""
+on first use). ``python -m convnext_fast verify``: the full parity check of the GPU kernels on this
+GPU (``verify --help``). ``python -m convnext_fast tune``: check and time the kernels on this GPU for
+a model's shapes ahead of time, into the device record ``auto`` reads (``tune --help``)."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,8 @@ def info() -> int:
 
     import convnext_fast
     from convnext_fast import extension
-    from convnext_fast.backend import available_backends, dispatch_table, get_backend
+    from convnext_fast import autotune
+    from convnext_fast.backend import available_backends, env_backend, get_backend
 
     print(f"convnext_fast {convnext_fast.__version__}")
     print(f"python {platform.python_version()} ({sys.executable})")
@@ -38,16 +40,19 @@ def info() -> int:
         devices.append("cuda")
     else:
         print("GPU: none")
-    print(f"requested backend: {get_backend()}")
+    bad_env = env_backend()[1]
+    print(f"requested backend: {get_backend()}" + (f" (ignored: {bad_env}; op calls raise until it is fixed)"
+                                                   if bad_env else ""))
     for dev in devices:
         print(f"backends for {dev} tensors:")
         for name, reason in available_backends(dev).items():
             print(f"  {name:10s} {'available' if not reason else 'unavailable: ' + reason}")
     if "cuda" in devices:
-        waiting = [op for op, ok in dispatch_table()["cuda"].get("kernels_verified", {}).items() if not ok]
-        if waiting:
-            print(f"GPU kernels auto does not pick yet: {', '.join(waiting)} "
-                  "(check them on this GPU: python -m convnext_fast verify)")
+        for i in range(torch.cuda.device_count()):
+            _, what = autotune.record_in_use(torch.device("cuda", i))
+            print(f"device record for GPU {i}: {what}")
+        if not autotune.measuring_enabled():
+            print(f"{autotune.ENV_VAR}=0: auto does not measure; it reads the records above")
     print("compiled extension:")
     for key, value in extension.build_info().items():
         print(f"  {key}: {value}")
@@ -73,9 +78,10 @@ def build(cuda: bool | None, verbose: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convnext_fast", description=__doc__)
-    parser.add_argument("command", choices=["info", "build", "verify"],
+    parser.add_argument("command", choices=["info", "build", "verify", "tune"],
                         help="info: versions, backends, extension; build: compile the extension now; verify: "
-                             "parity of the GPU kernels not yet verified (its own options: verify --help)")
+                             "parity of the GPU kernels (its own options: verify --help); tune: check and time "
+                             "the kernels for a model's shapes into the device record (tune --help)")
     cuda = parser.add_mutually_exclusive_group()
     cuda.add_argument("--cuda", dest="cuda", action="store_true", default=None,
                       help="build: include the CUDA kernels even without a GPU (fails if they cannot be built)")
@@ -86,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         from convnext_fast import verify
 
         return verify.main(argv[1:])
+    if argv[:1] == ["tune"]:
+        from convnext_fast import tune
+
+        return tune.main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()

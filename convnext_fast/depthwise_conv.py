@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .backend import implementation, resolve_passes
+from .backend import implementation
 from .kernels.layout import device_guard, empty_channels_last
-from .route import check_dw, check_params, check_x, direct_ok, needs_graph, needs_reference, reference_backward
+from .route import (check_dw, check_params, check_x, direct_ok, needs_graph, needs_reference, reference_backward,
+                    resolve_backward, resolve_forward)
 
 __all__ = ["depthwise_conv2d"]
 
@@ -69,17 +70,19 @@ def _(grad_y, x, weight, backend):
 
 
 class DepthwiseConvFunction(torch.autograd.Function):
-    """Both passes' backends are fixed at the forward call; ``direct`` says whether they call the
-    kernels (plain eager) or the registered ops (tracing, dispatch modes, subclasses)."""
+    """The forward's backend is fixed at the forward call; the backward's is resolved at the first
+    backward with the backend ``requested`` at the forward (an inference-only forward never
+    resolves or loads a backward backend). ``direct`` says whether the passes call the kernels
+    (plain eager) or the registered ops (tracing, dispatch modes, subclasses)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str, bwd_backend: str,
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str, requested: str,
                 direct: bool) -> Tensor:
         ctx.save_for_backward(x, weight, bias)
-        ctx.bwd_backend, ctx.direct = bwd_backend, direct
+        ctx.requested, ctx.direct = requested, direct
         if direct:
             return _forward(backend, x, weight, bias)
-        return dwconv_fwd(x, weight, bias, backend, bwd_backend)
+        return dwconv_fwd(x, weight, bias, backend)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
@@ -87,10 +90,15 @@ class DepthwiseConvFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # the backward itself is recorded: double backward
             return (*reference_backward(reference.depthwise_conv2d, (x, weight, bias), ctx.needs_input_grad, grad_y),
                     None, None, None)
+        backend = resolve_backward(OP, x, (*x.shape, weight.shape[-1]), ctx.requested, grad_y, c=x.shape[1],
+                                   k=weight.shape[-1])
+        if backend == "reference":
+            return (*reference_backward(reference.depthwise_conv2d, (x, weight, bias), ctx.needs_input_grad, grad_y,
+                                        create_graph=False), None, None, None)
         if ctx.direct:
-            gx, gw, gb = _backward(ctx.bwd_backend, grad_y, x, weight)
+            gx, gw, gb = _backward(backend, grad_y, x, weight)
         else:
-            gx, gw, gb = dwconv_bwd(grad_y, x, weight, ctx.bwd_backend)
+            gx, gw, gb = dwconv_bwd(grad_y, x, weight, backend)
         return gx, gw, (gb if bias is not None else None), None, None, None
 
 
@@ -109,10 +117,11 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
     check_x(OP, x)
     check_params(OP, x, ("weight",), weight=weight, bias=bias)
     check_dw(OP, x, weight, bias)
-    backend, bwd_backend = resolve_passes(OP, x.device, x.shape[2] * x.shape[3])
+    backend, requested = resolve_forward(OP, x, (*x.shape, weight.shape[-1]), weight, bias, c=x.shape[1],
+                                         k=weight.shape[-1])
     if backend == "reference" or needs_reference():
         return reference.depthwise_conv2d(x, weight, bias)
     direct = direct_ok(x, weight, bias)
     if direct and not needs_graph(x, weight, bias):
         return _forward(backend, x, weight, bias)
-    return DepthwiseConvFunction.apply(x, weight, bias, backend, bwd_backend, direct)
+    return DepthwiseConvFunction.apply(x, weight, bias, backend, requested, direct)

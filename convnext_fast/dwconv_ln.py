@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .backend import implementation, resolve_passes
+from .backend import implementation
 from .kernels.layout import device_guard, empty_channels_last
 from .layer_norm import empty_stats
 from .route import (check_dw, check_eps, check_ln, check_params, check_x, direct_ok, needs_graph, needs_reference,
-                    reference_backward)
+                    reference_backward, resolve_backward, resolve_forward)
 
 __all__ = ["dwconv_layer_norm"]
 
@@ -75,30 +75,36 @@ def _(grad_y, x, dw_weight, dw_bias, ln_weight, mean, rstd, backend):
 
 
 class DwconvLayerNormFunction(torch.autograd.Function):
-    """Saves x, not the conv output (recomputed); see ``DepthwiseConvFunction`` for ``direct``."""
+    """Saves x, not the conv output (recomputed); see ``DepthwiseConvFunction`` for ``direct`` and
+    ``requested``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor, ln_bias: Tensor,
-                eps: float, backend: str, bwd_backend: str, direct: bool) -> Tensor:
+                eps: float, backend: str, requested: str, direct: bool) -> Tensor:
         if direct:
             y, mean, rstd = _forward(backend, x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
         else:
-            y, mean, rstd = dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend, bwd_backend)
+            y, mean, rstd = dwconv_ln_fwd(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend)
         ctx.save_for_backward(x, dw_weight, dw_bias, ln_weight, ln_bias, mean, rstd)
-        ctx.eps, ctx.bwd_backend, ctx.direct = eps, bwd_backend, direct
+        ctx.eps, ctx.requested, ctx.direct = eps, requested, direct
         return y
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         x, dw_weight, dw_bias, ln_weight, ln_bias, mean, rstd = ctx.saved_tensors
+        fn = lambda *t: reference.dwconv_layer_norm(*t, ctx.eps)  # noqa: E731
+        saved = (x, dw_weight, dw_bias, ln_weight, ln_bias)
         if torch.is_grad_enabled():  # the backward itself is recorded: double backward
-            fn = lambda *t: reference.dwconv_layer_norm(*t, ctx.eps)  # noqa: E731
-            grads = reference_backward(fn, (x, dw_weight, dw_bias, ln_weight, ln_bias), ctx.needs_input_grad, grad_y)
-            return (*grads, None, None, None, None)
+            return (*reference_backward(fn, saved, ctx.needs_input_grad, grad_y), None, None, None, None)
+        k = dw_weight.shape[-1]
+        backend = resolve_backward(OP, x, (*x.shape, k), ctx.requested, grad_y, c=x.shape[1], k=k)
+        if backend == "reference":
+            return (*reference_backward(fn, saved, ctx.needs_input_grad, grad_y, create_graph=False),
+                    None, None, None, None)
         if ctx.direct:
-            grads = _backward(ctx.bwd_backend, grad_y, x, dw_weight, dw_bias, ln_weight, mean, rstd)
+            grads = _backward(backend, grad_y, x, dw_weight, dw_bias, ln_weight, mean, rstd)
         else:
-            grads = dwconv_ln_bwd(grad_y, x, dw_weight, dw_bias, ln_weight, mean, rstd, ctx.bwd_backend)
+            grads = dwconv_ln_bwd(grad_y, x, dw_weight, dw_bias, ln_weight, mean, rstd, backend)
         gx, g_dw_w, g_dw_b, g_ln_w, g_ln_b = grads
         return gx, g_dw_w, (g_dw_b if dw_bias is not None else None), g_ln_w, g_ln_b, None, None, None, None
 
@@ -122,10 +128,11 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], l
     check_dw(OP, x, dw_weight, dw_bias, prefix="dw_")
     check_ln(OP, x, ln_weight, ln_bias, prefix="ln_")
     eps = check_eps(OP, eps)
-    backend, bwd_backend = resolve_passes(OP, x.device, x.shape[2] * x.shape[3])
+    k = dw_weight.shape[-1]
+    backend, requested = resolve_forward(OP, x, (*x.shape, k), dw_weight, ln_weight, c=x.shape[1], k=k)
     if backend == "reference" or needs_reference():
         return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
     direct = direct_ok(x, dw_weight, dw_bias, ln_weight, ln_bias)
     if direct and not needs_graph(x, dw_weight, dw_bias, ln_weight, ln_bias):
         return _forward(backend, x, dw_weight, dw_bias, ln_weight, ln_bias, eps)[0]
-    return DwconvLayerNormFunction.apply(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend, bwd_backend, direct)
+    return DwconvLayerNormFunction.apply(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, backend, requested, direct)

@@ -16,8 +16,8 @@ rounded once to the model's dtype.
 On a GPU, where C <= 256 and K <= 7 (ConvNeXt stages 1-2) and there is no GRN, a block can also
 run as one Triton kernel (``kernels/block.py``: the depthwise conv + LayerNorm as the prologue of
 the flash-style MLP, so the block reads x once and writes once). It runs when the ``triton``
-backend is asked for by name; ``auto`` takes it once a recorded GPU parity run has checked it
-(``dispatch.json``, ``kernels_verified``). Everything else takes the two fused ops.
+backend is asked for by name; ``auto`` takes it once it passed its parity checks on the device
+(the device record, ``convnext_fast.autotune``). Everything else takes the two fused ops.
 
 The stem (4x4 stride-4 conv, then a LayerNorm) and each downsampling layer (a LayerNorm, then a
 2x2 stride-2 conv) become one ``patch_linear`` pass each (``patch_linear.py``: the patch GEMM with
@@ -25,7 +25,7 @@ its LayerNorms fused; the downsampling LayerNorm's affine folds into the conv). 
 LayerNorm, Linear) folds its LayerNorm affine into the Linear and runs the pooled features through
 one ``patch_linear`` pass (k = 1). These folds happen where the patch kernel runs for the model's
 device and dtype under the backend in force when the model is optimized (the CPU kernel in
-float32; the Triton kernel on CUDA once ``kernels_verified`` lists it, or when ``triton`` is asked
+float32; the Triton kernel on CUDA once the device record trusts it, or when ``triton`` is asked
 for by name); elsewhere those layers keep their modules.
 
 Small batches on a GPU are host-bound (a launch costs more than its kernel runs):
@@ -40,7 +40,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import backend
+from . import backend, capabilities
 from .cuda_graph import GraphedForward
 from .dwconv_ln import dwconv_layer_norm
 from .kernels.layout import device_guard, empty_channels_last
@@ -55,9 +55,6 @@ __all__ = ["FoldedBlock", "FoldedHead", "FoldedPatchConv", "optimize_for_inferen
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-# The one-kernel block's limits (kernels/block.py); a block beyond them runs the two fused ops.
-_BLOCK_MAX_C, _BLOCK_MAX_K = 256, 7
-_BLOCK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @torch.library.custom_op("convnext_fast::block_fwd", mutates_args=())
@@ -74,16 +71,17 @@ def _(x, dw_weight, dw_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
     return empty_channels_last(x.shape, x.dtype, x.device)
 
 
-def _one_kernel(x: Tensor) -> bool:
-    """Whether a foldable block on ``x`` runs as one kernel: triton asked for by name, or ``auto`` on a
-    GPU once the kernel is verified there."""
-    if x.dtype not in _BLOCK_DTYPES:
-        return False
-    requested = backend.get_backend()
-    if requested == "triton":
-        return True
-    return (requested == "auto" and x.device.type == "cuda" and backend.verified_on_cuda("folded_block")
-            and not backend.available_backends("cuda")["triton"])
+def _one_kernel(x: Tensor, k: int) -> bool:
+    """Whether a foldable block (K x K depthwise conv) on ``x`` runs as one kernel: the resolver's
+    choice for ``folded_block`` (the capability table's dtypes and limits; triton asked for by name,
+    or ``auto`` on a device where the kernel passed its parity checks)."""
+    from .autotune import may_measure
+
+    requested = backend.requested_backend()
+    chosen = backend.resolve("folded_block", x.device, x.shape[2] * x.shape[3], dtype=x.dtype,
+                             shape=(*x.shape, k), requested=requested, c=x.shape[1], k=k,
+                             measure=requested == "auto" and may_measure(x))
+    return chosen == "triton"
 
 
 class FoldedBlock(nn.Module):
@@ -121,10 +119,10 @@ class FoldedBlock(nn.Module):
         self.grn_eps = 1e-6 if grn is None else grn.eps
         self.eps = norm.eps
         k = conv.weight.shape[-1]
-        self.one_kernel_ok = grn is None and c <= _BLOCK_MAX_C and k <= _BLOCK_MAX_K
+        self.one_kernel_ok = grn is None and not capabilities.reason("folded_block", "triton", c=c, k=k)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.one_kernel_ok and _one_kernel(x):
+        if self.one_kernel_ok and _one_kernel(x, self.dw_weight.shape[-1]):
             return block_fwd(x, self.dw_weight, self.dw_bias, self.eps, self.fc1_weight, self.fc1_bias,
                              self.fc2_weight, self.fc2_bias)
         y = dwconv_layer_norm(x, self.dw_weight, self.dw_bias, self.ln_ones, self.ln_zeros, self.eps)

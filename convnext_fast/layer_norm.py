@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .backend import implementation, resolve_passes
+from .backend import implementation
 from .kernels.layout import device_guard, empty_channels_last, stats_dtype, stats_shape
 from .route import (check_eps, check_ln, check_params, check_x, direct_ok, needs_graph, needs_reference,
-                    reference_backward)
+                    reference_backward, resolve_backward, resolve_forward)
 
 __all__ = ["layer_norm_2d"]
 
@@ -69,29 +69,34 @@ def _(grad_y, x, weight, mean, rstd, backend):
 
 
 class LayerNorm2dFunction(torch.autograd.Function):
-    """Mean and rstd are saved, not returned; see ``DepthwiseConvFunction`` for ``direct``."""
+    """Mean and rstd are saved, not returned; see ``DepthwiseConvFunction`` for ``direct`` and
+    ``requested``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, backend: str, bwd_backend: str,
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, backend: str, requested: str,
                 direct: bool) -> Tensor:
         if direct:
             y, mean, rstd = _forward(backend, x, weight, bias, eps)
         else:
-            y, mean, rstd = ln_fwd(x, weight, bias, eps, backend, bwd_backend)
+            y, mean, rstd = ln_fwd(x, weight, bias, eps, backend)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.eps, ctx.bwd_backend, ctx.direct = eps, bwd_backend, direct
+        ctx.eps, ctx.requested, ctx.direct = eps, requested, direct
         return y
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         x, weight, bias, mean, rstd = ctx.saved_tensors
+        fn = lambda x_, w_, b_: reference.layer_norm_2d(x_, w_, b_, ctx.eps)  # noqa: E731
         if torch.is_grad_enabled():  # the backward itself is recorded: double backward
-            fn = lambda x_, w_, b_: reference.layer_norm_2d(x_, w_, b_, ctx.eps)  # noqa: E731
             return (*reference_backward(fn, (x, weight, bias), ctx.needs_input_grad, grad_y), None, None, None, None)
+        backend = resolve_backward(OP, x, tuple(x.shape), ctx.requested, grad_y, c=x.shape[1])
+        if backend == "reference":
+            return (*reference_backward(fn, (x, weight, bias), ctx.needs_input_grad, grad_y, create_graph=False),
+                    None, None, None, None)
         if ctx.direct:
-            gx, gw, gb = _backward(ctx.bwd_backend, grad_y, x, weight, mean, rstd)
+            gx, gw, gb = _backward(backend, grad_y, x, weight, mean, rstd)
         else:
-            gx, gw, gb = ln_bwd(grad_y, x, weight, mean, rstd, ctx.bwd_backend)
+            gx, gw, gb = ln_bwd(grad_y, x, weight, mean, rstd, backend)
         return gx, gw, gb, None, None, None, None
 
 
@@ -113,10 +118,10 @@ def layer_norm_2d(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) ->
     check_params(OP, x, ("weight", "bias"), weight=weight, bias=bias)
     check_ln(OP, x, weight, bias)
     eps = check_eps(OP, eps)
-    backend, bwd_backend = resolve_passes(OP, x.device, x.shape[2] * x.shape[3])
+    backend, requested = resolve_forward(OP, x, tuple(x.shape), weight, bias, c=x.shape[1])
     if backend == "reference" or needs_reference():
         return reference.layer_norm_2d(x, weight, bias, eps)
     direct = direct_ok(x, weight, bias)
     if direct and not needs_graph(x, weight, bias):
         return _forward(backend, x, weight, bias, eps)[0]
-    return LayerNorm2dFunction.apply(x, weight, bias, eps, backend, bwd_backend, direct)
+    return LayerNorm2dFunction.apply(x, weight, bias, eps, backend, requested, direct)

@@ -23,7 +23,9 @@ Backend contract (``convnext_fast.kernels.launchers`` for ``triton``, ``convnext
   (recomputed); None for the gradients of absent terms. The shortcut's gradient is grad_out itself.
 
 The Triton kernels compute in float16, bfloat16 and float32, the CPU kernel in bfloat16 and float32
-(``KERNEL_DTYPES``); other dtypes (float64 always) run the reference.
+(``convnext_fast.capabilities``); other dtypes (float64 always) run PyTorch's composite, and so does
+a backend asked for by name that has no kernel for this op (the compiled extension's ``cuda``): the
+model keeps running, its MLP half in PyTorch.
 """
 from __future__ import annotations
 
@@ -33,20 +35,20 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .backend import implementation, resolve_passes
+from . import capabilities
+from .backend import implementation
 from .fused_elementwise import mlp_composite
 from .kernels.layout import device_guard
-from .route import check_eps, check_params, check_x, direct_ok, needs_graph, needs_reference, reference_backward
+from .route import (check_eps, check_params, check_x, direct_ok, needs_graph, needs_reference, reference_backward,
+                    resolve_backward, resolve_forward)
 
 __all__ = ["pointwise_mlp"]
 
 OP = "pointwise_mlp"
-# The dtypes each backend's kernels compute in (their launchers raise NotImplementedError for the
-# others); a call in any other dtype takes the reference, decided before autograd records anything.
-KERNEL_DTYPES = {
-    "triton": (torch.float16, torch.bfloat16, torch.float32),
-    "cpu": (torch.bfloat16, torch.float32),
-}
+# The dtypes each backend's kernels compute in, from the capability table (their launchers raise
+# NotImplementedError for the others); a call in any other dtype takes the composite, decided before
+# autograd records anything.
+KERNEL_DTYPES = {b: tuple(capabilities.capability(OP, b).dtypes) for b in capabilities.kernel_backends(OP)}
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -212,22 +214,22 @@ class PointwiseMlpFunction(torch.autograd.Function):
     token rows and 2-D weights, and returns the (N, C, H, W) channels_last view of the output rows.
     Saves x, the weights, gamma, the sample scale and, when the forward stored it (``save_hidden``),
     the pre-activation h; else the backward recomputes h. See ``DepthwiseConvFunction`` for
-    ``direct``."""
+    ``direct`` and ``requested``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, fc1_weight: Tensor, b1: Optional[Tensor], fc2_weight: Tensor, b2: Optional[Tensor],
                 gamma: Optional[Tensor], shortcut: Optional[Tensor], sample_scale: Optional[Tensor],
-                save_hidden: bool, backend: str, bwd_backend: str, direct: bool) -> Tensor:
+                save_hidden: bool, backend: str, requested: str, direct: bool) -> Tensor:
         n, _, h, w = x.shape
         args = (_rows(x), fc1_weight.flatten(1), b1, fc2_weight.flatten(1), b2, gamma,
                 None if shortcut is None else _rows(shortcut), sample_scale, h * w, save_hidden)
         if direct:
             out, hidden = _forward(backend, *args)
         else:
-            out, hidden = mlp_fwd(*args, backend, bwd_backend)
+            out, hidden = mlp_fwd(*args, backend)
         ctx.save_for_backward(x, fc1_weight, b1, fc2_weight, b2, gamma, sample_scale,
                               hidden if save_hidden else None)
-        ctx.bwd_backend, ctx.direct = bwd_backend, direct
+        ctx.requested, ctx.direct = requested, direct
         # Detached: autograd forbids in-place changes of a view created inside a Function (users do
         # ``y += ...``); a detached alias of the rows is the same memory without being a view.
         return _nchw(out, n, h, w).detach()
@@ -240,19 +242,23 @@ class PointwiseMlpFunction(torch.autograd.Function):
         tail = (grad_y if need[6] else None, None, None, None, None, None)
         if not any(need[:6]):
             return (None,) * 6 + tail
+        fn = lambda *t: reference.pointwise_mlp(*t[:5], gamma=t[5], drop_scale=sample_scale)  # noqa: E731
         if torch.is_grad_enabled():  # the backward itself is recorded: double backward
-            fn = lambda *t: reference.pointwise_mlp(*t[:5], gamma=t[5], drop_scale=sample_scale)  # noqa: E731
             return (*reference_backward(fn, (x, fc1_weight, b1, fc2_weight, b2, gamma), need[:6], grad_y), *tail)
         n, c, h, w = x.shape
+        backend = resolve_backward(OP, x, (n, c, h, w, fc1_weight.shape[0]), ctx.requested, grad_y, c=c)
+        if backend == "reference":
+            return (*reference_backward(fn, (x, fc1_weight, b1, fc2_weight, b2, gamma), need[:6], grad_y,
+                                        create_graph=False), *tail)
         # x was saved as given: its rows are a view again for channels_last x; another layout is
         # copied once more here rather than kept alive as a second copy between the passes. The
         # rows of grad_y: a view when it is channels_last or expanded (stride 0), else a copy.
         args = (grad_y.permute(0, 2, 3, 1).reshape(n * h * w, c), _rows(x), fc1_weight.flatten(1), b1,
                 fc2_weight.flatten(1), b2, gamma, sample_scale, h * w, hidden)
         if ctx.direct:
-            grads = _backward(ctx.bwd_backend, *args)
+            grads = _backward(backend, *args)
         else:
-            grads = mlp_bwd(*args, ctx.bwd_backend)
+            grads = mlp_bwd(*args, backend)
         gx, gw1, gb1, gw2, gb2, ggamma = grads
         return (_nchw(gx, n, h, w), gw1.view(fc1_weight.shape), gb1 if b1 is not None else None,
                 gw2.view(fc2_weight.shape), gb2 if b2 is not None else None, ggamma if gamma is not None else None,
@@ -274,6 +280,8 @@ def pointwise_mlp(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2
     * GRN (``grn_weight`` given): its normalizer is a norm over each image's whole hidden
       activation, which a kernel working on tiles of rows cannot form in one pass;
     * a dtype the backend's kernels do not compute in (float64 always, float16 on ``cpu``);
+    * a backend asked for by name that has no MLP kernel (``cuda``: the compiled extension's MLP is
+      CPU-only), so that a model runs under it;
     * a ``drop_scale`` that requires grad (the kernels give it no gradient);
     * forward-mode AD and torch.func transforms.
 
@@ -304,10 +312,9 @@ def pointwise_mlp(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2
     hd = _check(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, gamma, shortcut, grn_weight, grn_bias, drop_scale,
                 grn_eps)
     n, c, h, w = x.shape
-    backend, bwd_backend = resolve_passes(OP, x.device, h * w)
-    if (backend == "reference" or needs_reference() or grn_weight is not None
-            or x.dtype not in KERNEL_DTYPES.get(backend, ()) or x.dtype not in KERNEL_DTYPES.get(bwd_backend, ())
-            or hd == 0 or needs_graph(drop_scale)):
+    # A backend asked for by name without a kernel for this call gets "reference": the composite.
+    backend, requested = resolve_forward(OP, x, (n, c, h, w, hd), fc1_weight, fc2_weight, shortcut, c=c)
+    if backend == "reference" or needs_reference() or grn_weight is not None or hd == 0 or needs_graph(drop_scale):
         return mlp_composite(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, gamma, shortcut, grn_weight, grn_bias,
                              drop_scale, float(grn_eps))
     # The reference multiplies by drop_scale rounded to x's dtype; the kernels read it as float32.
@@ -320,4 +327,4 @@ def pointwise_mlp(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2
                        None if shortcut is None else _rows(shortcut), s, h * w, False)[0]
         return _nchw(out, n, h, w)
     return PointwiseMlpFunction.apply(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, gamma, shortcut, s, graph,
-                                      backend, bwd_backend, direct)
+                                      backend, requested, direct)

@@ -227,15 +227,14 @@ class ConvNeXtBlock(nn.Module):
         args = (y, _cast(fc1.weight, dt), _cast(fc1.bias, dt), _cast(fc2.weight, dt), _cast(fc2.bias, dt))
         grn_args = {} if grn is None else dict(grn_weight=_cast(grn.weight, dt), grn_bias=_cast(grn.bias, dt),
                                                grn_eps=grn.eps)
-        # A backend asked for by name that has no MLP kernel (the compiled extension's is CPU-only)
-        # still runs the model: its MLP half takes PyTorch's composite.
-        mlp_op = pointwise_mlp if has_kernel("pointwise_mlp", get_backend()) else _mlp_composite
+        # A backend asked for by name that has no MLP kernel still runs the model: pointwise_mlp's
+        # route gives that call to PyTorch's composite.
         if x.dtype == dt and (gamma is None or gamma.dtype == dt):
             # One dtype (no autocast, or parameters already in it): the residual add is the kernel's epilogue.
-            return mlp_op(*args, gamma=gamma, shortcut=x, drop_scale=scale, **grn_args)
+            return pointwise_mlp(*args, gamma=gamma, shortcut=x, drop_scale=scale, **grn_args)
         # Autocast over float32 parameters: the residual add follows PyTorch's type promotion, as
         # timm's block does (a float32 gamma keeps the residual stream in float32).
-        y = mlp_op(*args, **grn_args).permute(0, 2, 3, 1)
+        y = pointwise_mlp(*args, **grn_args).permute(0, 2, 3, 1)
         return layer_scale_residual(y, gamma, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:

@@ -36,32 +36,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import capabilities
 from .backend import BackendUnavailableError, implementation, resolve
 from .kernels.layout import device_guard, empty_channels_last
-from .route import check_eps, check_params, check_x, direct_ok, needs_graph, needs_reference
+from .route import check_eps, check_params, check_x, direct_ok, needs_graph, needs_reference, resolve_forward
 
 __all__ = ["patch_linear", "patch_linear_composite", "patch_weight", "fold_norm_into_patch_weight", "kernel_backend"]
 
 OP = "patch_linear"
-# The dtypes each backend's kernel computes in (the others run the composite).
-KERNEL_DTYPES = {
-    "triton": (torch.float16, torch.bfloat16, torch.float32),
-    "cpu": (torch.float32,),
-}
-# The Triton kernel's output LayerNorm holds a pixel's O outputs in one program: up to this many
-# (kernels/patch_linear.py, MAX_OUT_NORM_O; every ConvNeXt stem has at most 352). Wider ones run
-# the composite.
-_TRITON_MAX_OUT_NORM_O = 512
+# The dtypes each backend's kernel computes in, from the capability table (the others run the
+# composite; so does a Triton output LayerNorm wider than the table's max_out_norm).
+KERNEL_DTYPES = {b: tuple(capabilities.capability(OP, b).dtypes) for b in capabilities.kernel_backends(OP)}
 
 
 def kernel_backend(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """The backend whose kernel :func:`patch_linear` runs for (inference) inputs of this device and
-    dtype under the backend in force, or None when it runs ``patch_linear_composite`` there."""
+    dtype under the backend in force, from the record and defaults (nothing is measured), or None
+    when it runs ``patch_linear_composite`` there."""
     try:
-        backend = resolve(OP, device)
+        backend = resolve(OP, device, dtype=dtype)
     except BackendUnavailableError:
         return None
-    return backend if dtype in KERNEL_DTYPES.get(backend, ()) else None
+    return None if backend == "reference" else backend
 
 
 def patch_weight(conv_weight: Tensor) -> Tensor:
@@ -166,9 +162,10 @@ def patch_linear(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k: int, *,
     The kernels serve inference; a call that autograd must record (an input requiring grad, grad
     mode on), forward-mode AD, torch.func transforms, the ``reference`` backend and a dtype the
     kernel does not compute in (float64; bfloat16 / float16 on ``cpu``) and, on ``triton``, an
-    output LayerNorm over more than 512 channels run ``patch_linear_composite``. On CUDA tensors
-    ``auto`` takes the Triton kernel only once a recorded GPU parity run has checked it
-    (``dispatch.json``, ``kernels_verified``; ``python -m convnext_fast verify`` is that run).
+    output LayerNorm over more than 512 channels, and a backend asked for by name without this
+    kernel (``cuda``) run ``patch_linear_composite``. On CUDA tensors ``auto`` takes the Triton
+    kernel once it passed its parity checks on the device and was timed faster there (the device
+    record, ``convnext_fast.autotune``).
 
     Args:
         x: (N, C, H, W), any layout (channels_last is read in place). Rows and columns beyond a
@@ -197,9 +194,15 @@ def patch_linear(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k: int, *,
     in_eps = None if in_eps is None else float(in_eps)
     out_eps = float(out_eps)
     params = (weight_t, bias, out_weight, out_bias)
-    backend = resolve(OP, x.device)
-    too_wide = backend == "triton" and out_weight is not None and weight_t.shape[1] > _TRITON_MAX_OUT_NORM_O
-    if x.dtype not in KERNEL_DTYPES.get(backend, ()) or too_wide or needs_reference() or needs_graph(x, *params):
+    n, c, h, w = x.shape
+    o = weight_t.shape[1]
+    shape = (n, c, h, w, k, o, int(in_eps is not None), int(out_weight is not None))
+    # "reference" also for a backend asked for by name without a kernel for this call (cuda, a
+    # dtype, an output LayerNorm too wide): the composite runs it.
+    if needs_reference() or needs_graph(x, *params):
+        return patch_linear_composite(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps)
+    backend, _ = resolve_forward(OP, x, shape, weight_t, c=c, out_norm=o if out_weight is not None else None)
+    if backend == "reference":
         return patch_linear_composite(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps)
     if direct_ok(x, *params):
         return _forward(backend, x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps)

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 __all__ = ["FLOAT_DTYPES", "MAX_KERNEL_SIZE", "check_x", "check_params", "check_eps", "check_dw", "check_ln",
-           "direct_ok", "needs_graph", "needs_reference", "reference_backward"]
+           "direct_ok", "needs_graph", "needs_reference", "reference_backward", "resolve_forward", "resolve_backward"]
 
 MAX_KERNEL_SIZE = 31
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -124,15 +124,49 @@ def needs_reference() -> bool:
 
 
 def reference_backward(fn: Callable[..., Tensor], inputs: Sequence[Optional[Tensor]],
-                       needs_input_grad: Sequence[bool], grad_y: Tensor) -> list[Optional[Tensor]]:
-    """Gradients of ``fn(*inputs)`` (the reference) with ``create_graph=True``: the backward pass of a
-    backward that is itself recorded (double backward, gradient penalties). ``inputs`` are the saved
-    inputs, still attached to the graph that produced them."""
+                       needs_input_grad: Sequence[bool], grad_y: Tensor,
+                       create_graph: bool = True) -> list[Optional[Tensor]]:
+    """Gradients of ``fn(*inputs)`` (the reference): with ``create_graph=True`` the backward pass of a
+    backward that is itself recorded (double backward, gradient penalties), ``inputs`` being the
+    saved inputs, still attached to the graph that produced them; with False, a backward that
+    ``auto`` gave to PyTorch (the forward again, then autograd), on detached copies."""
+    if not create_graph:
+        inputs = [None if t is None else t.detach().requires_grad_(need)
+                  for t, need in zip(inputs, needs_input_grad)]
     wanted = [i for i, (t, need) in enumerate(zip(inputs, needs_input_grad)) if need and t is not None]
     with torch.enable_grad():
         y = fn(*inputs)
-        grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad_y, create_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad_y, create_graph=create_graph,
+                                    allow_unused=True)
     out: list[Optional[Tensor]] = [None] * len(inputs)
     for i, g in zip(wanted, grads):
         out[i] = g
     return out
+
+
+def resolve_forward(op: str, x: Tensor, shape: Sequence[int], *tensors: Optional[Tensor],
+                    **sizes: Optional[int]) -> tuple[str, str]:
+    """(the forward's backend, the backend asked for) for a call of ``op`` on ``x``: the resolver
+    (``backend.resolve``) with the call's dtype, shape and sizes; ``auto`` may verify and time kernels
+    now when the call runs in plain eager mode (``autotune.may_measure``). The backward is resolved
+    at the first backward (:func:`resolve_backward`), with the request kept from the forward."""
+    from .autotune import may_measure
+    from .backend import requested_backend, resolve
+
+    requested = requested_backend()
+    hw = x.shape[2] * x.shape[3]
+    measure = requested == "auto" and may_measure(x, *tensors)
+    return resolve(op, x.device, hw, dtype=x.dtype, shape=shape, requested=requested, measure=measure,
+                   **sizes), requested
+
+
+def resolve_backward(op: str, x: Tensor, shape: Sequence[int], requested: str, grad_y: Tensor,
+                     **sizes: Optional[int]) -> str:
+    """The backward's backend, decided at the first backward of a call whose forward ran a kernel
+    (``reference`` means: the forward again in PyTorch, then autograd)."""
+    from .autotune import may_measure
+    from .backend import resolve
+
+    measure = requested == "auto" and may_measure(x, grad_y)
+    return resolve(op, x.device, x.shape[2] * x.shape[3], pass_="backward", dtype=x.dtype, shape=shape,
+                   requested=requested, measure=measure, **sizes)

@@ -79,9 +79,13 @@ def test_explicit_backend_runs_both_passes():
             assert resolve_passes("dwconv_layer_norm", DEVICE, 7 * 7) == (name, name)
 
 
-def test_auto_policy_on_cuda_is_per_pass():
-    """The table behind auto on CUDA (pure function: checked here without a GPU)."""
-    first = lambda op, hw, bwd: backend._auto_candidates(op, "cuda", hw, bwd)[0]  # noqa: E731
+def test_auto_defaults_on_cuda_are_per_pass():
+    """The shipped defaults behind auto on CUDA when nothing is measured (pure function: checked here
+    without a GPU): Triton from the record's min_hw_triton up, the CUDA extension below."""
+    from convnext_fast import autotune
+
+    both = ("triton", "cuda")
+    first = lambda op, hw, bwd: autotune._default_choice(op, "backward" if bwd else "forward", hw, both, None)  # noqa: E731
     assert first("dwconv_layer_norm", 7 * 7, False) == "triton"
     assert first("dwconv_layer_norm", 7 * 7, True) == "cuda"
     assert first("dwconv_layer_norm", 14 * 14, True) == "cuda"
@@ -92,7 +96,8 @@ def test_auto_policy_on_cuda_is_per_pass():
     assert first("layer_norm_2d", 7 * 7, False) == "triton"
     assert first("layer_norm_2d", 28 * 28, True) == "triton"
     assert first("layer_norm_2d", 14 * 14, True) == "cuda"
-    assert backend._auto_candidates("dwconv_layer_norm", "cpu", 49, True) == ("cpu", "reference")
+    assert autotune._default_choice("layer_norm_2d", "forward", 49, (), None) == "reference"
+    assert autotune.candidate_order("cpu") == ("cpu",)  # the interpreter is never chosen automatically
 
 
 @pytest.mark.parametrize("route", ["eager", "custom_op"])
@@ -101,8 +106,10 @@ def test_auto_may_run_the_two_passes_on_different_backends(monkeypatch, route):
     backward on another must give the reference gradients: triton forward, cpu backward here."""
     if not {"triton", "cpu"} <= set(kernel_backends()):
         pytest.skip("needs the triton (interpreter) and cpu backends on this device")
-    monkeypatch.setattr(backend, "_auto_candidates",
-                        lambda op, device_type, hw, backward=False: ("cpu",) if backward else ("triton",))
+    from convnext_fast import autotune
+
+    monkeypatch.setattr(autotune, "candidate_order", lambda device_type: ("triton", "cpu"))
+    monkeypatch.setattr(autotune, "choose", lambda op, pass_, *args: "cpu" if pass_ == "backward" else "triton")
     from convnext_fast import extension
 
     calls: list = []
@@ -147,8 +154,33 @@ def test_environment_variable_selects_backend():
     proc = _run_python("import convnext_fast; print(convnext_fast.get_backend())", CONVNEXT_FAST_BACKEND="reference")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "reference"
-    bad = _run_python("import convnext_fast", CONVNEXT_FAST_BACKEND="nonsense")
-    assert bad.returncode != 0 and "unknown convnext_fast backend 'nonsense'" in bad.stderr
+    empty = _run_python("import convnext_fast; print(convnext_fast.get_backend())", CONVNEXT_FAST_BACKEND="")
+    assert empty.returncode == 0 and empty.stdout.strip() == "auto", empty.stderr
+
+
+def test_a_bad_environment_value_breaks_neither_import_nor_info_and_the_first_op_names_it():
+    code = ("import torch, convnext_fast\n"
+            "print(convnext_fast.get_backend())\n"
+            "try:\n"
+            "    convnext_fast.layer_norm_2d(torch.randn(1, 2, 3, 3), torch.ones(2), torch.zeros(2))\n"
+            "except ValueError as e:\n"
+            "    print('raised:', e)\n"
+            "with convnext_fast.use_backend('reference'):\n"
+            "    convnext_fast.layer_norm_2d(torch.randn(1, 2, 3, 3), torch.ones(2), torch.zeros(2))\n"
+            "convnext_fast.set_backend('auto')\n"
+            "convnext_fast.layer_norm_2d(torch.randn(1, 2, 3, 3), torch.ones(2), torch.zeros(2))\n"
+            "print('fixed')\n")
+    bad = _run_python(code, CONVNEXT_FAST_BACKEND="gpu")
+    assert bad.returncode == 0, bad.stderr
+    lines = bad.stdout.splitlines()
+    assert lines[0] == "auto"
+    assert lines[1].startswith("raised:") and "CONVNEXT_FAST_BACKEND='gpu'" in lines[1]
+    assert lines[2] == "fixed"  # use_backend and set_backend take precedence over the bad value
+    env = dict(os.environ, CONVNEXT_FAST_BACKEND="gpu")
+    info = subprocess.run([sys.executable, "-m", "convnext_fast", "info"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert info.returncode == 0, info.stderr
+    assert "CONVNEXT_FAST_BACKEND='gpu'" in info.stdout and "backends for cpu tensors" in info.stdout
 
 
 def test_import_works_without_triton_and_does_not_touch_the_gpu():
