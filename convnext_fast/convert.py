@@ -95,9 +95,10 @@ def _remember(new: nn.Module, original: nn.Module) -> nn.Module:
 def _is_depthwise(m: nn.Module) -> bool:
     if type(m) is not nn.Conv2d:  # timm's Conv2dSame etc. pad differently: left alone
         return False
-    k = m.kernel_size
+    k, d = m.kernel_size, m.dilation
+    # Dilated too (timm's output_stride 16 / 8 backbones): "same" padding is dilation * (K // 2).
     return (m.groups == m.in_channels == m.out_channels and k[0] == k[1] and k[0] % 2 == 1 and k[0] <= 31
-            and m.stride == (1, 1) and m.dilation == (1, 1) and m.padding == (k[0] // 2, k[1] // 2)
+            and m.stride == (1, 1) and d[0] == d[1] and m.padding == (d[0] * (k[0] // 2),) * 2
             and m.padding_mode == "zeros")
 
 
@@ -106,7 +107,8 @@ def _fast_dwconv(m: nn.Module) -> Optional[DepthwiseConv2d]:
         return m
     if not _is_depthwise(m):
         return None
-    new = DepthwiseConv2d(m.in_channels, m.kernel_size[0], bias=m.bias is not None, device="meta")
+    new = DepthwiseConv2d(m.in_channels, m.kernel_size[0], bias=m.bias is not None, device="meta",
+                          dilation=m.dilation[0])
     new.weight = m.weight
     if m.bias is not None:
         new.bias = m.bias
@@ -341,8 +343,8 @@ def to_reference(model: nn.Module) -> nn.Module:
         if hasattr(m, _ORIGINAL):
             return _restore(m)
         if isinstance(m, DepthwiseConv2d):
-            new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, padding=m.padding, groups=m.groups,
-                            bias=m.bias is not None, device="meta")
+            new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, padding=m.padding, dilation=m.dilation,
+                            groups=m.groups, bias=m.bias is not None, device="meta")
             new.weight = m.weight
             if m.bias is not None:
                 new.bias = m.bias

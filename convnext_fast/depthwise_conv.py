@@ -12,10 +12,19 @@ Backend contract (``convnext_fast.kernels.launchers`` for ``triton``, ``convnext
 
 NaN / Inf semantics are those of ``F.conv2d`` in float64: a non-finite weight tap also multiplies
 the zero padding, so every output of its channel is NaN.
+
+Dilation (the later stages of a segmentation backbone, timm's ``output_stride=16`` / ``8``): a
+depthwise conv with dilation d is d*d undilated convs, one per polyphase component ``x[..., a::d,
+b::d]`` (the classic space-to-batch form of atrous convolution): output pixel (a + d*i, b + d*j)
+only reads input pixels of its own phase, and the zero padding of the dilated conv is the zero
+padding of each phase. So every backend serves a dilated call with its undilated kernels on the
+phases, folded into the batch (one rearranging copy in, one out; see :func:`dilated_call`), with
+the same autograd route; the reference backend calls ``F.conv2d`` with ``dilation``.
 """
 from __future__ import annotations
 
-from typing import Optional
+import numbers
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -26,7 +35,7 @@ from .kernels.layout import device_guard, empty_channels_last
 from .route import (check_dw, check_params, check_x, direct_ok, needs_graph, needs_reference, reference_backward,
                     resolve_backward, resolve_forward)
 
-__all__ = ["depthwise_conv2d"]
+__all__ = ["depthwise_conv2d", "dilated_call"]
 
 OP = "depthwise_conv2d"
 
@@ -102,13 +111,47 @@ class DepthwiseConvFunction(torch.autograd.Function):
         return gx, gw, (gb if bias is not None else None), None, None, None
 
 
-def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """Depthwise KxK convolution, stride 1, padding K//2 (what ConvNeXt's ``dwconv`` computes).
+def check_dilation(op: str, dilation) -> int:
+    """A positive int (Python or NumPy integer) as an int."""
+    if isinstance(dilation, bool) or not isinstance(dilation, numbers.Integral) or dilation < 1:
+        raise ValueError(f"{op} expects dilation to be a positive integer, got {dilation!r}")
+    return int(dilation)
+
+
+def dilated_call(fn: Callable[[Tensor], Tensor], x: Tensor, dilation: int) -> Tensor:
+    """``fn`` (a per-pixel-local, same-size op whose spatial part is an undilated depthwise conv)
+    applied as its ``dilation``-dilated version: on the d*d polyphase components of ``x`` folded into
+    the batch, then unfolded (see the module docstring).
+
+    H and W are zero-padded at the bottom / right to multiples of d first (only when they are not
+    multiples already): the padded rows and columns are exactly the zero padding the dilated conv
+    sees there, and their outputs are cropped.
+    """
+    d = dilation
+    n, c, h, w = x.shape
+    hp, wp = -(-h // d) * d, -(-w // d) * d
+    if (hp, wp) != (h, w):
+        x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h))
+    # (N, C, Hp, Wp) -> (N, d, d, C, Hp/d, Wp/d) phases -> batch; channels_last memory, as the ops want.
+    phases = x.reshape(n, c, hp // d, d, wp // d, d).permute(0, 3, 5, 1, 2, 4)
+    phases = phases.reshape(n * d * d, c, hp // d, wp // d).contiguous(memory_format=torch.channels_last)
+    y = fn(phases)
+    y = y.reshape(n, d, d, c, hp // d, wp // d).permute(0, 3, 4, 1, 5, 2).reshape(n, c, hp, wp)
+    if (hp, wp) != (h, w):
+        y = y[:, :, :h, :w]
+    return y.contiguous(memory_format=torch.channels_last)
+
+
+def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, dilation: int = 1) -> Tensor:
+    """Depthwise KxK convolution, stride 1, padding ``dilation * (K//2)`` (what ConvNeXt's ``dwconv``
+    computes; dilated in a backbone's later stages with timm's ``output_stride`` 16 or 8).
 
     Args:
         x: input of shape (N, C, H, W), any memory layout; float16, bfloat16, float32 or float64.
         weight: (C, 1, K, K) with K odd, 1 <= K <= 31; same dtype and device as ``x``.
         bias: optional (C,).
+        dilation: spacing of the kernel taps (1: a plain conv). A dilated call runs the backend's
+            undilated kernels on the polyphase components of ``x`` (see the module docstring).
 
     Returns:
         (N, C, H, W) tensor in channels_last memory order (the ``reference`` backend returns what
@@ -117,8 +160,13 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
     check_x(OP, x)
     check_params(OP, x, ("weight",), weight=weight, bias=bias)
     check_dw(OP, x, weight, bias)
+    dilation = check_dilation(OP, dilation)
     backend, requested = resolve_forward(OP, x, (*x.shape, weight.shape[-1]), weight, bias, c=x.shape[1],
                                          k=weight.shape[-1])
+    if dilation > 1:
+        if backend == "reference" or needs_reference():
+            return reference.depthwise_conv2d(x, weight, bias, dilation)
+        return dilated_call(lambda t: depthwise_conv2d(t, weight, bias), x, dilation)
     if backend == "reference" or needs_reference():
         return reference.depthwise_conv2d(x, weight, bias)
     direct = direct_ok(x, weight, bias)

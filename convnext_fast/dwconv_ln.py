@@ -16,6 +16,7 @@ from torch import Tensor
 
 from . import reference
 from .backend import implementation
+from .depthwise_conv import check_dilation, dilated_call
 from .kernels.layout import device_guard, empty_channels_last
 from .layer_norm import empty_stats
 from .route import (check_dw, check_eps, check_ln, check_params, check_x, direct_ok, needs_graph, needs_reference,
@@ -110,7 +111,7 @@ class DwconvLayerNormFunction(torch.autograd.Function):
 
 
 def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor,
-                      ln_bias: Tensor, eps: float = 1e-6) -> Tensor:
+                      ln_bias: Tensor, eps: float = 1e-6, dilation: int = 1) -> Tensor:
     """LayerNorm over C of the depthwise conv of ``x``: the first half of a ConvNeXt block, fused.
 
     Args:
@@ -118,6 +119,9 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], l
         dw_weight: (C, 1, K, K), K odd; dw_bias: optional (C,).
         ln_weight, ln_bias: (C,).
         eps: LayerNorm epsilon (a positive number).
+        dilation: of the depthwise conv (padding ``dilation * (K//2)``). The LayerNorm acts on each
+            pixel alone, so a dilated call runs the fused kernels on the polyphase components of
+            ``x`` (``convnext_fast.depthwise_conv``'s module docstring).
 
     Returns:
         (N, C, H, W) tensor in channels_last memory order.
@@ -128,8 +132,13 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], l
     check_dw(OP, x, dw_weight, dw_bias, prefix="dw_")
     check_ln(OP, x, ln_weight, ln_bias, prefix="ln_")
     eps = check_eps(OP, eps)
+    dilation = check_dilation(OP, dilation)
     k = dw_weight.shape[-1]
     backend, requested = resolve_forward(OP, x, (*x.shape, k), dw_weight, ln_weight, c=x.shape[1], k=k)
+    if dilation > 1:
+        if backend == "reference" or needs_reference():
+            return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, dilation)
+        return dilated_call(lambda t: dwconv_layer_norm(t, dw_weight, dw_bias, ln_weight, ln_bias, eps), x, dilation)
     if backend == "reference" or needs_reference():
         return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps)
     direct = direct_ok(x, dw_weight, dw_bias, ln_weight, ln_bias)

@@ -118,14 +118,16 @@ class FoldedBlock(nn.Module):
         self.register_buffer("grn_bias", None if grn is None else cast(grn.bias.detach()))
         self.grn_eps = 1e-6 if grn is None else grn.eps
         self.eps = norm.eps
+        self.dilation = conv.dilation[0]  # output_stride 16 / 8 backbones; the one-kernel block has none
         k = conv.weight.shape[-1]
-        self.one_kernel_ok = grn is None and not capabilities.reason("folded_block", "triton", c=c, k=k)
+        self.one_kernel_ok = (grn is None and self.dilation == 1
+                              and not capabilities.reason("folded_block", "triton", c=c, k=k))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.one_kernel_ok and _one_kernel(x, self.dw_weight.shape[-1]):
             return block_fwd(x, self.dw_weight, self.dw_bias, self.eps, self.fc1_weight, self.fc1_bias,
                              self.fc2_weight, self.fc2_bias)
-        y = dwconv_layer_norm(x, self.dw_weight, self.dw_bias, self.ln_ones, self.ln_zeros, self.eps)
+        y = dwconv_layer_norm(x, self.dw_weight, self.dw_bias, self.ln_ones, self.ln_zeros, self.eps, self.dilation)
         return pointwise_mlp(y, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias, shortcut=x,
                              grn_weight=self.grn_weight, grn_bias=self.grn_bias, grn_eps=self.grn_eps)
 

@@ -6,12 +6,37 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.fx import Proxy
 
-from .depthwise_conv import depthwise_conv2d
+from .depthwise_conv import check_dilation, depthwise_conv2d
 from .layer_norm import layer_norm_2d
 from .route import check_eps, check_kernel_size
 
 __all__ = ["DepthwiseConv2d", "LayerNorm2d"]
+
+
+def fx_leaf(module: nn.Module, *args: object) -> object:
+    """``module`` called on ``args`` as one ``call_module`` node of the torch.fx graph being traced.
+
+    The fused modules pick kernels and dtypes in Python, which symbolic tracing cannot follow; as a
+    leaf the graph calls the module itself, so a traced model runs the same fused kernels and gives
+    the same outputs. Each fused module's ``forward`` hands its call here when its input is a
+    ``torch.fx.Proxy`` (plain ``torch.fx.symbolic_trace``, torchvision's ``create_feature_extractor``
+    and any other tracer); timm's tracer also lists them as leaves (``features.register_with_timm``).
+    """
+    tracer = next(a for a in args if isinstance(a, Proxy)).tracer
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+
+
+class FxLeafScripting:
+    """Mixin: ``torch.jit.script`` of a fused module (alone, or inside an FX graph) fails at once with
+    the way out instead of deep inside the compiler."""
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script: convnext_fast's fused ops dispatch in "
+            f"Python. Export with torch.export.export(model.eval(), (example_input,)) (the fused ops become custom "
+            f"ops), or call convnext_fast.to_reference(model) first for plain PyTorch operators (ONNX, TensorRT).")
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -29,9 +54,9 @@ def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
-class DepthwiseConv2d(nn.Conv2d):
-    """``nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)`` on the
-    fast depthwise kernel.
+class DepthwiseConv2d(FxLeafScripting, nn.Conv2d):
+    """``nn.Conv2d(channels, channels, kernel_size, padding=dilation * (kernel_size // 2),
+    dilation=dilation, groups=channels)`` on the fast depthwise kernel.
 
     Under ``torch.autocast`` it runs in the autocast dtype, as ``nn.Conv2d`` does; parameters are cast
     to the input's dtype (the op requires one dtype).
@@ -40,30 +65,36 @@ class DepthwiseConv2d(nn.Conv2d):
         channels: number of input and output channels C.
         kernel_size: odd K, 1 <= K <= 31.
         bias: learn an additive bias.
+        dilation: spacing of the taps (ConvNeXt's later stages at output stride 16 or 8).
 
     Shape:
         (N, C, H, W) -> (N, C, H, W), channels_last.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 7, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(self, channels: int, kernel_size: int = 7, bias: bool = True, device=None, dtype=None,
+                 dilation: int = 1) -> None:
         if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
             raise ValueError(f"DepthwiseConv2d expects a positive channel count, got {channels!r}")
         kernel_size = check_kernel_size("DepthwiseConv2d", kernel_size)
-        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias,
-                         device=device, dtype=dtype)
+        dilation = check_dilation("DepthwiseConv2d", dilation)
+        super().__init__(channels, channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
+                         groups=channels, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Proxy):
+            return fx_leaf(self, x)
         w, b = self.weight, self.bias
         if torch._C._is_any_autocast_enabled() or w.dtype != x.dtype:
             dtype = _compute_dtype(x)
             x, w, b = _as(x, dtype), _as(w, dtype), _as(b, dtype)
-        return depthwise_conv2d(x, w, b)
+        return depthwise_conv2d(x, w, b, self.dilation[0])
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, kernel_size={self.kernel_size[0]}, bias={self.bias is not None}"
+        dil = f", dilation={self.dilation[0]}" if self.dilation[0] != 1 else ""
+        return f"{self.in_channels}, kernel_size={self.kernel_size[0]}{dil}, bias={self.bias is not None}"
 
 
-class LayerNorm2d(nn.LayerNorm):
+class LayerNorm2d(FxLeafScripting, nn.LayerNorm):
     """LayerNorm over the channels of an (N, C, H, W) tensor (ConvNeXt's ``channels_first`` LayerNorm).
 
     Same parameters and state-dict keys as ``nn.LayerNorm(channels, eps=eps)`` and timm's
@@ -80,6 +111,8 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(channels, eps=check_eps("LayerNorm2d", eps), device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Proxy):
+            return fx_leaf(self, x)
         w, b = self.weight, self.bias
         if w.dtype != x.dtype:
             w, b = w.to(x.dtype), b.to(x.dtype)

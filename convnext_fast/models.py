@@ -21,19 +21,21 @@ each (``convnext_fast.fused_elementwise``). The registry and the factories are i
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
+from torch.fx import Proxy
 
 from .backend import get_backend, has_kernel
 from .dwconv_ln import dwconv_layer_norm
 from .mlp import pointwise_mlp
 from .fused_elementwise import (drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu,
                                 mlp_composite)
-from .layers import DepthwiseConv2d, LayerNorm2d
+from .layers import DepthwiseConv2d, FxLeafScripting, LayerNorm2d, fx_leaf
 from .layers import _as as _cast, _compute_dtype
 # The registry and factories live in pretrained.py; this module keeps exporting them.
 from .pretrained import (
@@ -88,7 +90,7 @@ def _channels_last(x: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-class GlobalResponseNorm(nn.Module):
+class GlobalResponseNorm(FxLeafScripting, nn.Module):
     """ConvNeXt V2 Global Response Normalization on an NHWC tensor (timm's ``GlobalResponseNorm``).
 
     ``y = x + bias + weight * x * n`` with ``n = ||x||_{H,W} / (mean_C ||x||_{H,W} + eps)``.
@@ -110,13 +112,15 @@ class GlobalResponseNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Proxy):
+            return fx_leaf(self, x)
         return global_response_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-class ConvNeXtMlp(nn.Module):
+class ConvNeXtMlp(FxLeafScripting, nn.Module):
     """The block's pointwise MLP: ``fc1`` -> GELU (exact) -> [GRN] -> ``fc2`` on an NHWC tensor.
 
     ``fc1``/``fc2`` are ``nn.Linear`` or, with ``conv_mlp=True``, 1x1 ``nn.Conv2d`` (timm's storage
@@ -150,6 +154,8 @@ class ConvNeXtMlp(nn.Module):
         return w.flatten(1) if w.dim() == 4 else w
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Proxy):
+            return fx_leaf(self, x)
         x = linear_gelu(x, self._weight(self.fc1), self.fc1.bias)
         if self.grn is not None:
             x = self.grn(x)
@@ -165,7 +171,7 @@ def _mlp_composite(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc
                          drop_scale, grn_eps)
 
 
-class ConvNeXtBlock(nn.Module):
+class ConvNeXtBlock(FxLeafScripting, nn.Module):
     """ConvNeXt block: ``x + drop_path(gamma * fc2(GRN(GELU(fc1(LN(dwconv(x)))))))``.
 
     Two fused ops: :func:`convnext_fast.dwconv_layer_norm` (parameters kept in ``conv_dw``, a
@@ -180,9 +186,13 @@ class ConvNeXtBlock(nn.Module):
     Under ``torch.autocast`` the fused op runs in the autocast dtype (its parameters are cast to
     it); the residual add follows PyTorch's type promotion, as timm's block does.
 
+    Under torch.fx symbolic tracing the block is one leaf (``call_module``) node: the traced graph
+    runs the block itself, on the same kernels.
+
     Args:
         dim: channels C.
         kernel_size: odd depthwise kernel size.
+        dilation: of the depthwise conv (timm's ``output_stride`` 16 / 8 dilates the later stages).
         mlp_ratio: hidden width of the MLP as a multiple of C.
         ls_init_value: initial layer-scale value; None for no layer scale (ConvNeXt V2).
         drop_path: stochastic-depth probability (training only).
@@ -196,14 +206,14 @@ class ConvNeXtBlock(nn.Module):
 
     def __init__(self, dim: int, kernel_size: int = 7, mlp_ratio: float = 4.0,
                  ls_init_value: Optional[float] = 1e-6, drop_path: float = 0.0, use_grn: bool = False,
-                 conv_mlp: bool = False, eps: float = 1e-6, device=None, dtype=None) -> None:
+                 conv_mlp: bool = False, eps: float = 1e-6, device=None, dtype=None, dilation: int = 1) -> None:
         super().__init__()
         if not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"ConvNeXtBlock expects a positive channel count dim, got {dim!r}")
         if not 0.0 <= drop_path < 1.0:
             raise ValueError(f"ConvNeXtBlock expects 0 <= drop_path < 1, got {drop_path}")
         dd = {"device": device, "dtype": dtype}
-        self.conv_dw = DepthwiseConv2d(dim, kernel_size, bias=True, **dd)
+        self.conv_dw = DepthwiseConv2d(dim, kernel_size, bias=True, dilation=dilation, **dd)
         self.norm = LayerNorm2d(dim, eps=eps, **dd)
         self.mlp = ConvNeXtMlp(dim, int(mlp_ratio * dim), use_grn=use_grn, conv_mlp=conv_mlp, eps=eps, **dd)
         if ls_init_value is not None:
@@ -213,6 +223,8 @@ class ConvNeXtBlock(nn.Module):
         self.drop_path = float(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Proxy):
+            return fx_leaf(self, x)
         conv, norm, mlp = self.conv_dw, self.norm, self.mlp
         if not (isinstance(conv, DepthwiseConv2d) and isinstance(norm, LayerNorm2d) and type(mlp) is ConvNeXtMlp):
             # Plain PyTorch modules (to_reference(), for export): plain PyTorch ops throughout.
@@ -221,7 +233,7 @@ class ConvNeXtBlock(nn.Module):
             return layer_scale_residual(y, self.gamma, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
         dt = _compute_dtype(x)
         y = dwconv_layer_norm(_cast(x, dt), _cast(conv.weight, dt), _cast(conv.bias, dt), _cast(norm.weight, dt),
-                              _cast(norm.bias, dt), norm.eps)
+                              _cast(norm.bias, dt), norm.eps, conv.dilation[0])
         fc1, fc2, grn, gamma = mlp.fc1, mlp.fc2, mlp.grn, self.gamma
         scale = drop_path_scale(y, self.drop_path, self.training)
         args = (y, _cast(fc1.weight, dt), _cast(fc1.bias, dt), _cast(fc2.weight, dt), _cast(fc2.bias, dt))
@@ -241,14 +253,33 @@ class ConvNeXtBlock(nn.Module):
         return f"drop_path={self.drop_path}" if self.drop_path else ""
 
 
+class _SameConv2x2(nn.Conv2d):
+    """A 2x2 stride-1 conv with dilation d and timm's "same" padding (d in total per dimension):
+    ``d // 2`` before and the rest after, i.e. one pixel at the bottom / right for d = 1 (timm's
+    dynamic same padding) and one on each side for d = 2 (its static padding). The downsampling
+    layer of a stage that dilates instead of downsampling (``output_stride`` 16 / 8); an
+    ``nn.Conv2d`` (same parameters and state-dict keys) that pads explicitly."""
+
+    def __init__(self, in_dim: int, out_dim: int, dilation: int, device=None, dtype=None) -> None:
+        super().__init__(in_dim, out_dim, kernel_size=2, stride=1, dilation=dilation, device=device, dtype=dtype)
+        self.same_pad = (dilation // 2, dilation - dilation // 2) * 2  # (left, right, top, bottom)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, self.same_pad))
+
+
 class ConvNeXtStage(nn.Module):
-    """One resolution stage: optional LayerNorm2d + 2x2 stride-2 conv downsampling, then blocks.
+    """One resolution stage: optional LayerNorm2d + 2x2 conv downsampling, then blocks.
 
     Args:
         in_dim, out_dim: channels in and out.
         depth: number of blocks.
-        downsample: whether to downsample (every stage but the first).
+        downsample: whether to downsample (every stage but the first, unless dilated instead).
         drop_path_rates: per-block stochastic-depth probabilities (``depth`` values).
+        dilation: (first, rest), timm's stage dilation for ``output_stride`` 16 / 8: the blocks'
+            depthwise convs take ``rest``; where the two differ the stage keeps its LayerNorm + 2x2
+            conv but with stride 1, dilation ``first`` and "same" padding (timm's layer: the padding
+            (``first``) goes bottom / right for ``first`` = 1, both sides for 2), as timm builds it.
         block_kwargs: passed to each :class:`ConvNeXtBlock`.
 
     Shape:
@@ -257,20 +288,29 @@ class ConvNeXtStage(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, depth: int, downsample: bool,
                  drop_path_rates: Sequence[float], eps: float = 1e-6, device=None, dtype=None,
-                 **block_kwargs: Any) -> None:
+                 dilation: Tuple[int, int] = (1, 1), **block_kwargs: Any) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
+        first_dilation, dilation_ = dilation
+        if downsample and dilation_ > 1:
+            raise ValueError(f"ConvNeXtStage downsamples (stride 2) or dilates, not both: dilation={dilation}")
         if downsample:
             self.downsample = nn.Sequential(
                 LayerNorm2d(in_dim, eps=eps, **dd),
                 nn.Conv2d(in_dim, out_dim, kernel_size=2, stride=2, **dd),
+            )
+        elif first_dilation != dilation_:
+            self.downsample = nn.Sequential(
+                LayerNorm2d(in_dim, eps=eps, **dd),
+                _SameConv2x2(in_dim, out_dim, first_dilation, **dd),
             )
         elif in_dim != out_dim:
             raise ValueError(f"ConvNeXtStage without downsampling needs in_dim == out_dim, got {in_dim}, {out_dim}")
         else:
             self.downsample = nn.Identity()
         self.blocks = nn.Sequential(*[
-            ConvNeXtBlock(out_dim, drop_path=drop_path_rates[i], eps=eps, **dd, **block_kwargs) for i in range(depth)
+            ConvNeXtBlock(out_dim, drop_path=drop_path_rates[i], eps=eps, dilation=dilation_, **dd, **block_kwargs)
+            for i in range(depth)
         ])
         self.grad_checkpointing = False
 
@@ -375,6 +415,41 @@ class ClassifierHead(nn.Module):
         return f"pool_type={self.pool_type!r}"
 
 
+def _take_indices(n: int, indices: Optional[Union[int, Sequence[int]]]) -> List[int]:
+    """timm's ``feature_take_indices``: None for all n stages, an int k for the last k, or a list of
+    indices (negative ones count from the end), as absolute indices."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"indices={indices} asks for the last {indices} of {n} stages")
+        return list(range(n - indices, n))
+    take = [i + n if i < 0 else i for i in indices]
+    if not take or any(not 0 <= i < n for i in take):
+        raise ValueError(f"stage indices must lie in [-{n}, {n}), got {list(indices)}")
+    return take
+
+
+_TIMM_REGISTERED = False
+
+
+def _register_with_timm() -> None:
+    """List the fused modules as leaves of timm's FX tracer (``timm.layers.register_notrace_module``,
+    what timm does for its own modules that tracing cannot follow), once timm has been imported.
+    They are leaves for any tracer anyway (:func:`convnext_fast.layers.fx_leaf`); this makes timm's
+    own helpers (``get_notrace_modules``) name them too. Never imports timm itself."""
+    global _TIMM_REGISTERED
+    if _TIMM_REGISTERED or "timm" not in sys.modules:
+        return
+    try:
+        from timm.layers import register_notrace_module
+    except ImportError:  # a timm without the FX registry
+        return
+    for cls in (ConvNeXtBlock, ConvNeXtMlp, GlobalResponseNorm, DepthwiseConv2d, LayerNorm2d):
+        register_notrace_module(cls)
+    _TIMM_REGISTERED = True
+
+
 def _stage_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> List[List[float]]:
     """Linearly increasing stochastic depth over all blocks (official ConvNeXt / timm schedule)."""
     rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -425,6 +500,10 @@ class ConvNeXt(nn.Module):
         head_init_scale: scale of the classifier's initial weights and bias.
         global_pool: pooling before the classifier: ``"avg"`` (default), ``"max"``, ``"avgmax"`` or
             ``""`` (none: per-position logits), as timm's ``global_pool``.
+        output_stride: 32 (default), 16 or 8: the network's total stride, as timm's ``output_stride``
+            (for segmentation backbones). The stages past it keep their resolution: their
+            downsampling layer becomes a stride-1 "same" 2x2 conv and their depthwise convs are
+            dilated (2, then 4), exactly as timm builds them, so timm weights load unchanged.
 
     Shape:
         (N, in_chans, H, W) -> (N, num_classes) ((N, num_classes, H/32, W/32) with ``global_pool=""``).
@@ -435,9 +514,13 @@ class ConvNeXt(nn.Module):
                  drop_path_rate: float = 0.0, drop_rate: float = 0.0, ls_init_value: Optional[float] = 1e-6,
                  use_grn: bool = False, conv_mlp: bool = False, head_norm_first: bool = False,
                  norm_eps: float = 1e-6, mlp_ratio: float = 4.0, patch_size: int = 4,
-                 head_init_scale: float = 1.0, global_pool: str = "avg", device=None, dtype=None) -> None:
+                 head_init_scale: float = 1.0, global_pool: str = "avg", output_stride: int = 32,
+                 device=None, dtype=None) -> None:
         super().__init__()
+        _register_with_timm()
         depths, dims = tuple(depths), tuple(dims)
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"ConvNeXt expects output_stride 8, 16 or 32 (timm's choices), got {output_stride!r}")
         if len(depths) != len(dims) or not depths:
             raise ValueError(f"ConvNeXt expects as many depths as dims, got depths={depths}, dims={dims}")
         kernel_sizes = (kernel_size,) * len(depths) if isinstance(kernel_size, int) else tuple(kernel_size)
@@ -453,13 +536,19 @@ class ConvNeXt(nn.Module):
         )
         rates = _stage_drop_path_rates(drop_path_rate, depths)
         stages, prev, self.feature_info = [], dims[0], []
-        reduction = patch_size
+        reduction, dilation = patch_size, 1
         for i, (depth, dim) in enumerate(zip(depths, dims)):
-            if i > 0:
-                reduction *= 2
-            stages.append(ConvNeXtStage(prev, dim, depth, downsample=i > 0, drop_path_rates=rates[i], eps=norm_eps,
-                                        kernel_size=kernel_sizes[i], mlp_ratio=mlp_ratio, ls_init_value=ls_init_value,
-                                        use_grn=use_grn, conv_mlp=conv_mlp, **dd))
+            # timm's rule: once the stride reaches output_stride, a stage dilates instead of downsampling.
+            stride = 2 if i > 0 else 1
+            if reduction >= output_stride and stride > 1:
+                dilation *= stride
+                stride = 1
+            reduction *= stride
+            first_dilation = 1 if dilation in (1, 2) else 2
+            stages.append(ConvNeXtStage(prev, dim, depth, downsample=stride > 1, drop_path_rates=rates[i],
+                                        eps=norm_eps, dilation=(first_dilation, dilation), kernel_size=kernel_sizes[i],
+                                        mlp_ratio=mlp_ratio, ls_init_value=ls_init_value, use_grn=use_grn,
+                                        conv_mlp=conv_mlp, **dd))
             self.feature_info.append({"num_chs": dim, "reduction": reduction, "module": f"stages.{i}"})
             prev = dim
         self.stages = nn.Sequential(*stages)
@@ -537,6 +626,34 @@ class ConvNeXt(nn.Module):
             if stages is None or i in stages:
                 stage.grad_checkpointing = enable
 
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what the stage outputs ``indices`` do not need, in place (timm's method, used by its
+        ``feature_cls='getter'`` wrapper): the later stages, ``norm_pre`` (with ``prune_norm`` or
+        when the last stage goes) and the classifier head (with ``prune_head`` or when the last stage
+        goes).
+
+        Args:
+            indices: the stages kept for :meth:`forward_intermediates`, as its ``indices``.
+            prune_norm: also drop ``norm_pre``.
+            prune_head: drop the head (pooling, norm and classifier).
+
+        Returns:
+            The absolute indices of the kept outputs.
+        """
+        take = _take_indices(len(self.stages), indices)
+        last = max(take)
+        prune_end = last < len(self.stages) - 1
+        if prune_norm or prune_end:
+            self.norm_pre = nn.Identity()
+        self.stages = self.stages[:last + 1]
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_head or prune_end:
+            self.head = ClassifierHead(self.num_features, 0, norm=False, eps=1e-6, pool_type="")
+            self.num_classes = 0
+        return take
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem, stages and (``head_norm_first``) the pre-head norm.
 
@@ -580,16 +697,7 @@ class ConvNeXt(nn.Module):
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         n = len(self.stages)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices={indices} asks for the last {indices} of {n} stages")
-            take = list(range(n - indices, n))
-        else:
-            take = [i + n if i < 0 else i for i in indices]
-            if any(not 0 <= i < n for i in take):
-                raise ValueError(f"stage indices must lie in [-{n}, {n}), got {list(indices)}")
+        take = _take_indices(n, indices)
         last = max(take)
         out = []
         x = self.stem(_channels_last(x))

@@ -12,6 +12,8 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .models import ConvNeXt
 
 __all__ = [
@@ -70,23 +72,28 @@ _CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.2613
 
 def _tag(num_classes: int = 1000, size: int = 224, crop_pct: float = 0.875, test_size: Optional[int] = None,
          test_crop_pct: Optional[float] = None, crop_mode: str = "center", clip: bool = False,
-         license: str = "apache-2.0", weights: bool = True) -> Dict[str, Any]:
+         license: str = "apache-2.0", weights: bool = True, pool_size: Optional[int] = None) -> Dict[str, Any]:
     """One timm pretrained tag: the preprocessing its weights expect and their license (timm's values)."""
-    cfg: Dict[str, Any] = {"input_size": (3, size, size)}
+    cfg: Dict[str, Any] = {"custom_load": False, "input_size": (3, size, size)}
     if test_size is not None:
         cfg["test_input_size"] = (3, test_size, test_size)
     cfg.update(fixed_input_size=False, interpolation="bicubic", crop_pct=crop_pct)
     if test_crop_pct is not None:
         cfg["test_crop_pct"] = test_crop_pct
     mean, std = (_CLIP_MEAN, _CLIP_STD) if clip else (_IMAGENET_MEAN, _IMAGENET_STD)
-    cfg.update(crop_mode=crop_mode, mean=mean, std=std,
-               num_classes=num_classes, first_conv="stem.0", classifier="head.fc", license=license)
+    # pool_size: the unpooled feature map of an input_size image (the network's stride is 32),
+    # unless timm records another value for the tag.
+    pool = size // 32 if pool_size is None else pool_size
+    cfg.update(crop_mode=crop_mode, mean=mean, std=std, num_classes=num_classes, pool_size=(pool, pool), first_conv="stem.0", classifier="head.fc", license=license)
     cfg["_weights"] = weights
     return cfg
 
 
 def _v2tag(**kwargs: Any) -> Dict[str, Any]:
-    return _tag(license="cc-by-nc-4.0", **kwargs)  # the ConvNeXt V2 release's license
+    # The ConvNeXt V2 release's license and timm's paper fields for it.
+    return {**_tag(license="cc-by-nc-4.0", **kwargs), "paper_ids": "arXiv:2301.00808",
+            "paper_name": "ConvNeXt V2: Co-designing and Scaling ConvNets with Masked Autoencoders",
+            "origin_url": "https://github.com/facebookresearch/ConvNeXt-V2"}
 
 
 # timm's pretrained tags of each architecture, its default tag first (timm 1.0.31). timm publishes
@@ -203,7 +210,8 @@ _PRETRAINED_TAGS: Dict[str, Dict[str, Dict[str, Any]]] = {
     },
     "convnextv2_huge": {
         "fcmae_ft_in22k_in1k_384": _v2tag(size=384, crop_pct=1.0, crop_mode="squash"),
-        "fcmae_ft_in22k_in1k_512": _v2tag(size=512, crop_pct=1.0, crop_mode="squash"),
+        # timm records pool_size (15, 15) for this tag (a 512 input gives 16 x 16); its value is kept.
+        "fcmae_ft_in22k_in1k_512": _v2tag(size=512, crop_pct=1.0, crop_mode="squash", pool_size=15),
         "fcmae_ft_in1k": _v2tag(test_size=288, test_crop_pct=1.0),
         "fcmae": _v2tag(num_classes=0),
     },
@@ -261,9 +269,38 @@ def _no_file_error(call: str, arch: str, tag: str) -> ValueError:
         f"convnext_fast.load_weights(model, '/path/to/file').")
 
 
+_FEATURE_KWARGS = ("out_indices", "feature_cls", "output_fmt", "norm", "prune")
+
+
 def _create(name: str, pretrained: PretrainedSource, kwargs: Dict[str, Any], call: Optional[str] = None,
             checkpoint_path: Optional[PathLike] = None,
-            pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None) -> ConvNeXt:
+            pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    """The network, or with ``features_only=True`` timm's feature wrapper around it."""
+    kwargs = dict(kwargs)
+    features_only = kwargs.pop("features_only", False)
+    feature_cfg = dict(kwargs.pop("feature_cfg", None) or {})
+    for key in ("out_indices", "feature_cls"):
+        if key in kwargs:
+            if not features_only:
+                raise ValueError(f"{call or name + '('}{key}=...) applies to features_only=True models only")
+            feature_cfg[key] = kwargs.pop(key)
+    if feature_cfg and not features_only:
+        raise ValueError(f"{call or name + '('}feature_cfg=...) applies to features_only=True models only")
+    feature_cfg.pop("flatten_sequential", None)  # always flattened, as timm builds ConvNeXt's wrapper
+    unknown = sorted(set(feature_cfg) - set(_FEATURE_KWARGS))
+    if unknown:
+        raise ValueError(f"unknown feature_cfg entries {unknown}; known: {', '.join(_FEATURE_KWARGS)}")
+    model = _create_network(name, pretrained, kwargs, call, checkpoint_path, pretrained_cfg_overlay)
+    if not features_only:
+        return model
+    from .features import features_model
+
+    return features_model(model, **feature_cfg)
+
+
+def _create_network(name: str, pretrained: PretrainedSource, kwargs: Dict[str, Any], call: Optional[str] = None,
+                    checkpoint_path: Optional[PathLike] = None,
+                    pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None) -> ConvNeXt:
     from .models import ConvNeXt  # at call time: models imports this module
     from .weights import CheckpointError, load_weights, resolve_pretrained, without_classifier
 
@@ -320,7 +357,7 @@ def _create(name: str, pretrained: PretrainedSource, kwargs: Dict[str, Any], cal
 
 
 def create_model(name: str, pretrained: PretrainedSource = None, *, checkpoint_path: Optional[PathLike] = None,
-                 pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> ConvNeXt:
+                 pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> nn.Module:
     """Build a model by name, as ``timm.create_model`` does: ``create_model("convnext_tiny.fb_in1k")``.
 
     Weights come from a file you have; nothing is downloaded. ``pretrained=True`` therefore needs
@@ -338,13 +375,18 @@ def create_model(name: str, pretrained: PretrainedSource = None, *, checkpoint_p
         checkpoint_path: local weights file, loaded whether or not ``pretrained`` is set (as timm).
         pretrained_cfg_overlay: entries that replace those of the tag's ``pretrained_cfg``.
         **kwargs: :class:`ConvNeXt` arguments (``num_classes``, ``drop_path_rate``, ``in_chans``,
-            ``global_pool``, ``device``, ...). With ``pretrained`` weights and another
+            ``global_pool``, ``output_stride``, ``device``, ...). With ``pretrained`` weights and another
             ``num_classes`` than the checkpoint's, everything but the classifier is loaded and the
             classifier is initialized as in a new model (timm's way to fine-tune); a
-            ``checkpoint_path`` given without ``pretrained`` must fit exactly.
+            ``checkpoint_path`` given without ``pretrained`` must fit exactly. timm's backbone
+            arguments: ``features_only=True`` with ``out_indices`` (default ``(0, 1, 2, 3)``),
+            ``feature_cls`` (``"list"`` default, ``"dict"``, ``"getter"``) or ``feature_cfg=dict(...)``
+            (those and ``output_fmt``, ``norm``, ``prune``): see :mod:`convnext_fast.features`.
 
     Returns:
-        :class:`ConvNeXt` with ``pretrained_cfg`` set (``pretrained_cfg["tag"]``: the tag).
+        :class:`ConvNeXt` with ``pretrained_cfg`` set (``pretrained_cfg["tag"]``: the tag); with
+        ``features_only=True`` the feature wrapper (:mod:`convnext_fast.features`) around it, with
+        ``feature_info`` and the ``pretrained_cfg`` less its classifier entries, as timm's.
 
     Raises:
         ValueError: an unknown name or tag; ``pretrained=True`` without a file; a missing file.
@@ -399,12 +441,12 @@ def list_models(filter: Union[str, Sequence[str]] = "", pretrained: bool = False
             and not any(fnmatch.fnmatchcase(n, f) for f in exclude)]
 
 
-def _make_factory(name: str) -> Callable[..., ConvNeXt]:
+def _make_factory(name: str) -> Callable[..., nn.Module]:
     cfg = MODEL_CONFIGS[name]
     version = "ConvNeXt V2 (Woo et al. 2023)" if cfg.get("use_grn") else "ConvNeXt (Liu et al. 2022)"
 
     def factory(pretrained: PretrainedSource = None, *, checkpoint_path: Optional[PathLike] = None,
-                pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> ConvNeXt:
+                pretrained_cfg_overlay: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> nn.Module:
         return _create(name, pretrained, kwargs, checkpoint_path=checkpoint_path,
                        pretrained_cfg_overlay=pretrained_cfg_overlay)
 
@@ -421,7 +463,9 @@ def _make_factory(name: str) -> Callable[..., ConvNeXt]:
         pretrained_cfg_overlay: entries replacing those of ``pretrained_cfg`` (timm's default tag
             ``{next(iter(_PRETRAINED_TAGS[name]))}``); its ``file`` is loaded with ``pretrained=True``.
         **kwargs: :class:`ConvNeXt` arguments overriding the defaults (``num_classes``,
-            ``drop_path_rate``, ``in_chans``, ...).
+            ``drop_path_rate``, ``in_chans``, ``output_stride``, ...), or timm's backbone arguments
+            (``features_only=True``, ``out_indices``, ``feature_cls``, ``feature_cfg``: see
+            :func:`create_model`).
 
     Returns:
         :class:`ConvNeXt`.

@@ -15,10 +15,14 @@ import torch.nn.functional as F
 __all__ = ["depthwise_conv2d", "layer_norm_2d", "dwconv_layer_norm", "pointwise_mlp"]
 
 
-def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Depthwise KxK convolution, stride 1, padding K//2 (``nn.Conv2d(C, C, K, padding=K//2, groups=C)``)."""
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                     dilation: int = 1) -> torch.Tensor:
+    """Depthwise KxK convolution, stride 1, padding ``dilation * (K//2)``
+    (``nn.Conv2d(C, C, K, padding=dilation * (K//2), dilation=dilation, groups=C)``): the same-size
+    output of ConvNeXt's block, dilated in the later stages of a backbone with output stride 16 or 8
+    (timm's ``output_stride``)."""
     k = weight.shape[-1]
-    return F.conv2d(x, weight, bias, padding=k // 2, groups=x.shape[1])
+    return F.conv2d(x, weight, bias, padding=dilation * (k // 2), dilation=dilation, groups=x.shape[1])
 
 
 def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -44,9 +48,10 @@ def dwconv_layer_norm(
     ln_weight: torch.Tensor,
     ln_bias: torch.Tensor,
     eps: float = 1e-6,
+    dilation: int = 1,
 ) -> torch.Tensor:
-    """The first half of a ConvNeXt block: LayerNorm over C of the depthwise conv of ``x``."""
-    return layer_norm_2d(depthwise_conv2d(x, dw_weight, dw_bias), ln_weight, ln_bias, eps)
+    """The first half of a ConvNeXt block: LayerNorm over C of the (dilated) depthwise conv of ``x``."""
+    return layer_norm_2d(depthwise_conv2d(x, dw_weight, dw_bias, dilation), ln_weight, ln_bias, eps)
 
 
 def pointwise_mlp(
