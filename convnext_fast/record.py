@@ -81,7 +81,9 @@ def current_key(device: str, capability: str) -> dict:
 def slug(device: str, capability: str) -> str:
     """A file name for a device: ``nvidia-h100-80gb-hbm3-sm90``."""
     name = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") or "device"
-    return f"{name}-sm{capability.replace('.', '')}"
+    if re.fullmatch(r"\d+\.\d+", capability):
+        return f"{name}-sm{capability.replace('.', '')}"
+    return f"{name}-{re.sub(r'[^a-z0-9]+', '-', capability.lower()).strip('-')}"
 
 
 def records_dir() -> Path:

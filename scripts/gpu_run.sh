@@ -15,12 +15,16 @@
 #   host_profile.txt   cProfile of those calls: where the host time goes (`host` step)
 #   bench_pytest.json  only with the optional `pybench` step (then 9 files: leave out `host`)
 #   tests_by_file.txt with the `testfiles` step (each test file in its own process)
-#   tune.json, tune.md only with the optional `tune` step (run it in a call of its own:
-#                      STEPS="build tune"; it sweeps the Triton launchers' constants)
+#   sweep.json, sweep.md only with the optional `sweep` step (run it in a call of its own:
+#                      STEPS="build sweep"; it sweeps the Triton launchers' constants)
+#   tune.txt, record.json  with the `tune` step: python -m convnext_fast tune --model convnext_tiny
+#                      --batch 256 --dtype bfloat16 --train (capped at TUNE_S, default 240 s): the
+#                      parity verdicts and timed choices auto keeps for this GPU, and its device record
+#                      (ship it as convnext_fast/records/<device>.json)
 #   verify.txt, verify.json  with the `mlp` step (bf16) or the `verify` step (bf16, fp16, fp32):
 #                      python -m convnext_fast verify, the parity of the MLP, patch and folded-block
-#                      kernels against the float64 reference (what kernels_verified in dispatch.json
-#                      waits for)
+#                      kernels against the float64 reference (the full check; auto checks the same
+#                      kernels at small sizes on first use)
 #   mlp_tests.txt      with the `mlp` step, when time is left: the two MLP test files on CUDA
 #   latency.txt, latency.json  with the `latency` step: convnext_tiny at batch 1 and 16, bf16, timm
 #                      eager and under torch.compile(mode="reduce-overhead") against
@@ -46,7 +50,7 @@
 #
 # Environment knobs (all optional):
 #   STEPS            steps to run, in order (default "build info testfiles"; also "tests" (the suite in
-#                    one process, junit.xml), "host", "bench", "pybench", "tune", "mlp", "latency",
+#                    one process, junit.xml), "host", "bench", "pybench", "sweep", "tune", "mlp", "latency",
 #                    "verify"). On a bare machine the test files take minutes (Triton compiles every
 #                    kernel variant first; `testfiles` runs TEST_JOBS of them at once), so the
 #                    benchmark gets a call of its own: STEPS="build host bench"
@@ -60,6 +64,7 @@
 #   BENCH_ARGS       extra options for python -m convnext_fast.bench (e.g. "--quick", "--compile-all")
 #   MAX_JOBS         parallel compile jobs for the extension (default 16)
 #   MLP_S            wall-time cap of the `mlp` step (default 480)
+#   TUNE_S           wall-time cap of the `tune` step (default 240)
 #   LATENCY_BATCHES  batch sizes of the `latency` step's benchmark (default "1 16"; each one compiles timm
 #                    and our model under reduce-overhead anew)
 #   PYTHON           interpreter (default: python, else python3)
@@ -309,11 +314,24 @@ step_verify() {
     cat "$OUT/verify.txt"
     return $rc
 }
-step_tune() {
+step_sweep() {
     local budget
     budget=$(( $(remaining) - 30 ))
+    [ "$budget" -lt 60 ] && { echo "no time left for sweep"; return 1; }
+    timeout $(( budget + 20 )) "$PY" -m convnext_fast.bench.sweep --out "$OUT" --budget-s "$budget"
+}
+step_tune() {
+    local budget record
+    budget=$(( $(remaining) - 20 ))
+    [ "$budget" -gt "${TUNE_S:-240}" ] && budget=${TUNE_S:-240}
     [ "$budget" -lt 60 ] && { echo "no time left for tune"; return 1; }
-    timeout $(( budget + 20 )) "$PY" -m convnext_fast.bench.tune --out "$OUT" --budget-s "$budget"
+    timeout "$budget" "$PY" -m convnext_fast tune --model convnext_tiny --batch 256 --dtype bfloat16 --train \
+        >"$OUT/tune.txt" 2>&1
+    local rc=$?
+    cat "$OUT/tune.txt"
+    record=$(sed -n 's/^record: //p' "$OUT/tune.txt" | tail -n 1)
+    [ -n "$record" ] && [ -f "$record" ] && cp "$record" "$OUT/record.json"
+    return $rc
 }
 step_pybench() {
     local budget
@@ -332,6 +350,7 @@ for step in $STEPS; do
         host)    run_step host step_host ;;
         bench)   run_step bench step_bench ;;
         pybench) run_step pybench step_pybench ;;
+        sweep)   run_step sweep step_sweep ;;
         tune)    run_step tune step_tune ;;
         mlp)     run_step mlp step_mlp ;;
         latency) run_step latency step_latency ;;

@@ -5,10 +5,10 @@ constants that were set from AOT compiles (registers, spills) and from one H100 
 kernels. This tool times each *study* (one constant of one launcher) at every value in its list, at
 the ConvNeXt-T stage shapes, and checks each value's outputs against the default value's (a
 variant that computes something else is reported as ``wrong``, never as fastest). It changes no
-file: the numbers go to ``tune.json`` and ``tune.md`` for a person to carry into the kernels.
+file: the numbers go to ``sweep.json`` and ``sweep.md`` for a person to carry into the kernels.
 
-    python -m convnext_fast.bench.tune --out DIR [--studies NAME ...] [--budget-s S] [--batch N]
-    python -m convnext_fast.bench.tune --check-only   # every variant once at tiny shapes, no timing
+    python -m convnext_fast.bench.sweep --out DIR [--studies NAME ...] [--budget-s S] [--batch N]
+    python -m convnext_fast.bench.sweep --check-only   # every variant once at tiny shapes, no timing
 
 ``--check-only`` runs on CPU tensors through Triton's interpreter when ``TRITON_INTERPRET=1`` is set
 (how CI checks that every variant still computes the right thing); timing needs a CUDA GPU.
@@ -182,7 +182,7 @@ def summary_markdown(rows: Sequence[dict]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, help="folder for tune.json and tune.md")
+    ap.add_argument("--out", type=Path, help="folder for sweep.json and sweep.md")
     ap.add_argument("--studies", nargs="+", choices=[s.name for s in STUDIES], help="default: all")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -208,8 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .env import environment
 
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "tune.json").write_text(json.dumps({"meta": environment(), "rows": rows}, indent=1))
-        (args.out / "tune.md").write_text(f"# Launcher constants sweep\n\n{md}\n")
+        (args.out / "sweep.json").write_text(json.dumps({"meta": environment(), "rows": rows}, indent=1))
+        (args.out / "sweep.md").write_text(f"# Launcher constants sweep\n\n{md}\n")
     bad = [r for r in rows if r.get("status") in ("wrong", "failed")]
     return 1 if bad else 0
 
