@@ -26,7 +26,8 @@ setup(
     install_requires=["torch>=2.11,<2.15", "numpy", "ninja"],
     extras_require={
         "triton": ["triton>=3.6,<3.9"],
-        "bench": ["timm", "torchvision", "matplotlib", "tqdm", "pytest-benchmark", "onnx", "onnxruntime", "onnxscript"],
+        "bench": ["timm", "torchvision", "matplotlib", "tqdm", "pytest-benchmark", "onnx", "onnxruntime", "onnxscript",
+                  "openvino"],
         "test": ["pytest", "pytest-benchmark", "timm", "torchvision", "safetensors", "matplotlib", "onnx",
                  "onnxruntime", "onnxscript"],
     },

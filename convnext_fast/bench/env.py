@@ -12,7 +12,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["environment", "device_slug", "bench_device", "git_commit", "write_json"]
+__all__ = ["environment", "device_slug", "bench_device", "git_commit", "write_json", "cpu_name", "cpu_details",
+           "ISA_FLAGS"]
+
+# Where the CPU describes itself (Linux); read by cpu_name and cpu_details.
+CPUINFO = "/proc/cpuinfo"
+# The /proc/cpuinfo flags that decide which CPU kernels run (ours, oneDNN's, OpenVINO's): vector width,
+# FMA, the bf16 / int8 dot products and AMX. A CPU's speed claims are only comparable with these named.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16",
+             "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def bench_device() -> torch.device:
@@ -54,13 +62,52 @@ def write_json(path: str, data: Any) -> None:
 def cpu_name() -> str:
     """The processor's name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(CPUINFO) as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        with open(CPUINFO) as f:
+            for line in f:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_details() -> dict[str, Any]:
+    """The CPU's vendor, family, model, stepping, name and the ISA flags of :data:`ISA_FLAGS` it has
+    (from /proc/cpuinfo), plus ``summary``: one line naming them. A vendor's name alone ("AMD EPYC")
+    does not tell one generation from the next; family and model do (AMD family 25 model 17: Zen 4;
+    family 26: Zen 5)."""
+    fields = _cpuinfo_fields()
+    flags = set(fields.get("flags", "").split())
+    out: dict[str, Any] = {
+        "vendor": fields.get("vendor_id", platform.machine()),
+        "family": fields.get("cpu family"),
+        "model": fields.get("model"),
+        "stepping": fields.get("stepping"),
+        "name": fields.get("model name") or platform.processor() or "cpu",
+        "logical_cpus": os.cpu_count(),
+        "isa_flags": [f for f in ISA_FLAGS if f in flags],
+        "isa_flags_missing": [f for f in ISA_FLAGS if f not in flags] if flags else [],
+    }
+    out["summary"] = (f"{out['name']} ({out['vendor']} family {out['family']} model {out['model']}), "
+                      f"{out['logical_cpus']} logical CPUs, flags: {' '.join(out['isa_flags']) or 'unknown'}")
+    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,6 +130,7 @@ def environment() -> dict[str, Any]:
         "convnext_fast": _version("convnext_fast"),
         "git_commit": git_commit(),
     }
+    info["cpu"] = cpu_details()
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)

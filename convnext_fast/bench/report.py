@@ -12,7 +12,10 @@ Order of work (each step recorded in ``results.json``):
    that would run past ``--budget-s`` is skipped with a note. ``--only`` / ``--exclude`` / ``--stages``
    restrict the set (e.g. ``--only mlp,model --exclude sweep,latency --stages 1,2``: the MLP half at
    stages 1-2 and convnext_tiny at batch 256);
-4. ``results.json`` (raw), ``report.md`` (tables), PNG plots.
+4. on a CPU, convnext_tiny at batch 1 and 8 in every engine a user would pick (timm, ONNX Runtime,
+   OpenVINO, torch.compile with freezing; fp32 and bf16) beside ours, interleaved, with each row's
+   share of the measured GEMM ceiling (``cpu_engines.py``; ``--no-cpu-engines`` leaves it out);
+5. ``results.json`` (raw), ``report.md`` (tables), PNG plots.
 
 The run ends by printing what was measured on this device: each of our providers against eager
 PyTorch and ``torch.compile``, per op and mode, block, model and sweep; then the speed targets,
@@ -275,6 +278,7 @@ def run(args: argparse.Namespace) -> dict:
     ceil: dict = {"copy_gbps": None, "matmul_tflops": {}, "notes": ["not measured yet"]}
     parity: list = []
     rows: list = []
+    cpu_engines_result: dict = {}
 
     def elapsed() -> float:
         return time.perf_counter() - t_start
@@ -285,7 +289,7 @@ def run(args: argparse.Namespace) -> dict:
                     elapsed_s=round(elapsed(), 1), providers=providers, cuda_graphs=args.cuda_graphs,
                     complete=done)
         return {"schema": SCHEMA_VERSION, "meta": meta, "ceilings": ceil, "parity": parity, "results": rows,
-                "notes": notes}
+                "notes": notes, "cpu_engines": cpu_engines_result}
 
     last_save = [0.0]
 
@@ -417,6 +421,20 @@ def run(args: argparse.Namespace) -> dict:
                 ok = parity_ok.get((case.op, case.dtype, case.k, C.eager_twin(p)))
                 row["parity"] = "n/a" if ok is None else ("ok" if ok else "failed")
     bar.close()
+    # 4. CPU: the whole model in every engine a user would pick (cpu_engines.py), batch 1 and 8;
+    # part of the model measurements (left out with them by --only / --exclude).
+    if device.type == "cpu" and not getattr(args, "no_cpu_engines", False) and any(c.op == "model" for c in cases):
+        if args.budget_s and elapsed() > args.budget_s:
+            notes.append("CPU engine comparison skipped: time budget exceeded")
+        else:
+            from . import cpu_engines
+
+            try:
+                cpu_engines_result.update(cpu_engines.compare(
+                    "convnext_tiny", batches=(1,) if args.quick else (1, 8), runs=1, repeats=5 if args.quick else 10,
+                    warmup=2, log=lambda s: print(s, flush=True)))
+            except Exception as exc:  # noqa: BLE001 - recorded; the rest of the report stands
+                notes.append(f"CPU engine comparison failed: {type(exc).__name__}: {exc}"[:400])
     aggregate.add_speedups(rows)
     skipped_budget = sum(1 for r in rows if r.get("status") == "budget")
     if skipped_budget:
@@ -535,6 +553,14 @@ def render_markdown(data: dict) -> str:
             "(not only the fastest).", "",
             aggregate.summary_markdown(aggregate.measured_summary(rows)), ""]
     out += ["## Speed targets (GPU, bf16)", "", aggregate.targets_section(rows, device_type), ""]
+    if (data.get("cpu_engines") or {}).get("rows"):
+        from .cpu_engines import format_table
+
+        out += [f"## {data['cpu_engines'].get('model', 'convnext_tiny')} on this CPU: ours vs the engines users pick", "",
+                "One interleaved run (round-robin), medians; every engine checked against timm in float64 first. "
+                "% of ceiling: the model's FLOPs per second over the best large-GEMM rate of its dtype measured "
+                "here; x fastest competitor: the fastest of torch.compile with freezing, OpenVINO and ONNX Runtime "
+                "in the same dtype over the row's time.", "", format_table(data["cpu_engines"]), ""]
 
     out += ["## Parity (before timing, against a float64 reference)", ""]
     body = []
@@ -830,6 +856,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--cuda-graphs", action="store_true", help="time forward/inference calls as CUDA graph replays")
     ap.add_argument("--warmup-ms", type=float, default=25.0)
     ap.add_argument("--rep-ms", type=float, default=100.0)
+    ap.add_argument("--no-cpu-engines", action="store_true",
+                    help="CPU: leave out convnext_tiny in timm, ONNX Runtime, OpenVINO and torch.compile with "
+                         "freezing beside ours (batch 1 and 8; about a minute per frozen compile)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failed cases")
     return ap.parse_args(argv)
 
@@ -878,6 +907,11 @@ def final_summary(data: dict) -> str:
     if device_type == aggregate.TARGET_DEVICE:
         lines += ["Speed targets (GPU, bf16):", ""]
     lines.append(aggregate.targets_section(rows, device_type))
+    if (data.get("cpu_engines") or {}).get("rows"):
+        from .cpu_engines import format_table
+
+        lines += ["", f"{data['cpu_engines'].get('model', 'convnext_tiny')} on this CPU, ours vs the engines users pick:",
+                  "", format_table(data["cpu_engines"])]
     return "\n".join(lines)
 
 
