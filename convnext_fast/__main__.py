@@ -17,7 +17,7 @@ def info() -> int:
     import convnext_fast
     from convnext_fast import extension
     from convnext_fast import autotune
-    from convnext_fast.backend import available_backends, env_backend, get_backend
+    from convnext_fast.backend import available_backends, dispatch_table, env_backend, get_backend
 
     print(f"convnext_fast {convnext_fast.__version__}")
     print(f"python {platform.python_version()} ({sys.executable})")
@@ -53,6 +53,11 @@ def info() -> int:
             print(f"device record for GPU {i}: {what}")
         if not autotune.measuring_enabled():
             print(f"{autotune.ENV_VAR}=0: auto does not measure; it reads the records above")
+        waiting = [op for op, ok in dispatch_table()["cuda"]["kernels_verified"].items() if not ok]
+        if waiting:
+            print(f"GPU kernels auto takes only after they pass on this GPU (checked on first use, or ahead of "
+                  f"time by python -m convnext_fast tune): {', '.join(waiting)}; the full parity check: "
+                  "python -m convnext_fast verify")
     print("compiled extension:")
     for key, value in extension.build_info().items():
         print(f"  {key}: {value}")

@@ -348,3 +348,25 @@ def test_an_inference_forward_never_resolves_or_loads_a_backward_backend(monkeyp
         assert "cpu" not in loaded
         y.sum().backward()
     assert ("dwconv_layer_norm", "backward") in asked and "cpu" in loaded
+
+
+def test_no_rank_measures_under_torch_distributed(tuned, monkeypatch):
+    """Every rank must make the same choices: with more than one process, auto reads the record (or
+    the defaults) and measures nothing."""
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    _ln()
+    assert autotune.stats == {"verifications": 0, "timings": 0}
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 1)
+    _ln()
+    assert autotune.stats["timings"] == 1
+
+
+def test_info_names_the_record_in_use(tuned):
+    cpu = torch.device("cpu")
+    rec, what = autotune.record_in_use(cpu)
+    assert rec is record.default_record() and "shipped defaults" in what and str(record.record_path(*IDENTITY)) in what
+    _ln()
+    rec, what = autotune.record_in_use(cpu)
+    assert rec.path == record.record_path(*IDENTITY) and "1 timed choices" in what
