@@ -387,3 +387,25 @@ def record_in_use(device: torch.device) -> tuple[Optional[records.Record], str]:
         return shipped, f"shipped record {shipped.path.name} (nothing measured here yet; measured on first use into " \
                         f"{rec.path})"
     return records.default_record(), f"shipped defaults (nothing measured here yet; measured on first use into {rec.path})"
+
+
+def record_failures(device: torch.device, rows: Sequence[dict]) -> Optional[str]:
+    """Mark in ``device``'s record the Triton kernels that failed ``verify``'s checks (rows of
+    ``verify.run_checks``), per op and dtype, so that ``auto`` never takes them there. Returns the
+    record's path, or None when nothing failed or the device is not identified."""
+    identity = _identity(device)
+    failed: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        if not row["passed"]:
+            failed.setdefault((row["op"], row["dtype"]), []).append(row["what"])
+    if identity is None or not failed:
+        return None
+    with _lock:
+        rec = store_for(identity)
+        forced = {}
+        for (op, dtype), whats in failed.items():
+            verdict = {"passed": False, "error": None, "checks": len(whats), "failed": whats, "source": "verify"}
+            forced[(op, dtype, "triton")] = verdict
+        records.save(rec, forced=forced)
+        _memo.clear()
+    return str(rec.path)

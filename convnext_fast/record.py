@@ -198,10 +198,13 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def save(record: Record) -> bool:
+def save(record: Record, forced: Optional[dict] = None) -> bool:
     """Write ``record`` atomically, merged with what is on disk for the same installation (entries
-    already there stand). Returns False, after one warning per process, when the directory cannot
-    be written: the record then lives in memory only."""
+    already there stand, except the verdicts in ``forced``: {(op, dtype, backend): verdict}, which
+    replace any). Returns False, after one warning per process, when the directory cannot be
+    written: the record then lives in memory only."""
+    for (op, dtype, backend), verdict in (forced or {}).items():
+        record.set_verdict(op, dtype, backend, verdict)
     path = record.path or record_path(record.device, record.capability)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +212,8 @@ def save(record: Record) -> bool:
             on_disk = _read(path)
             if on_disk is not None and on_disk.matches(current_key(record.device, record.capability)):
                 record.merge_from(on_disk)
+                for (op, dtype, backend), verdict in (forced or {}).items():
+                    record.set_verdict(op, dtype, backend, verdict)
             fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
             try:
                 with os.fdopen(fd, "w") as f:

@@ -1,10 +1,11 @@
-"""``python -m convnext_fast verify``: check, on this machine's GPU, the kernels that ``auto`` does not
-pick there yet, against the float64 reference.
+"""``python -m convnext_fast verify``: the full parity check, on this machine's GPU, of the Triton
+kernels that ``auto`` takes there only after they passed, against the float64 reference.
 
-``auto`` takes a GPU kernel only once a recorded GPU parity run has checked it (``dispatch.json``,
-``kernels_verified``). Until then those kernels run when the ``triton`` backend is asked for by
-name. This command tells you in a minute or two whether they compute the right thing on your GPU,
-with your torch and Triton:
+``auto`` checks each op family's kernels on first use on a GPU at small sizes (the device record,
+:mod:`convnext_fast.autotune`; ``python -m convnext_fast tune`` does it ahead of time). This command
+is the full check at ConvNeXt's real sizes: it tells you in a minute or two whether the kernels
+compute the right thing on your GPU, with your torch and Triton. A kernel that fails here is marked
+failed in the device record, so that ``auto`` does not use it on this GPU:
 
 * ``pointwise_mlp``: the fused MLP half (fc1, GELU, fc2, layer scale, residual), the output and
   every gradient, at ConvNeXt-T's four stages and at widths that are not powers of two;
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from . import parity, reference
-from .backend import available_backends, dispatch_table, use_backend
+from .backend import available_backends, use_backend
 from .inference import FoldedBlock, FoldedHead, FoldedPatchConv, optimize_for_inference
 from .mlp import pointwise_mlp
 from .models import create_model
@@ -48,7 +49,7 @@ from .shapes import CONVNEXT_T_STAGES
 
 __all__ = ["OPS", "Check", "checks_for", "run_checks", "summarize", "randomized", "main"]
 
-# The ops a check speaks for: the keys of dispatch.json's kernels_verified.
+# The ops a check speaks for (the ops the shipped defaults do not trust without a check on the GPU).
 OPS = ("pointwise_mlp", "patch_linear", "folded_block")
 GPU_DTYPES = ("bfloat16", "float16", "float32")
 INTERPRETER_DTYPES = ("float32", "float16")
@@ -325,11 +326,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           "PyTorch's own in the dtype + a small allowance (convnext_fast.parity)")
     results = run_checks(checks_for(device.type, dtypes, ops), device)
     summary = summarize(results)
-    verified = dispatch_table().get("cuda", {}).get("kernels_verified", {})
     print()
     for op, s in summary.items():
-        state = "auto already picks it on GPUs" if verified.get(op) else "auto does not pick it on GPUs yet"
-        print(f"{op:<14} {'passed' if s['all_passed'] else 'FAILED'} {s['passed']}/{s['checks']}  ({state})")
+        print(f"{op:<14} {'passed' if s['all_passed'] else 'FAILED'} {s['passed']}/{s['checks']}")
+    if device.type == "cuda":
+        from . import autotune
+
+        where = autotune.record_failures(device, results)
+        if where:
+            print(f"the failed kernels are marked in the device record ({where}): auto does not use them here")
     if args.json:
         from .bench.env import write_json
 
@@ -338,11 +343,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = [op for op, s in summary.items() if not s["all_passed"]]
     if failed:
         print(f"\nFailed: {', '.join(failed)}. Please report the output above (with --json) as an issue; keep the "
-              "default backend, which does not run these kernels on a GPU.")
+              "default backend (auto), which does not run a kernel that failed on this GPU.")
         return 1
     if device.type == "cuda":
-        print("\nAll passed on this GPU. To run these kernels: convnext_fast.set_backend('triton'), "
-              "with convnext_fast.use_backend('triton'):, or CONVNEXT_FAST_BACKEND=triton.")
+        print("\nAll passed on this GPU. auto takes these kernels where they are timed faster than PyTorch "
+              "(python -m convnext_fast tune prints where); to run them everywhere: convnext_fast.set_backend('triton').")
     return 0
 
 

@@ -370,3 +370,16 @@ def test_info_names_the_record_in_use(tuned):
     _ln()
     rec, what = autotune.record_in_use(cpu)
     assert rec.path == record.record_path(*IDENTITY) and "1 timed choices" in what
+
+
+def test_a_kernel_that_fails_verify_is_marked_in_the_record(tuned, monkeypatch):
+    _ln()
+    assert _record_file()["verdicts"][OP]["float32"]["triton"]["passed"] is True
+    rows = [{"op": OP, "dtype": "float32", "what": "2x96x56x56", "passed": False},
+            {"op": OP, "dtype": "float32", "what": "2x40x9x11", "passed": True}]
+    assert autotune.record_failures(torch.device("cpu"), rows) == str(record.record_path(*IDENTITY))
+    verdict = _record_file()["verdicts"][OP]["float32"]["triton"]
+    assert verdict["passed"] is False and verdict["failed"] == ["2x96x56x56"] and verdict["source"] == "verify"
+    _ln((1, 4, 6, 6))
+    assert _record_file()["choices"][_key((1, 4, 6, 6))]["choice"] == "cpu"
+    assert autotune.record_failures(torch.device("cpu"), rows[1:]) is None

@@ -98,4 +98,4 @@ def test_reached_from_the_package_command(capsys):
     with pytest.raises(SystemExit) as info:
         main(["verify", "--help"])
     assert info.value.code == 0
-    assert "kernels_verified" in capsys.readouterr().out
+    assert "device record" in capsys.readouterr().out
