@@ -30,6 +30,7 @@ how the tests run this code on the CPU with Triton's interpreter as the kernel a
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -37,7 +38,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -235,6 +236,20 @@ def _verdict(rec: Optional[records.Record], identity, op: str, dtype: str, backe
     return None
 
 
+@contextlib.contextmanager
+def _isolated(device: torch.device) -> Iterator[None]:
+    """What the checks and timings run under, whatever the calling code set: the global RNG states
+    restored afterwards, grad mode on and inference mode off (the checks take gradients), autocast
+    off (the checks set their own dtypes)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        for device_type in ("cpu", "cuda"):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
+
+
 def _verify(rec: records.Record, identity, op: str, dtype: str, backend: str, device: torch.device) -> dict:
     from . import verify
 
@@ -243,7 +258,7 @@ def _verify(rec: records.Record, identity, op: str, dtype: str, backend: str, de
     t0 = time.perf_counter()
     verdict: dict = {"passed": False, "error": None, "checks": 0, "failed": []}
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with _isolated(device):
             checks = _config.checks(op, getattr(torch, dtype), backend)
             for check in checks:
                 if time.perf_counter() - t0 > _config.verify_cap_s:
@@ -294,7 +309,7 @@ def _measure(rec: records.Record, identity, op: str, pass_: str, dtype: str, sha
     stats["timings"] += 1
     entry: dict = {"choice": None, "times_ms": {}, "error": None}
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with _isolated(device):
             runs = autotune_cases.runners(op, pass_, getattr(torch, dtype), shape, device,
                                           tuple(trusted) + ("reference",))
             with torch.no_grad():

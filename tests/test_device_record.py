@@ -383,3 +383,14 @@ def test_a_kernel_that_fails_verify_is_marked_in_the_record(tuned, monkeypatch):
     _ln((1, 4, 6, 6))
     assert _record_file()["choices"][_key((1, 4, 6, 6))]["choice"] == "cpu"
     assert autotune.record_failures(torch.device("cpu"), rows[1:]) is None
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "autocast"])
+def test_first_use_inside_no_grad_inference_mode_or_autocast_checks_the_same(tuned, mode):
+    context = {"no_grad": torch.no_grad(), "inference_mode": torch.inference_mode(),
+               "autocast": torch.autocast("cpu", dtype=torch.bfloat16)}[mode]
+    with context:
+        _ln()
+    verdicts = _record_file()["verdicts"][OP]["float32"]
+    assert all(v["passed"] and v["error"] is None for v in verdicts.values()), verdicts
+    assert _record_file()["choices"][_key((2, 4, 3, 5))]["choice"] == "triton"
