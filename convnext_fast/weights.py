@@ -22,10 +22,13 @@ bytes, not its name. Nothing is ever downloaded.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import pickletools
 import re
+import stat
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "LAYOUTS",
     "read_checkpoint",
     "unwrap_state_dict",
@@ -54,6 +58,15 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the model (the message names the keys)."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No file at a checkpoint path: a :class:`CheckpointError` that ``except FileNotFoundError``
+    catches too."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOENT
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------
@@ -65,6 +78,49 @@ _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # torch.save's default (zip) forma
 _PICKLE_PROTOCOLS = range(2, 6)  # b"\x80" + protocol byte: torch.save's legacy format (protocol 2)
 _SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors format's own limit on its JSON header
 _SAFETENSORS_HINT = "an 8-byte little-endian header length, then a JSON header"
+
+
+def _regular_file_size(path: str) -> int:
+    """The size of the regular file at ``path``, told by ``stat`` without opening it (opening a FIFO
+    blocks until something writes to it).
+
+    Raises:
+        CheckpointNotFoundError: nothing is at ``path``.
+        CheckpointError: ``path`` is a dangling symbolic link, a directory, a FIFO, a socket or a
+            device, or cannot be looked at (the message names the path and says which).
+    """
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            raise CheckpointError(f"cannot read checkpoint {path!r}: it is a symbolic link to {target!r}, which does "
+                                  f"not exist (a dangling link): fix the link or pass the file itself") from None
+        parent = os.path.dirname(os.path.abspath(path))
+        where = "" if os.path.isdir(parent) else f"; its directory {parent!r} does not exist either"
+        if isinstance(e, NotADirectoryError):
+            where = "; a component of the path is a file, not a directory"
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path!r}: no such file{where}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {e.strerror or e}") from e
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return st.st_size
+    if stat.S_ISDIR(mode):
+        what = "a directory, not a file: pass the checkpoint file itself"
+    elif stat.S_ISFIFO(mode):
+        what = "a FIFO (named pipe), not a regular file: save the checkpoint to a file and pass that"
+    elif stat.S_ISSOCK(mode):
+        what = "a socket, not a regular file"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        what = "a device, not a regular file"
+    else:
+        what = "not a regular file"
+    link = f" (a symbolic link to {os.path.realpath(path)!r})" if os.path.islink(path) else ""
+    raise CheckpointError(f"cannot read checkpoint {path!r}{link}: it is {what}")
 
 
 def _sniff(path: str, size: int) -> str:
@@ -163,6 +219,84 @@ _CODE_MARKERS = ("Trying to call reduce for unrecognized function", "Can only cr
                  "Can only build Tensor")
 
 
+# What a tensor checkpoint's pickle may name: tensor and storage rebuilders, OrderedDict, numpy
+# arrays, and a few builtin containers. Any other name is a callable or class that unrestricted
+# loading would import and call.
+_DATA_GLOBAL_ROOTS = ("torch", "collections", "numpy", "_codecs")
+_DATA_BUILTINS = {"set", "frozenset", "bytearray", "bytes", "slice", "complex", "range"}
+_STRING_OPCODES = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+                   "BINUNICODE8"}
+_MAX_PICKLES = 8  # the legacy torch.save format: a few pickles in a row, then raw storage bytes
+
+
+def _is_data_global(name: str) -> bool:
+    root, _, rest = name.partition(".")
+    return root in _DATA_GLOBAL_ROOTS or (root in ("builtins", "__builtin__") and rest in _DATA_BUILTINS)
+
+
+def _pickle_globals(f: Any) -> List[str]:
+    """The module.name of every callable or class the pickles read from ``f`` name, in order, found
+    with ``pickletools`` (which parses opcodes: nothing is imported or run). Stops quietly where
+    the data stops being a pickle."""
+    found: List[str] = []
+    for _ in range(_MAX_PICKLES):
+        # A tail of the unpickler's stack, as far as strings go: STACK_GLOBAL (protocol 4+) takes
+        # its module and name from the two strings pushed before it, often through the memo.
+        pushed: List[Optional[str]] = []
+        memo: Dict[Any, Optional[str]] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(f):
+                name = op.name
+                if name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                    pushed.append(None)
+                elif name == "STACK_GLOBAL":
+                    module, attr = pushed[-2:] if len(pushed) >= 2 else (None, None)
+                    found.append(f"{module}.{attr}" if module and attr else "a callable whose name the pickle computes")
+                    pushed.append(None)
+                elif name in _STRING_OPCODES:
+                    pushed.append(arg if isinstance(arg, str) else None)
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = pushed[-1] if pushed else None
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(arg))
+                elif name not in ("FRAME", "PROTO", "STOP"):
+                    pushed.append(None)
+        except Exception:  # noqa: BLE001 - raw bytes after the pickles, or a truncated file
+            break
+    return found
+
+
+def _code_globals(path: str, kind: str) -> List[str]:
+    """The names in the checkpoint's pickles that are not tensor data (see :func:`_pickle_globals`)."""
+    try:
+        if kind == "zip":
+            import zipfile
+
+            names: List[str] = []
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    if member.endswith(".pkl"):
+                        with archive.open(member) as f:
+                            names += _pickle_globals(f)
+        else:
+            with open(path, "rb") as f:
+                names = _pickle_globals(f)
+    except Exception:  # noqa: BLE001 - an unreadable archive: the caller reports the damage
+        return []
+    return list(dict.fromkeys(n for n in names if not _is_data_global(n)))
+
+
+def _refuse_code(path: str, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"refusing to load {path!r}: it is not a plain tensor checkpoint ({what}), and loading it would run "
+        f"code from the file (torch.load(weights_only=True) rejected it). Save a state dict "
+        f"(torch.save(model.state_dict(), path)) or convert the file to safetensors from a trusted "
+        f"environment.")
+
+
 def _read_torch(path: str, kind: str) -> Any:
     """``torch.load(weights_only=True)`` with its failures told apart: code refused vs damage."""
     try:
@@ -173,16 +307,26 @@ def _read_torch(path: str, kind: str) -> Any:
         msg = str(e)
         found = _CODE_GLOBAL.search(msg)
         if found or any(m in msg for m in _CODE_MARKERS):
-            what = f"it references {found[1]}" if found else "it builds Python objects other than tensors"
-            raise CheckpointError(
-                f"refusing to load {path!r}: it is not a plain tensor checkpoint ({what}), and loading it would run "
-                f"code from the file (torch.load(weights_only=True) rejected it). Save a state dict "
-                f"(torch.save(model.state_dict(), path)) or convert the file to safetensors from a trusted "
-                f"environment.") from e
+            # The reader names the first global it refused; the file's own list may name what the
+            # code does (a tensor pickled with plain pickle refers to torch internals first).
+            code = _code_globals(path, kind)
+            if code:
+                what = f"it references {', '.join(code[:4])}"
+            else:
+                what = f"it references {found[1]}" if found else "it builds Python objects other than tensors"
+            raise _refuse_code(path, what) from e
+        # The restricted unpickler can stop before it reaches the code (protocol 4 framing, an
+        # opcode it does not know): read the names the file would import without running them.
+        code = _code_globals(path, kind)
+        if code:
+            raise _refuse_code(path, f"it references {', '.join(code[:4])}") from e
         inner = _weights_only_reason(msg)
         raise CheckpointError(f"cannot read checkpoint {path!r}: {_damaged(kind)} (the pickle reader stopped at: "
                               f"{inner})") from e
     except Exception as e:  # zip/pickle corruption: RuntimeError, EOFError, KeyError, IndexError, ...
+        code = _code_globals(path, kind)
+        if code:
+            raise _refuse_code(path, f"it references {', '.join(code[:4])}") from e
         inner = _first_sentence(str(e)) or "unexpected end of data"
         raise CheckpointError(f"cannot read checkpoint {path!r}: {_damaged(kind)} "
                               f"({type(e).__name__}: {inner})") from e
@@ -220,16 +364,18 @@ def read_checkpoint(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
         The loaded dict (a state dict or a checkpoint wrapping one).
 
     Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: the pickle needs code execution (``weights_only=True`` refused it), or
-            the file is empty, truncated, damaged or not a checkpoint (the message names the file
-            and what is wrong with it).
+        CheckpointNotFoundError: no such file (a :class:`CheckpointError` and a ``FileNotFoundError``).
+        CheckpointError: the path is a directory, a FIFO, a dangling symbolic link or another
+            non-file (told by ``stat``, never opened); the pickle would run code (``weights_only=True``
+            refused it, or it names callables that are not tensor data); or the file is empty,
+            truncated, damaged or not a checkpoint. The message names the path and what is wrong.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path!r}")
-    size = os.path.getsize(path)
-    kind = _sniff(path, size)
+    size = _regular_file_size(path)
+    try:
+        kind = _sniff(path, size)
+    except OSError as e:  # unreadable (permissions): stat said it is a regular file
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {e.strerror or e}") from e
     obj = _read_safetensors(path, size) if kind == "safetensors" else _read_torch(path, kind)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a state dict")
@@ -497,7 +643,9 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True,
         CheckpointError: missing / unexpected keys (named), mismatched shapes, tensors of another
             kind of dtype than the model's (integer, boolean or complex values for a floating-point
             parameter: named, never cast), unreadable, empty, truncated or damaged files, pickles that
-            would execute code. Errors about a file's contents name the file.
+            would execute code, paths that are no regular file (a directory, a FIFO, a dangling
+            symbolic link: told by ``stat``, never opened). Errors about a file name the file; a
+            missing file raises :class:`CheckpointNotFoundError`, a ``FileNotFoundError`` too.
     """
     from_file = isinstance(source, (str, os.PathLike))
     if assign and not strict:
@@ -602,6 +750,8 @@ def resolve_pretrained(name: str, pretrained: Any) -> Optional[Source]:
     Raises:
         ValueError: ``True`` or a string that is not an existing file (e.g. a hub name): nothing
             is downloaded, the message says how to pass a local file.
+        CheckpointError: a path to a directory, a FIFO, a dangling symbolic link or another
+            non-file (a ValueError too; the message says which).
         TypeError: anything else.
     """
     if pretrained is None or pretrained is False:
@@ -613,6 +763,8 @@ def resolve_pretrained(name: str, pretrained: Any) -> Optional[Source]:
     if pretrained is True:
         raise ValueError(f"{name}(pretrained=True): {how}")
     if isinstance(pretrained, (str, os.PathLike)):
+        if os.path.lexists(os.fspath(pretrained)):
+            _regular_file_size(os.fspath(pretrained))  # a directory, FIFO or dangling link: say which
         if not os.path.isfile(os.fspath(pretrained)):
             raise ValueError(f"{name}(pretrained={os.fspath(pretrained)!r}): no such file. {how}")
         return pretrained
