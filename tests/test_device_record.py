@@ -19,6 +19,7 @@ import torch
 import convnext_fast
 from convnext_fast import autotune, autotune_cases, backend, record, verify
 from convnext_fast.kernels import launchers
+from convnext_fast.models import ConvNeXtBlock
 
 from conftest import kernel_backends
 
@@ -335,7 +336,7 @@ def test_an_inference_forward_never_resolves_or_loads_a_backward_backend(monkeyp
         return real_impl(name)
 
     monkeypatch.setattr(backend, "_resolve", spy_resolve)
-    monkeypatch.setattr(autotune, "choose", lambda op, pass_, *args: "triton" if pass_ == "forward" else "cpu")
+    monkeypatch.setattr(autotune, "choose", lambda op, pass_, *args: "cpu" if pass_ == "forward" else "triton")
     for module in ("depthwise_conv", "layer_norm", "dwconv_ln", "mlp"):
         monkeypatch.setattr(f"convnext_fast.{module}.implementation", spy_impl)
     model = convnext_fast.convnext_atto(depths=(1, 1, 1, 1), num_classes=3)
@@ -343,11 +344,13 @@ def test_an_inference_forward_never_resolves_or_loads_a_backward_backend(monkeyp
     with convnext_fast.use_backend("auto"):
         with torch.no_grad():
             model.eval()(x)
-        y = model.train()(x)  # a graph recorded, no backward yet
+        model.train()(x)  # a graph recorded, no backward yet
         assert asked and all(pass_ == "forward" for _, pass_ in asked)
-        assert "cpu" not in loaded
-        y.sum().backward()
-    assert ("dwconv_layer_norm", "backward") in asked and "cpu" in loaded
+        assert "triton" not in loaded  # the backward's backend: never asked, never loaded
+        block = ConvNeXtBlock(8, kernel_size=3)
+        block(torch.randn(1, 8, 3, 3)).sum().backward()
+    assert ("dwconv_layer_norm", "backward") in asked and ("pointwise_mlp", "backward") in asked
+    assert "triton" in loaded
 
 
 def test_no_rank_measures_under_torch_distributed(tuned, monkeypatch):
