@@ -28,6 +28,9 @@
 // so per-row-block calls ran at 0.54-0.93x eager (1 thread, batch 8); bf16 therefore runs the two
 // GEMMs on whole matrices (PyTorch's rounding of h and of fc2's output) and fuses only the
 // elementwise work: GELU in one pass (fp32 math), b2 / gamma / scale / residual in one pass.
+// Without bf16 dot products (no AVX512_BF16, or the instruction set held lower by
+// CONVNEXT_FAST_CPU_ISA / ONEDNN_MAX_CPU_ISA) oneDNN emulates bf16 GEMMs, slower than fp32: there the
+// bf16 forward widens its inputs and runs the fp32 kernel (native_bf16_dot, forward_bf16_via_f32).
 //
 // Backward: correct and deterministic, less fused than the forward. Everything runs in fp32 (bf16
 // inputs are widened once): the GEMMs run on brgemm over whole matrices (mm_nn, mm_reduce: every
@@ -55,8 +58,12 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "cpu_kernels.h"  // isa(): one instruction-set choice for all CPU kernels
@@ -636,6 +643,102 @@ Tensor sum_partials(const std::vector<float>& partials, int64_t nb, int64_t n) {
   return out;
 }
 
+// ---------------------------------------------------------------------------------- bf16 on CPUs without bf16 dot products
+
+// True when bf16 GEMMs run on bf16 dot-product instructions here: the CPU has AVX512_BF16, the CPU
+// kernels run their AVX-512 code (CONVNEXT_FAST_CPU_ISA not lower) and oneDNN is not held below
+// its bf16 instruction sets (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA). Elsewhere oneDNN emulates the
+// bf16 products (a bf16 GEMM then ran ~3x slower than the fp32 one), so bf16 inputs are widened and
+// run through the fp32 kernel instead: bf16 is never slower than fp32 there, only its memory is smaller.
+bool native_bf16_dot() {
+  static const bool native = [] {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (std::strcmp(isa(), "avx512") != 0 || !__builtin_cpu_supports("avx512bf16")) return false;
+    for (const char* name : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
+      const char* cap = std::getenv(name);
+      if (!cap || !*cap) continue;
+      std::string v(cap);
+      std::transform(v.begin(), v.end(), v.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+      // oneDNN's ISA names with bf16 dot products: AVX512_CORE_BF16 and every level above it.
+      const bool has_bf16 = v == "ALL" || v.find("BF16") != std::string::npos || v.find("AMX") != std::string::npos ||
+                            v.find("FP16") != std::string::npos || v.find("AVX10") != std::string::npos;
+      if (!has_bf16) return false;
+    }
+    return true;
+#else
+    return false;
+#endif
+  }();
+  return native;
+}
+
+// fp32 copies of bf16 weights for the fp32 fallback, so that a forward does not widen every weight
+// on every call (at batch 1 that conversion would cost about as much as the GEMMs). An entry is
+// reused only for the same storage (held weakly: a freed storage's address is never mistaken for a
+// new one), data pointer, shape, strides and version counter: an in-place update of the weight or of
+// any view of it bumps the version and the next call converts again. Inference tensors have no
+// version counter and are converted on every call. Writes that bypass the version counter
+// (``.data``, raw pointers) are not seen, as by autograd's own saved-tensor checks.
+struct WidenedWeight {
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  const void* data;
+  std::vector<int64_t> sizes, strides;
+  uint32_t version;
+  Tensor f32;
+};
+constexpr size_t kMaxWidenedBytes = size_t(1) << 30;  // whole models up to ~250M MLP weights
+
+Tensor widened(const Tensor& w) {
+  if (w.is_inference()) return w.to(at::kFloat).contiguous();
+  static std::mutex mu;
+  static std::vector<WidenedWeight> cache;  // most recently used last
+  const c10::StorageImpl* storage = w.storage().unsafeGetStorageImpl();
+  const uint32_t version = w.unsafeGetTensorImpl()->version_counter().current_version();
+  std::lock_guard<std::mutex> lock(mu);
+  for (size_t i = 0; i < cache.size(); ++i) {
+    WidenedWeight& e = cache[i];
+    if (e.storage.expired() || e.storage._unsafe_get_target() != storage || e.data != w.data_ptr() ||
+        e.sizes != w.sizes().vec() || e.strides != w.strides().vec())
+      continue;
+    if (e.version != version) {  // updated in place: this entry is stale
+      cache.erase(cache.begin() + static_cast<std::ptrdiff_t>(i));
+      break;
+    }
+    std::rotate(cache.begin() + static_cast<std::ptrdiff_t>(i), cache.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                cache.end());
+    return cache.back().f32;
+  }
+  // drop the weights of freed models, then the least recently used until the new one fits
+  cache.erase(std::remove_if(cache.begin(), cache.end(), [](const WidenedWeight& e) { return e.storage.expired(); }),
+              cache.end());
+  Tensor f = w.to(at::kFloat).contiguous();
+  size_t bytes = f.nbytes();
+  for (const WidenedWeight& e : cache) bytes += e.f32.nbytes();
+  while (!cache.empty() && bytes > kMaxWidenedBytes) {
+    bytes -= cache.front().f32.nbytes();
+    cache.erase(cache.begin());
+  }
+  cache.push_back({c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl()), w.data_ptr(),
+                   w.sizes().vec(), w.strides().vec(), version, f});
+  return f;
+}
+
+// The bf16 forward without bf16 dot products: the fp32 kernel on widened inputs, each output
+// rounded once to bf16 (the result is the fp32 kernel's, to bf16's precision).
+void forward_bf16_via_f32(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
+                          const OptTensor& b2, const std::vector<float>& gamma, const OptTensor& shortcut,
+                          const float* s, int64_t rps, const Dims& d, Tensor& out, const OptTensor& hsave) {
+  const Tensor xf = x.to(at::kFloat);
+  const OptTensor scf = shortcut ? OptTensor(shortcut->to(at::kFloat)) : OptTensor();
+  Tensor outf = at::empty({d.M, d.C}, x.options().dtype(at::kFloat));
+  Tensor hf = hsave ? at::empty({d.M, d.Hd}, x.options().dtype(at::kFloat)) : Tensor();
+  forward_f32(xf, widened(w1), vec_f32(b1, d.Hd, 0.f), widened(w2), vec_f32(b2, d.C, 0.f), gamma, scf, s, rps, d,
+              outf, hsave ? hf.data_ptr<float>() : nullptr);
+  out.copy_(outf);
+  if (hsave) hsave->copy_(hf);
+}
+
 }  // namespace
 
 std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
@@ -653,8 +756,10 @@ std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, con
   if (x.scalar_type() == at::kFloat) {
     forward_f32(x, w1, vec_f32(b1, d.Hd, 0.f), w2, vec_f32(b2, d.C, 0.f), gvec, shortcut, s, rows_per_sample, d,
                 out, hsave ? hsave->data_ptr<float>() : nullptr);
-  } else {
+  } else if (native_bf16_dot()) {
     forward_bf16(x, w1, b1, w2, b2, gvec, shortcut, s, rows_per_sample, d, out, hsave);
+  } else {
+    forward_bf16_via_f32(x, w1, b1, w2, b2, gvec, shortcut, s, rows_per_sample, d, out, hsave);
   }
   return {out, hsave};
 }
@@ -773,5 +878,7 @@ std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward
   if (ggamma) gg_out = back(*ggamma);
   return {back(gx), back(gw1), gb1_out, back(gw2), gb2_out, gg_out};
 }
+
+const char* bf16_compute() { return native_bf16_dot() ? "bf16" : "fp32"; }
 
 }  // namespace convnext_fast_cpu

@@ -35,4 +35,9 @@ mlp_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& 
              const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& sample_scale,
              int64_t rows_per_sample, const c10::optional<at::Tensor>& h);
 
+// How the bf16 forward computes here: "bf16" (bf16 GEMMs on the CPU's bf16 dot products, AVX512_BF16)
+// or "fp32" (inputs widened, the fp32 kernel, outputs rounded to bf16) where the CPU, the
+// CONVNEXT_FAST_CPU_ISA choice or oneDNN's ONEDNN_MAX_CPU_ISA leaves no bf16 dot products.
+const char* bf16_compute();
+
 }  // namespace convnext_fast_cpu

@@ -373,6 +373,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("w1"), pybind11::arg("b1"), pybind11::arg("w2"),
         pybind11::arg("b2"), pybind11::arg("gamma"), pybind11::arg("sample_scale"), pybind11::arg("rows_per_sample"),
         pybind11::arg("h"));
+  m.def("cpu_bf16_compute", &convnext_fast_cpu::bf16_compute,
+        "how the bf16 MLP computes here: 'bf16' (AVX512_BF16 dot products) or 'fp32' (widened inputs)");
   // The stem's and the downsampling layers' patch convolutions with fused LayerNorms, for inference
   // (cpu_patch_linear.cpp; GPUs run a Triton kernel).
   m.def("patch_linear_forward", &convnext_fast_cpu::patch_linear_forward,
