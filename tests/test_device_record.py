@@ -397,3 +397,26 @@ def test_first_use_inside_no_grad_inference_mode_or_autocast_checks_the_same(tun
     verdicts = _record_file()["verdicts"][OP]["float32"]
     assert all(v["passed"] and v["error"] is None for v in verdicts.values()), verdicts
     assert _record_file()["choices"][_key((2, 4, 3, 5))]["choice"] == "triton"
+
+
+def test_the_tune_command_reports_verdicts_and_choices(capsys):
+    from convnext_fast import tune
+    from convnext_fast.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["tune", "--help"])
+    assert info.value.code == 0 and "--train" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tune.main(["--batch", "0"])
+    assert tune.main(["--device", "cuda"]) == 2 and "no CUDA device" in capsys.readouterr().err
+    rec = record.Record(device=IDENTITY[0], capability=IDENTITY[1],
+                        verdicts={OP: {"float32": {"triton": {"passed": False, "error": None, "failed": ["tiny"],
+                                                              "checks": 1, "seconds": 0.5}}}},
+                        choices={_key((2, 4, 3, 5)): {"choice": "cpu", "error": None,
+                                                      "times_ms": {"cpu": 2.0, "reference": 3.0}},
+                                 _key((1, 4, 3, 5)): {"choice": None, "error": "OutOfMemoryError: x", "times_ms": {}}})
+    lines: list[str] = []
+    tune._report(rec, "float32", log=lines.append)
+    text = "\n".join(lines)
+    assert "FAILED (tiny)" in text and "2x4x3x5" in text and "cpu 2.000, reference 3.000" in text
+    assert "error: OutOfMemoryError: x (defaults used)" in text
