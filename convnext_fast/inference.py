@@ -50,7 +50,7 @@ from .models import ClassifierHead, ConvNeXtBlock, ConvNeXtMlp
 from .patch_linear import fold_norm_into_patch_weight, patch_linear, patch_linear_composite, patch_weight
 from .patch_linear import kernel_backend as patch_kernel_backend
 
-__all__ = ["FoldedBlock", "FoldedHead", "FoldedPatchConv", "optimize_for_inference"]
+__all__ = ["FoldedBlock", "FoldedHead", "FoldedPatchConv", "InferenceStem", "optimize_for_inference"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -84,7 +84,40 @@ def _one_kernel(x: Tensor, k: int) -> bool:
     return chosen == "triton"
 
 
-class FoldedBlock(nn.Module):
+_NO_TRAINING = ("this model was made by convnext_fast.optimize_for_inference and runs inference only (its weights "
+                "are folded); train the original model instead")
+
+
+class _InferenceOnly(nn.Module):
+    """Base of the modules :func:`optimize_for_inference` puts into a model. Their weights are folded
+    and rounded once to the dtype they were built for, so they refuse ``train()`` and any move to
+    another dtype (``.half()``, ``.double()``, ``.to(dtype)``) with an error that says what to do
+    instead. Moving to another device is not refused. Methods of a module-level class, not
+    per-instance closures or hooks, so the model deep-copies and pickles like any other.
+    """
+
+    def train(self, mode: bool = True) -> "_InferenceOnly":
+        if mode:
+            raise RuntimeError(_NO_TRAINING)
+        return super().train(False)
+
+    def _apply(self, fn, recurse: bool = True):
+        # What fn does to a tensor of this module's dtype tells a dtype move from a device move;
+        # an empty probe costs nothing. Checked before anything moves, so a refused call leaves
+        # the module as it was.
+        held = next((t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point()), None)
+        if held is not None:
+            moved = fn(torch.empty(0, dtype=held.dtype, device=held.device))
+            if isinstance(moved, Tensor) and moved.is_floating_point() and moved.dtype != held.dtype:
+                raise TypeError(
+                    f"a model made by convnext_fast.optimize_for_inference holds weights folded in {held.dtype} and "
+                    f"cannot move to {moved.dtype} (.half(), .double(), .float(), .to(dtype)): call "
+                    f"convnext_fast.optimize_for_inference(original_model, dtype={moved.dtype}) instead, which folds "
+                    f"the original weights for that dtype")
+        return super()._apply(fn, recurse)
+
+
+class FoldedBlock(_InferenceOnly):
     """A :class:`~convnext_fast.ConvNeXtBlock` with its LayerNorm affine folded into fc1 and its layer
     scale into fc2, for inference only. Built by :func:`optimize_for_inference`.
 
@@ -145,7 +178,7 @@ def _patch_linear(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k: int, i
     return patch_linear_composite(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps)
 
 
-class FoldedPatchConv(nn.Module):
+class FoldedPatchConv(_InferenceOnly):
     """A stem (k x k stride-k conv, then :class:`~convnext_fast.LayerNorm2d`) or downsampling layer
     (:class:`~convnext_fast.LayerNorm2d`, then the conv) as one :func:`~convnext_fast.patch_linear.patch_linear`
     pass, for inference only. A LayerNorm before the conv has its affine folded into the conv's
@@ -182,42 +215,109 @@ class FoldedPatchConv(nn.Module):
                 f"out_norm={self.out_weight is not None}")
 
 
-class FoldedHead(nn.Module):
+class FoldedHead(_InferenceOnly, ClassifierHead):
     """:class:`~convnext_fast.models.ClassifierHead` (global pool, LayerNorm, Linear) with the
     LayerNorm affine folded into the Linear (``W' = W diag(ln_w)``, ``b' = b + W ln_b``, in float64,
     rounded once): the pooled features run through one ``patch_linear`` pass (k = 1, the LayerNorm
-    without affine as its input norm). ``pre_logits=True`` returns the features with the
-    original LayerNorm, affine included, as the unfolded head does. Built by
+    without affine as its input norm). It keeps the head's ``norm`` and ``fc`` (frozen, in the
+    model's dtype): ``pre_logits=True`` returns the features with the original LayerNorm, affine
+    included, as the unfolded head does; ``fc`` is what the model's ``get_classifier()`` returns;
+    :meth:`reset` (the model's ``reset_classifier``) replaces the classifier and folds the new one
+    where it can (a pooled Linear after the LayerNorm), else runs the head unfolded. Built by
     :func:`optimize_for_inference`; inference only (dropout is off in eval mode).
 
     Shape:
-        (N, C, H, W) -> (N, num_classes); (N, C) with ``pre_logits=True``.
+        (N, C, H, W) -> (N, num_classes); (N, C) with ``pre_logits=True`` or no classifier.
     """
 
     def __init__(self, head: ClassifierHead, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.pool_type = head.pool_type
-        self.norm = head.norm
+        nn.Module.__init__(self)  # ClassifierHead.__init__ would make new layers: these are the head's own
         self.in_features = head.in_features
-        norm, fc = head.norm, head.fc
+        self.pool_type = head.pool_type
+        self.register_buffer("weight_t", None)
+        self.register_buffer("bias", None)
+        self.eps = 1e-6
+        self._fold(head.norm, head.fc, dtype)  # from the head's own precision, rounded once
+        self.norm = head.norm.to(dtype).requires_grad_(False)
+        self.drop = head.drop
+        self.fc = head.fc.to(dtype).requires_grad_(False)
+
+    def _fold(self, norm: nn.Module, fc: nn.Module, dtype: torch.dtype) -> None:
+        """Fold ``norm``'s affine into ``fc`` as the patch pass reads them; clear the folded weights
+        where the head is not a pooled LayerNorm + Linear (it then runs unfolded)."""
+        if not (self.pool_type and type(fc) is nn.Linear and type(norm) is nn.LayerNorm and norm.weight is not None):
+            self.weight_t, self.bias = None, None
+            return
         ln_b = torch.zeros_like(norm.weight) if norm.bias is None else norm.bias
         weight, bias = fold_norm_into_patch_weight(fc.weight[:, :, None, None], fc.bias, norm.weight, ln_b)
-        self.register_buffer("weight_t", patch_weight(weight).to(dtype))
-        self.register_buffer("bias", bias.to(dtype))
+        self.weight_t = patch_weight(weight).to(dtype)
+        self.bias = bias.to(dtype)
         self.eps = norm.eps
 
-    _pool = ClassifierHead._pool
+    def reset(self, num_classes: int, pool_type: Optional[str] = None, reset_other: bool = False,
+              device=None, dtype=None) -> None:
+        """:meth:`ClassifierHead.reset <convnext_fast.models.ClassifierHead.reset>`, then the new
+        classifier folded (frozen, like the rest of the optimized model)."""
+        super().reset(num_classes, pool_type, reset_other=reset_other, device=device, dtype=dtype)
+        self.fc.requires_grad_(False)
+        held = next((t for t in (*self.norm.parameters(), *self.fc.parameters()) if t.is_floating_point()), None)
+        self._fold(self.norm, self.fc, dtype or (held.dtype if held is not None else torch.get_default_dtype()))
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if pre_logits or self.weight_t is None:
+            return super().forward(x, pre_logits=pre_logits)
         pooled = self._pool(x)
-        if pre_logits:
-            return self.norm(pooled)
         n, c = pooled.shape
+        # The class count from the weight, not reshape(n, -1): that cannot infer a size for n = 0.
         return _patch_linear(pooled.reshape(n, c, 1, 1), self.weight_t, self.bias, 1, self.eps, None, None,
-                             1e-6).reshape(n, -1)
+                             1e-6).reshape(n, self.weight_t.shape[1])
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.weight_t.shape[1]}, pool_type={self.pool_type!r}"
+        classes = "unfolded" if self.weight_t is None else self.weight_t.shape[1]
+        return f"{self.in_features}, {classes}, pool_type={self.pool_type!r}"
+
+
+class InferenceStem(_InferenceOnly):
+    """The stem of a model made by :func:`optimize_for_inference` (``body``: the folded or original
+    stem), with the model's input checks in front of it, so every entry point that starts at the
+    stem (``forward``, ``forward_features``, ``forward_intermediates``) has them:
+
+    * an input that requires grad raises (the folded model has no backward);
+    * an input with another channel count than the stem takes raises, naming both;
+    * a floating input of another dtype is cast to the model's.
+
+    Shape:
+        (N, in_chans, H, W) -> what ``body`` returns.
+    """
+
+    def __init__(self, body: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.body = body
+        self.input_dtype = dtype
+        self.in_chans = _in_channels(body)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("a model made by convnext_fast.optimize_for_inference does not support backward: "
+                               "its weights are folded and frozen; run it under torch.no_grad() / "
+                               "torch.inference_mode(), or use the original model")
+        if self.in_chans is not None and (x.dim() != 4 or x.shape[1] != self.in_chans):
+            raise ValueError(f"this model expects images of shape (N, {self.in_chans}, H, W) with {self.in_chans} "
+                             f"channels, got an input of shape {tuple(x.shape)}")
+        if x.is_floating_point() and x.dtype != self.input_dtype:
+            x = x.to(self.input_dtype)
+        return self.body(x)
+
+    def extra_repr(self) -> str:
+        return f"in_chans={self.in_chans}, dtype={self.input_dtype}"
+
+
+def _in_channels(stem: nn.Module) -> Optional[int]:
+    """The channel count ``stem`` takes: its folded patch weight's or its first convolution's."""
+    if isinstance(stem, FoldedPatchConv):
+        return stem.weight_t.shape[0] // (stem.k * stem.k)
+    first = next((m for m in stem.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if first is None else first.in_channels
 
 
 def _foldable_head(head: nn.Module) -> bool:
@@ -258,28 +358,6 @@ def _foldable(block: ConvNeXtBlock) -> bool:
             and type(block.mlp) is ConvNeXtMlp)
 
 
-def _refuse_training(model: nn.Module):
-    def train(mode: bool = True) -> nn.Module:
-        if mode:
-            raise RuntimeError("this model was made by convnext_fast.optimize_for_inference and runs inference "
-                               "only (its weights are folded); train the original model instead")
-        return nn.Module.train(model, False)
-    return train
-
-
-def _input_hook(dtype: torch.dtype):
-    def hook(module: nn.Module, args):
-        x = args[0]
-        if torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad:
-            raise RuntimeError("a model made by convnext_fast.optimize_for_inference does not support backward: "
-                               "its weights are folded and frozen; run it under torch.no_grad() / "
-                               "torch.inference_mode(), or use the original model")
-        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != dtype:
-            return (x.to(dtype),) + tuple(args[1:])
-        return None
-    return hook
-
-
 def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = None,
                            cuda_graph: bool = False) -> nn.Module:
     """An inference-only copy of ``model`` with every ConvNeXt block folded (see the module docstring).
@@ -287,14 +365,21 @@ def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = N
     The input model is left untouched. The copy computes the same function (float32: relative error
     over the output norm within about 1e-5; lower precision: within bf16 / fp16 rounding of the
     folded weights), keeps ``forward_features`` / ``forward_head`` / ``forward_intermediates``, has
-    frozen parameters, and refuses ``train()`` and inputs that require grad with a clear error.
+    frozen parameters, and refuses ``train()``, moves to another dtype (``.half()``, ``.double()``,
+    ``.to(dtype)``: pass ``dtype=`` here instead), inputs that require grad and inputs with the
+    wrong channel count with a clear error. A batch of 0 gives an empty (0, num_classes) output;
+    ``get_classifier()`` and ``reset_classifier()`` work as on the original.
 
     The stem, downsampling layers and head fold where the patch kernel runs for the model's
     device and dtype under the backend in force now (see the module docstring): optimize under
     the backend the model will run with.
 
-    Saving: save the original model's ``state_dict`` and call this after loading it; the folded
-    copy's state dict is not a checkpoint format.
+    Copying and saving: ``copy.deepcopy`` gives an independent copy, and ``torch.save(optimized,
+    path)`` / ``torch.load(path, weights_only=False)`` round-trips the whole module (its classes
+    are module-level; loading a pickled module runs code, so load only files you trust). Not with
+    ``cuda_graph=True``: captured graphs neither copy nor pickle. To keep weights, save the
+    original model's ``state_dict`` and call this after loading it; the folded copy's state dict
+    is not a checkpoint format.
 
     Args:
         model: a ``convnext_fast`` ConvNeXt (V1 or V2), or a timm model made fast with
@@ -345,11 +430,12 @@ def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = N
             _replace(optimized, name, FoldedPatchConv(conv, in_norm, out_norm, dtype))
         for name in [name for name, m in optimized.named_modules() if _foldable_head(m)]:
             _replace(optimized, name, FoldedHead(optimized.get_submodule(name), dtype))
-    optimized.to(dtype)
+    optimized.to(dtype)  # the layers left unfolded; the folded ones are in dtype already
     stem = getattr(optimized, "stem", None)
     if isinstance(stem, nn.Module):
-        stem.register_forward_pre_hook(_input_hook(dtype))
-    optimized.train = _refuse_training(optimized)
+        # First among the model's children, so train() and dtype moves are refused before any
+        # other module changes.
+        optimized.stem = InferenceStem(stem, dtype)
     if cuda_graph:
         optimized.forward = GraphedForward(optimized.forward)
     return optimized
