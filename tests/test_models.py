@@ -199,15 +199,19 @@ def test_block_mlp_falls_back_when_the_named_backend_has_no_mlp_kernel(monkeypat
     """A backend asked for by name without an MLP kernel (the compiled extension's is CPU-only, so
     `cuda`) still runs whole blocks: their MLP half takes PyTorch's composite, same outputs."""
     import convnext_fast
-    from convnext_fast import models
+    from convnext_fast import mlp
 
     torch.manual_seed(0)
     block = ConvNeXtBlock(8, ls_init_value=0.5).eval()
     x = torch.randn(2, 8, 5, 5)
+    calls = []
+    composite = mlp.mlp_composite
     with torch.no_grad():
         expected = block(x)
-        monkeypatch.setattr(models, "has_kernel", lambda op, name: False)
-        monkeypatch.setattr(models, "pointwise_mlp", lambda *a, **k: pytest.fail("the MLP kernel op was called"))
+        # What the resolver answers for a named backend without a kernel for the call: "reference".
+        monkeypatch.setattr(mlp, "resolve_forward", lambda *a, **k: ("reference", "cuda"))
+        monkeypatch.setattr(mlp, "mlp_composite", lambda *a: calls.append(1) or composite(*a))
         torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+    assert calls, "the block's MLP half did not take PyTorch's composite"
     assert convnext_fast.backend.has_kernel("pointwise_mlp", "reference")
     assert not convnext_fast.backend.has_kernel("pointwise_mlp", "cuda")
