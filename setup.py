@@ -29,6 +29,6 @@ setup(
         "bench": ["timm", "torchvision", "matplotlib", "tqdm", "pytest-benchmark", "onnx", "onnxruntime", "onnxscript",
                   "openvino"],
         "test": ["pytest", "pytest-benchmark", "timm", "torchvision", "safetensors", "matplotlib", "onnx",
-                 "onnxruntime", "onnxscript"],
+                 "onnxruntime", "onnxscript", "scikit-learn"],
     },
 )
