@@ -13,6 +13,7 @@ because the kernels index dense NHWC memory. Outputs are allocated through
 from __future__ import annotations
 
 import functools
+import warnings
 from types import ModuleType
 from typing import Optional
 
@@ -46,8 +47,13 @@ def _load() -> tuple[Optional[ModuleType], str]:
     try:
         module, plan, how = build.load()
     except Exception as e:  # noqa: BLE001 - a failed compile is reported, the other backends still run
-        return None, (f"the compiled extension is not available ({type(e).__name__}: {e}); "
-                      "see `python -m convnext_fast build`")
+        reason = (f"the compiled extension is not available ({type(e).__name__}: {e}); "
+                  "see `python -m convnext_fast build`")
+        # Once per process (this result is cached): under `auto` the process would otherwise run
+        # slower backends for its whole life without a word.
+        warnings.warn(f"convnext_fast: {reason}. The cpu and cuda backends cannot run in this process; auto uses "
+                      f"the others", RuntimeWarning, stacklevel=2)
+        return None, reason
     _HOW.update(obtained=f"{how} ({plan.directory()})",
                 skipped="; ".join(f"{k}: {v}" for k, v in plan.skipped.items()) or "none")
     return module, ""
