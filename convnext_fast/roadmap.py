@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -449,18 +449,24 @@ def get_step(name: str) -> Step:
     raise ValueError(f"unknown roadmap step {name!r}; choose one of {', '.join(s.name for s in PAPER_STEPS)}")
 
 
-def count_macs(build: Callable[..., nn.Module], img_size: int = 224, num_classes: int = 1000,
+def count_macs(model: Union[nn.Module, Callable[..., nn.Module]], img_size: int = 224, num_classes: int = 1000,
                stem_stride: Optional[int] = None, batch: int = 1) -> int:
-    """Multiply-adds of one forward pass of ``build(...)`` on a ``batch`` x 3 x img x img input.
+    """Multiply-adds of one forward pass on a ``batch`` x 3 x img x img input.
 
-    The model is built, moved to meta tensors and run there (no memory, no compute) under the ``reference``
-    backend, so PyTorch's FLOP counter sees plain convolutions and matmuls; its count is halved
-    (it counts a multiply-add as 2 FLOPs). Norms, activations and pooling are not counted, as in
-    the paper's column.
+    Args:
+        model: a model, which is moved to the meta device (its weights are gone afterwards), or a
+            step's constructor, called with ``num_classes``, ``img_size`` and ``stem_stride``.
+
+    The model runs on meta tensors (no memory, no compute) under the ``reference`` backend, so
+    PyTorch's FLOP counter sees plain convolutions and matmuls; its count is halved (it counts a
+    multiply-add as 2 FLOPs). Norms, activations and pooling are not counted, as in the paper's
+    column.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build(num_classes=num_classes, img_size=img_size, stem_stride=stem_stride).to("meta").eval()
+    if not isinstance(model, nn.Module):
+        model = model(num_classes=num_classes, img_size=img_size, stem_stride=stem_stride)
+    model = model.to("meta").eval()
     x = torch.empty(batch, 3, img_size, img_size, device="meta")
     counter = FlopCounterMode(display=False)
     with use_backend("reference"), counter, torch.no_grad():
@@ -477,9 +483,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     print(f"{'step':24s} {'GMACs':>7s} {'paper':>7s} {'params (M)':>11s} {'paper top-1':>12s}")
     for s in PAPER_STEPS:
-        macs = count_macs(s.build, args.img_size, args.num_classes, args.stem_stride) / 1e9
-        params = sum(p.numel() for p in s.build(num_classes=args.num_classes, img_size=args.img_size,
-                                                stem_stride=args.stem_stride).parameters()) / 1e6
+        model = s.build(num_classes=args.num_classes, img_size=args.img_size, stem_stride=args.stem_stride)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        macs = count_macs(model, args.img_size, args.num_classes) / 1e9
         paper = f"{s.paper_gmacs:.1f}" if (args.img_size, args.num_classes) == (224, 1000) else "-"
         print(f"{s.title:24s} {macs:7.2f} {paper:>7s} {params:11.1f} {s.paper_top1:12.1f}")
     return 0
