@@ -161,17 +161,18 @@ def test_build_replaces_a_damaged_library(seeded, tmp_path):
 
 
 def _wait_for(stream, words: str, proc: subprocess.Popen) -> str:
-    """Lines of ``stream`` up to one containing ``words``; fails if the process ends first."""
+    """What ``stream`` says up to and including ``words``; fails if the process ends first. Reads
+    the pipe itself, unbuffered, so that text already read is never left waiting in a buffer."""
     seen = ""
     deadline = time.monotonic() + HANG_GUARD_S
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 1.0)
+        ready, _, _ = select.select([stream.fileno()], [], [], 1.0)
         if ready:
-            line = stream.readline()
-            if not line:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
                 break
-            seen += line
-            if words in line:
+            seen += chunk.decode(errors="replace")
+            if words in seen:
                 return seen
     proc.kill()
     out, err = proc.communicate()
