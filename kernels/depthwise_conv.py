@@ -74,6 +74,28 @@ _NUM_WARPS = 2
 
 
 @triton.jit
+def _padding_row_bias(bias, taps, tap_stride, c_mask, oh, H, P: tl.constexpr, K: tl.constexpr,
+                      MASKED: tl.constexpr):
+    """The bias of output row ``oh`` plus the skipped padding rows' products, 0 * w (NaN for a NaN or
+    Inf tap; the padding columns get theirs from the masked loads): the taps of kernel rows
+    kh < P - oh and kh >= H - oh + P, two loops that are empty inside the image. ``taps``: tap 0's
+    channel vector, tap t at ``taps + t * tap_stride``; MASKED loads it under ``c_mask``."""
+    row_bias = bias
+    for t in range(0, tl.maximum(P - oh, 0) * K):
+        row_bias += _load_taps(taps + t * tap_stride, c_mask, MASKED) * 0
+    for t in range(tl.minimum(H - oh + P, K) * K, K * K):
+        row_bias += _load_taps(taps + t * tap_stride, c_mask, MASKED) * 0
+    return row_bias
+
+
+@triton.jit
+def _load_taps(ptrs, c_mask, MASKED: tl.constexpr):
+    if MASKED:
+        return tl.load(ptrs, mask=c_mask, other=0)
+    return tl.load(ptrs)
+
+
+@triton.jit
 def _dwconv_fwd_kernel(
     x_ptr,  # input (N, C, H, W), element (n, c, h, w) at n*sxn + c*sxc + h*sxh + w*sxw
     w_ptr,  # weights transposed to [K*K, C], contiguous, in the accumulation dtype (fp32/fp64);
@@ -150,14 +172,7 @@ def _dwconv_fwd_kernel(
                 accs = updated
         oh = ih - P
         if oh >= oh0:  # the first K-1 steps only fill the window
-            # The skipped padding rows' products, 0 * w (NaN for a NaN or Inf tap; the padding
-            # columns get theirs from the masked loads), go in with the bias: the taps of kernel
-            # rows kh < P - oh and kh >= H - oh + P, two loops that are empty inside the image.
-            row_bias = bias
-            for t in range(0, tl.maximum(P - oh, 0) * K):
-                row_bias += tl.load(w_ptr + t * C + c, mask=c_mask, other=0) * 0
-            for t in range(tl.minimum(H - oh + P, K) * K, K * K):
-                row_bias += tl.load(w_ptr + t * C + c, mask=c_mask, other=0) * 0
+            row_bias = _padding_row_bias(bias, w_ptr + c, C, c_mask, oh, H, P, K, True)
             out = accs[0] + row_bias[None, :]
             tl.store(y_img + tl.cast(oh, tl.int64) * W * C + y_tile_off, out.to(y_ptr.dtype.element_ty), mask=out_mask)
         accs = accs[1:] + (zero,)
@@ -249,12 +264,8 @@ def _dwconv_fwd_px_kernel(
             accs = updated
         oh = ih - P
         if oh >= oh0:
-            # The skipped padding rows' products go in with the bias (see _dwconv_fwd_kernel).
-            row_bias = bias
-            for t in range(0, tl.maximum(P - oh, 0) * K):
-                row_bias += tl.load(w_vec + t * BLOCK_C) * 0
-            for t in range(tl.minimum(H - oh + P, K) * K, KK):
-                row_bias += tl.load(w_vec + t * BLOCK_C) * 0
+            # Blocked taps: every lane is loadable (lanes past C are never stored), so no mask.
+            row_bias = _padding_row_bias(bias, w_vec, BLOCK_C, c_mask, oh, H, P, K, False)
             for p in tl.static_range(PW):
                 ow = g0 + p
                 out = accs[p] + row_bias[None, :]

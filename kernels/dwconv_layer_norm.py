@@ -144,23 +144,45 @@ def _dwconv_ln_fwd_kernel(
         mean = tl.zeros([BLOCK_W], dtype=acc_t)
         m2 = tl.zeros([BLOCK_W], dtype=acc_t)
         for c0 in range(0, C, BLOCK_C):
-            cols = c0 + cols0
-            c_mask = cols < C
-            mask = w_mask[:, None] & c_mask[None, :]
-            z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask, H, W, C, s_c, s_h, s_w,
-                           K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+            cols, c_mask, mask, z = _conv_chunk(c0, cols0, w_mask, True, x_ptr, wt_ptr, db_ptr, x_base, h, w, H, W,
+                                                C, s_c, s_h, s_w, K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
             mean, m2 = _chunk_stats(mean, m2, z, mask, c0, C, BLOCK_C)
         rstd = 1.0 / tl.sqrt(_mean_div(m2, C, inv_C) + eps)
         for c0 in range(0, C, BLOCK_C):
-            cols = c0 + cols0
-            c_mask = cols < C
-            mask = w_mask[:, None] & c_mask[None, :]
-            z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask, H, W, C, s_c, s_h, s_w,
-                           K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+            cols, c_mask, mask, z = _conv_chunk(c0, cols0, w_mask, True, x_ptr, wt_ptr, db_ptr, x_base, h, w, H, W,
+                                                C, s_c, s_h, s_w, K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
             y = _affine(z - mean[:, None], rstd, lw_ptr, lb_ptr, cols, c_mask)
             tl.store(y_ptr + (p[:, None] * C + cols[None, :]), y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + p, mean, mask=w_mask)
     tl.store(rstd_ptr + p, rstd, mask=w_mask)
+
+
+@triton.jit
+def _conv_chunk(c0, cols0, w_mask, conv_ok, x_ptr, wt_ptr, db_ptr, x_base, h, w, H, W, C, s_c, s_h, s_w,
+                K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+                acc_t: tl.constexpr):
+    """The channel chunk starting at c0 for every pass of the chunked (C > one tile) paths: its
+    channels, masks, and the conv output z (zero where the chunk is masked or ``conv_ok`` is false:
+    the backward's grid-padding rows). Returns (cols, c_mask, mask, z)."""
+    cols = c0 + cols0
+    c_mask = cols < C
+    mask = w_mask[:, None] & c_mask[None, :]
+    z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask & conv_ok, H, W, C, s_c, s_h, s_w,
+                   K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+    return cols, c_mask, mask, z
+
+
+@triton.jit
+def _bias_and_weight_tiles(db_ptr, lw_ptr, c_tile, c_mask_tile, HAS_BIAS: tl.constexpr, BLOCK_G: tl.constexpr,
+                           BLOCK_C: tl.constexpr, acc_t: tl.constexpr):
+    """The conv bias (zeros without HAS_BIAS) and the LayerNorm weight as [BLOCK_G, BLOCK_C] tiles
+    of the px kernels, in acc_t."""
+    if HAS_BIAS:
+        bias = tl.load(db_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
+    else:
+        bias = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
+    lw = tl.load(lw_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
+    return bias, lw
 
 
 @triton.jit
@@ -268,11 +290,7 @@ def _dwconv_ln_fwd_px_kernel(
     # the accumulators' register layout, where 1-D loads needed a conversion through shared memory.
     c_tile = c[None, :] + (g0 * 0)[:, None]
     c_mask_tile = c_tile < C
-    if HAS_BIAS:
-        bias = tl.load(db_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
-    else:
-        bias = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
-    lw = tl.load(lw_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
+    bias, lw = _bias_and_weight_tiles(db_ptr, lw_ptr, c_tile, c_mask_tile, HAS_BIAS, BLOCK_G, BLOCK_C, acc_t)
     lb = tl.load(lb_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
     # The PW pixels' means in one joined sum, then their variances in another (joined_sums.py), and
     # the statistics stored from the joined form: per-pixel sums and stores each cost a round trip
@@ -341,11 +359,7 @@ def _dwconv_ln_bwd_px_kernel(
     c_mask = c < C
     c_tile = c[None, :] + (gi * 0)[:, None]  # [BLOCK_G, BLOCK_C]: column c in every group
     c_mask_tile = c_tile < C
-    if HAS_BIAS:
-        bias = tl.load(db_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
-    else:
-        bias = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
-    lw = tl.load(lw_ptr + c_tile, mask=c_mask_tile, other=0.0).to(acc_t)
+    bias, lw = _bias_and_weight_tiles(db_ptr, lw_ptr, c_tile, c_mask_tile, HAS_BIAS, BLOCK_G, BLOCK_C, acc_t)
     acc_w = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
     acc_b = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
     acc_db = tl.zeros((BLOCK_G, BLOCK_C), dtype=acc_t)
@@ -463,22 +477,18 @@ def _dwconv_ln_bwd_kernel(
             c1 = tl.zeros([BLOCK_W], dtype=acc_t)
             c2 = tl.zeros([BLOCK_W], dtype=acc_t)
             for c0 in range(0, C, BLOCK_C):
-                cols = c0 + cols0
-                c_mask = cols < C
-                mask = w_mask[:, None] & c_mask[None, :]
-                z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask & (row < NUM_ROWS), H, W, C,
-                               sx_c, sx_h, sx_w, K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+                cols, c_mask, mask, z = _conv_chunk(c0, cols0, w_mask, row < NUM_ROWS, x_ptr, wt_ptr, db_ptr, x_base,
+                                                    h, w, H, W, C, sx_c, sx_h, sx_w, K, HAS_BIAS, BLOCK_W, BLOCK_C,
+                                                    acc_t)
                 zhat, wdy, gy = _ln_bwd_chunk(z, gy_ptr, g_row, lw_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t)
                 c1 += tl.sum(zhat * wdy, axis=1)
                 c2 += tl.sum(wdy, axis=1)
             c1 = _mean_div(c1, C, inv_C)
             c2 = _mean_div(c2, C, inv_C)
             for c0 in range(0, C, BLOCK_C):
-                cols = c0 + cols0
-                c_mask = cols < C
-                mask = w_mask[:, None] & c_mask[None, :]
-                z = _conv_tile(x_ptr, wt_ptr, db_ptr, x_base, h, w, cols, c_mask & (row < NUM_ROWS), H, W, C,
-                               sx_c, sx_h, sx_w, K, HAS_BIAS, BLOCK_W, BLOCK_C, acc_t)
+                cols, c_mask, mask, z = _conv_chunk(c0, cols0, w_mask, row < NUM_ROWS, x_ptr, wt_ptr, db_ptr, x_base,
+                                                    h, w, H, W, C, sx_c, sx_h, sx_w, K, HAS_BIAS, BLOCK_W, BLOCK_C,
+                                                    acc_t)
                 zhat, wdy, gy = _ln_bwd_chunk(z, gy_ptr, g_row, lw_ptr, cols, c_mask, mask, mean, rstd, sg_c, acc_t)
                 gz = _ln_dx(zhat, wdy, c1, c2, rstd)
                 tl.store(gz_ptr + (p[:, None] * C + cols[None, :]), gz.to(gz_ptr.dtype.element_ty), mask=mask)
