@@ -320,6 +320,13 @@ def test_features_through_optimize_for_inference(feature_cls):
         for o, e in zip(fast(x), model(x)):
             assert rel_err(o, e) < 1e-4
     assert not any(isinstance(m, ConvNeXtBlock) for m in fast.modules())  # every block folded, dilated too
+    # to_reference: plain nn.Conv2d with the dilation (for export), same outputs.
+    plain = convnext_fast.to_reference(model)
+    convs = [m for m in plain.modules() if type(m) is nn.Conv2d and m.groups > 1]
+    assert convs and {m.dilation[0] for m in convs} == {1, 2}
+    with torch.no_grad():
+        for o, e in zip(plain(x), fast(x)):
+            assert rel_err(o, e) < 1e-4
 
 
 def test_timm_features_model_through_convert():
