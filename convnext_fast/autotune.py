@@ -328,14 +328,19 @@ def _measure(rec: records.Record, identity, op: str, pass_: str, dtype: str, sha
 
 
 def choose(op: str, pass_: str, device: torch.device, dtype: Optional[torch.dtype], shape: Optional[tuple[int, ...]],
-           hw: int, candidates: tuple[str, ...], measure: bool) -> str:
+           hw: int, candidates: tuple[str, ...], measure: "bool | Callable[[], bool]") -> str:
     """``auto``'s backend for one call: ``candidates`` are the kernel backends that run on the device
-    and serve the call (backend.py checked both); PyTorch (``reference``) is always possible."""
+    and serve the call (backend.py checked both); PyTorch (``reference``) is always possible.
+    ``measure``: whether this call may verify and time (or a callable asked only when needed)."""
     if device.type not in _config.tuned:
         return candidates[0] if candidates else "reference"
-    memo_key = (op, pass_, str(device), dtype, shape, hw, candidates)
+    memo_key = (op, pass_, device, dtype, shape, hw, candidates)
     hit = _memo.get(memo_key)
-    if hit is not None and (hit[1] or not measure):
+    if hit is not None and hit[1]:
+        return hit[0]
+    if callable(measure):
+        measure = bool(measure())
+    if hit is not None and not measure:
         return hit[0]
     with _lock:
         identity = _identity(device)

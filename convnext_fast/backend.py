@@ -34,7 +34,7 @@ import functools
 import importlib.util
 import os
 from types import ModuleType
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -208,9 +208,10 @@ def _static_shape(shape: Optional[Sequence]) -> Optional[tuple[int, ...]]:
     """The shape as plain ints, or None when a size is symbolic (dynamic shapes under tracing)."""
     if shape is None:
         return None
-    if all(isinstance(s, int) for s in shape):
-        return tuple(shape)
-    return None
+    for s in shape:
+        if type(s) is not int:
+            return None
+    return tuple(shape)
 
 
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
@@ -223,7 +224,7 @@ def _serves(op: str, backend: str, device_type: str, dtype: Optional[torch.dtype
 
 def resolve(op: str, device: torch.device, hw: int = 0, *, pass_: str = "forward", dtype: Optional[torch.dtype] = None,
             shape: Optional[Sequence[int]] = None, requested: Optional[str] = None, fallback: bool = True,
-            measure: bool = False, c: Optional[int] = None, k: Optional[int] = None,
+            measure: "bool | Callable[[], bool]" = False, c: Optional[int] = None, k: Optional[int] = None,
             out_norm: Optional[int] = None) -> str:
     """The concrete backend (never ``auto``) that runs ``pass_`` of ``op`` for one call.
 
@@ -240,7 +241,8 @@ def resolve(op: str, device: torch.device, hw: int = 0, *, pass_: str = "forward
         fallback: a backend asked for by name that runs on the device but whose kernels do not serve
             the call gets ``reference`` (the op runs PyTorch) when True; raises when False.
         measure: whether ``auto`` may verify and time kernels now (the op says so only in plain
-            eager mode on real tensors; see ``autotune.may_measure``).
+            eager mode on real tensors; see ``autotune.may_measure``), or a callable that answers
+            it, asked only when no settled choice is at hand.
 
     Raises:
         BackendUnavailableError: the backend asked for by name cannot run on ``device``, or has
@@ -250,15 +252,15 @@ def resolve(op: str, device: torch.device, hw: int = 0, *, pass_: str = "forward
     if requested is None:
         requested = requested_backend()
     return _resolve(op, pass_, requested, device.type, device.index, _DTYPE_NAMES.get(dtype),
-                    _static_shape(shape), int(hw) if isinstance(hw, int) else 0, bool(fallback), bool(measure),
-                    c, k, out_norm)
+                    _static_shape(shape), hw if type(hw) is int else 0, fallback, measure, c, k, out_norm)
 
 
 @torch.compiler.assume_constant_result
 def _resolve(op: str, pass_: str, requested: str, device_type: str, device_index: Optional[int],
-             dtype_name: Optional[str], shape: Optional[tuple[int, ...]], hw: int, fallback: bool, measure: bool,
+             dtype_name: Optional[str], shape: Optional[tuple[int, ...]], hw: int, fallback: bool, measure,
              c: Optional[int], k: Optional[int], out_norm: Optional[int]) -> str:
-    # Plain values in, a string out: torch.compile runs this once while tracing and keeps its result.
+    # Plain values in, a string out: torch.compile runs this once while tracing and keeps its result
+    # (``measure`` is then the constant False).
     dtype = None if dtype_name is None else getattr(torch, dtype_name)
     sizes = {"c": c, "k": k, "out_norm": out_norm}
     if requested == "reference":

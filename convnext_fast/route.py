@@ -24,6 +24,9 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
+from .autotune import may_measure
+from .backend import requested_backend, resolve
+
 __all__ = ["FLOAT_DTYPES", "MAX_KERNEL_SIZE", "check_x", "check_params", "check_eps", "check_dw", "check_ln",
            "direct_ok", "needs_graph", "needs_reference", "reference_backward", "resolve_forward", "resolve_backward"]
 
@@ -150,23 +153,23 @@ def resolve_forward(op: str, x: Tensor, shape: Sequence[int], *tensors: Optional
     (``backend.resolve``) with the call's dtype, shape and sizes; ``auto`` may verify and time kernels
     now when the call runs in plain eager mode (``autotune.may_measure``). The backward is resolved
     at the first backward (:func:`resolve_backward`), with the request kept from the forward."""
-    from .autotune import may_measure
-    from .backend import requested_backend, resolve
-
     requested = requested_backend()
-    hw = x.shape[2] * x.shape[3]
-    measure = requested == "auto" and may_measure(x, *tensors)
-    return resolve(op, x.device, hw, dtype=x.dtype, shape=shape, requested=requested, measure=measure,
-                   **sizes), requested
+    return resolve(op, x.device, x.shape[2] * x.shape[3], dtype=x.dtype, shape=shape, requested=requested,
+                   measure=_measure_if_allowed(requested, x, *tensors), **sizes), requested
 
 
 def resolve_backward(op: str, x: Tensor, shape: Sequence[int], requested: str, grad_y: Tensor,
                      **sizes: Optional[int]) -> str:
     """The backward's backend, decided at the first backward of a call whose forward ran a kernel
     (``reference`` means: the forward again in PyTorch, then autograd)."""
-    from .autotune import may_measure
-    from .backend import resolve
-
-    measure = requested == "auto" and may_measure(x, grad_y)
     return resolve(op, x.device, x.shape[2] * x.shape[3], pass_="backward", dtype=x.dtype, shape=shape,
-                   requested=requested, measure=measure, **sizes)
+                   requested=requested, measure=_measure_if_allowed(requested, x, grad_y), **sizes)
+
+
+def _measure_if_allowed(requested: str, *tensors: Optional[Tensor]):
+    """False, or (plain eager ``auto``) a callable that says whether this call may measure: the
+    resolver asks it only when no settled choice is at hand, which keeps the common call cheap.
+    While torch.compile traces it is the constant False."""
+    if requested != "auto" or torch.compiler.is_compiling():
+        return False
+    return lambda: may_measure(*tensors)
