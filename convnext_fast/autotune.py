@@ -245,7 +245,7 @@ def _isolated(device: torch.device) -> Iterator[None]:
         stack.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
-        for device_type in ("cpu", "cuda"):
+        for device_type in {"cpu", device.type}:
             stack.enter_context(torch.autocast(device_type, enabled=False))
         yield
 
