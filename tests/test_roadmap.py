@@ -176,3 +176,21 @@ def test_final_step_is_convnext_tiny():
     timm = pytest.importorskip("timm")
     timm_keys = {k: tuple(v.shape) for k, v in timm.create_model("convnext_tiny", pretrained=False).state_dict().items()}
     assert timm_keys == {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def test_throughput_bench_runs_and_renders(tmp_path):
+    """convnext_fast.bench.roadmap end to end on two steps at 32x32 (the code path; timings unchecked)."""
+    pytest.importorskip("matplotlib")
+    from convnext_fast.bench import roadmap as B
+
+    data = B.run(budget_s=0, batch=1, train_batch=2, steps=["resnet50", "layer_norm"],
+                 providers=("eager", "ours", "ours_optimized"), img_size=32, stem_stride=4, warmup_ms=1,
+                 rep_ms=1)
+    status = {(r["step"], r["provider"], r["mode"]): r["status"] for r in data["rows"]}
+    assert status == {(s, p, m): "ok" for s in ("resnet50", "layer_norm") for p in ("eager", "ours")
+                      for m in ("infer", "train")} | {("layer_norm", "ours_optimized", "infer"): "ok"}
+    assert [s["name"] for s in data["steps"]] == ["resnet50", "layer_norm"]
+    md = B.render_markdown(data)
+    assert "| BN → LN |" in md and "ours_optimized img/s" in md
+    written = B.write_outputs(data, tmp_path)
+    assert (tmp_path / "roadmap.png").stat().st_size > 0 and len(written) == 3

@@ -859,6 +859,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--no-cpu-engines", action="store_true",
                     help="CPU: leave out convnext_tiny in timm, ONNX Runtime, OpenVINO and torch.compile with "
                          "freezing beside ours (batch 1 and 8; about a minute per frozen compile)")
+    ap.add_argument("--roadmap", action="store_true",
+                    help="add the ResNet-50 -> ConvNeXt-T road in throughput (convnext_fast.bench.roadmap): "
+                         "its table in report.md, roadmap.png / .json / .md in --out")
+    ap.add_argument("--roadmap-budget-s", type=float, default=600.0, help="wall-time budget of --roadmap")
     ap.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failed cases")
     return ap.parse_args(argv)
 
@@ -878,8 +882,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         args.checkpoint = str(out / "results.json")
         data = run(args)
+        if getattr(args, "roadmap", False):
+            from . import roadmap as roadmap_bench
+            data["roadmap"] = roadmap_bench.run(args.roadmap_budget_s, verbose=args.verbose)
         _write_json(out / "results.json", data)
     (out / "report.md").write_text(render_markdown(data))
+    if data.get("roadmap"):
+        from . import roadmap as roadmap_bench
+        with open(out / "report.md", "a") as f:
+            f.write("\n" + roadmap_bench.render_markdown(data["roadmap"], heading="##") + "\n")
+        roadmap_bench.write_outputs(data["roadmap"], out)
     plots: list = []
     if not no_plots:
         plots = write_plots(data, out)
