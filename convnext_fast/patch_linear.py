@@ -51,10 +51,16 @@ KERNEL_DTYPES = {b: tuple(capabilities.capability(OP, b).dtypes) for b in capabi
 
 def kernel_backend(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """The backend whose kernel :func:`patch_linear` runs for (inference) inputs of this device and
-    dtype under the backend in force, from the record and defaults (nothing is measured), or None
-    when it runs ``patch_linear_composite`` there."""
+    dtype under the backend in force, or None when it runs ``patch_linear_composite`` there. Under
+    ``auto`` on a GPU this may run the kernel's parity checks there (once per device and dtype: the
+    device record); shapes are timed at the calls themselves."""
+    from .autotune import may_measure
+    from .backend import requested_backend
+
+    requested = requested_backend()
+    measure = (lambda: may_measure(torch.empty(0, device=device))) if requested == "auto" else False
     try:
-        backend = resolve(OP, device, dtype=dtype)
+        backend = resolve(OP, device, dtype=dtype, requested=requested, measure=measure)
     except BackendUnavailableError:
         return None
     return None if backend == "reference" else backend

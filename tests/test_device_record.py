@@ -420,3 +420,25 @@ def test_the_tune_command_reports_verdicts_and_choices(capsys):
     text = "\n".join(lines)
     assert "FAILED (tiny)" in text and "2x4x3x5" in text and "cpu 2.000, reference 3.000" in text
     assert "error: OutOfMemoryError: x (defaults used)" in text
+
+
+def test_optimize_for_inference_checks_the_patch_kernel_before_it_decides_to_fold(tuned):
+    """On a device where nothing was measured yet, deciding whether to fold the stem and downsampling
+    layers checks the patch kernel there first (the defaults alone would not trust it)."""
+    from convnext_fast import patch_linear
+
+    checked: list[str] = []
+    real = autotune.config().checks
+
+    def spy(op, dtype, backend_name):
+        checked.append(op)
+        if op == "patch_linear":
+            def run(device, dt):
+                return {"y": (torch.ones(2), torch.ones(2), torch.ones(2, dtype=torch.float64))}, "stub"
+            return [verify.Check(op, "stub", "float32", run)]
+        return real(op, dtype, backend_name)
+
+    autotune.configure(checks=spy)
+    assert patch_linear.kernel_backend(torch.device("cpu"), torch.float32) == "triton"
+    assert checked.count("patch_linear") == 2  # triton and the cpu kernel, each once
+    assert _record_file()["verdicts"]["patch_linear"]["float32"]["triton"]["passed"] is True
