@@ -4,24 +4,20 @@ Liu et al., "A ConvNet for the 2020s", CVPR 2022, Section 2 and Figure 2: a ResN
 modernised one design decision at a time, each step keeping the previous ones. Every constructor
 here builds the network of one step; each changes only what the paper changes at that step:
 
-=====================  ===========================================================================
-step                   what changes (everything else as in the step before)
-=====================  ===========================================================================
-``resnet50``           torchvision's ResNet-50 (v1.5: stride on the 3x3 conv), depths (3, 4, 6, 3)
-``stage_ratio``        depths (3, 3, 9, 3)
-``patchify_stem``      stem cell (7x7/2 conv, BN, ReLU, 3x3/2 max pool) -> 4x4/4 conv + BN
-``depthwise_conv``     the bottleneck's 3x3 conv becomes depthwise (groups = channels)
-``wider``              widths 64 -> 96 (stem 96; bottleneck widths 96..768, outputs 384..3072)
-``inverted_bottleneck`` 1x1 C -> 4C, depthwise 3x3 on 4C, 1x1 4C -> C (outputs 96..768)
-``move_up_dwconv``     depthwise conv first: dw 3x3 on C, 1x1 C -> 4C, 1x1 4C -> C
-``larger_kernel(k)``   depthwise kernel 3 -> 5 / 7 / 9 / 11 (the later steps keep 7)
-``gelu``               every ReLU -> GELU
-``fewer_activations``  one GELU per block, between the two 1x1 layers (none after the residual add)
-``fewer_norms``        one BN per block, after the depthwise conv
-``layer_norm``         every BN -> LayerNorm (the package's ``LayerNorm2d``)
-``separate_downsampling`` LN + 2x2/2 conv between stages, LN after the stem and after pooling:
-                       :class:`convnext_fast.models.ConvNeXt`, i.e. ConvNeXt-T
-=====================  ===========================================================================
+* ``resnet50``: torchvision's ResNet-50 (v1.5: stride on the 3x3 conv), depths (3, 4, 6, 3);
+* ``stage_ratio``: depths (3, 3, 9, 3);
+* ``patchify_stem``: the stem cell (7x7/2 conv, BN, ReLU, 3x3/2 max pool) becomes a 4x4/4 conv + BN;
+* ``depthwise_conv``: the bottleneck's 3x3 conv becomes depthwise (groups = channels);
+* ``wider``: widths 64 -> 96 (stem 96; bottleneck widths 96..768, block outputs 384..3072);
+* ``inverted_bottleneck``: 1x1 C -> 4C, depthwise 3x3 on 4C, 1x1 4C -> C (outputs 96..768);
+* ``move_up_dwconv``: the depthwise conv first: dw 3x3 on C, 1x1 C -> 4C, 1x1 4C -> C;
+* ``larger_kernel(k)``: depthwise kernel 3 -> 5 / 7 / 9 / 11 (the later steps keep 7);
+* ``gelu``: every ReLU becomes a GELU;
+* ``fewer_activations``: one GELU per block, between the two 1x1 layers, none after the add;
+* ``fewer_norms``: one BN per block, after the depthwise conv;
+* ``layer_norm``: every BN becomes a LayerNorm (the package's ``LayerNorm2d``);
+* ``separate_downsampling``: LN + 2x2/2 conv between stages, LN after the stem and after pooling:
+  :class:`convnext_fast.models.ConvNeXt`, i.e. ConvNeXt-T.
 
 Conventions that the paper leaves open, fixed once for every step:
 
@@ -70,7 +66,8 @@ from .layers import DepthwiseConv2d, LayerNorm2d
 from .models import ConvNeXt, ConvNeXtBlock, _stage_drop_path_rates
 
 __all__ = [
-    "PAPER_STEPS", "RoadmapNet", "Step", "count_macs", "fewer_activations", "fewer_norms", "gelu", "get_step",
+    "KERNEL_SIZES", "PAPER_STEPS", "RoadmapBlock", "RoadmapNet", "Step", "count_macs", "default_stem_stride",
+    "fewer_activations", "fewer_norms", "gelu", "get_step",
     "inverted_bottleneck", "larger_kernel", "layer_norm", "move_up_dwconv", "patchify_stem", "resnet50",
     "separate_downsampling", "stage_ratio", "steps", "wider", "depthwise_conv",
 ]

@@ -137,7 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup-steps", type=int, default=500)
     ap.add_argument("--drop-path", type=float, default=0.1)
     ap.add_argument("--label-smoothing", type=float, default=0.1)
-    ap.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"], help="auto: bf16 on a GPU, off on CPU")
+    ap.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+                    help="autocast dtype; auto: bf16 on a GPU, off on CPU")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--backend", default="auto", help="convnext_fast backend (auto, reference, triton, cuda, cpu)")
     ap.add_argument("--out", default="runs/cifar", help="checkpoints, CSV logs and the plot")

@@ -174,7 +174,8 @@ def test_final_step_is_convnext_tiny():
     with torch.no_grad(), convnext_fast.use_backend("reference"):
         assert torch.equal(final.eval()(x), tiny.eval()(x))
     timm = pytest.importorskip("timm")
-    timm_keys = {k: tuple(v.shape) for k, v in timm.create_model("convnext_tiny", pretrained=False).state_dict().items()}
+    timm_model = timm.create_model("convnext_tiny", pretrained=False)
+    timm_keys = {k: tuple(v.shape) for k, v in timm_model.state_dict().items()}
     assert timm_keys == {k: tuple(v.shape) for k, v in sd.items()}
 
 

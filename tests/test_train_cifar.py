@@ -40,12 +40,14 @@ def make_cifar10(root: Path, per_batch: int = 4, n_test: int = 8, seed: int = 0)
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)
     for i in range(1, 6):
-        _write(d / f"data_batch_{i}", {b"batch_label": b"training batch", b"labels": rng.integers(0, 10, per_batch).tolist(),
+        _write(d / f"data_batch_{i}", {b"batch_label": b"training batch",
+                                       b"labels": rng.integers(0, 10, per_batch).tolist(),
                                        b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
                                        b"filenames": [b"x.png"] * per_batch})
     _write(d / "test_batch", {b"labels": rng.integers(0, 10, n_test).tolist(),
                               b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)})
-    _write(d / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": per_batch})
+    _write(d / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)],
+                                b"num_cases_per_batch": per_batch})
     return d
 
 

@@ -94,7 +94,8 @@ def _callable(provider: str, model: torch.nn.Module, mode: str, x: torch.Tensor,
 def run(budget_s: float = 600.0, device: Optional[torch.device] = None, batch: Optional[int] = None,
         train_batch: Optional[int] = None, steps: Optional[Sequence[str]] = None,
         providers: Sequence[str] = PROVIDERS, img_size: int = 224, stem_stride: Optional[int] = None,
-        warmup_ms: float = 25.0, rep_ms: float = 100.0, verbose: bool = False) -> dict:
+        warmup_ms: float = 25.0, rep_ms: float = 100.0, modes: Sequence[str] = ("infer", "train"),
+        verbose: bool = False) -> dict:
     """Time every step and provider; returns the ``roadmap.json`` structure.
 
     Args:
@@ -104,6 +105,7 @@ def run(budget_s: float = 600.0, device: Optional[torch.device] = None, batch: O
         steps: step names (default: all of Figure 2).
         providers: subset of :data:`PROVIDERS`.
         img_size, stem_stride: input side and the stem's stride (``convnext_fast.roadmap``).
+        modes: ``"infer"`` and / or ``"train"``.
     """
     t0 = time.perf_counter()
     device = device or bench_device()
@@ -119,7 +121,7 @@ def run(budget_s: float = 600.0, device: Optional[torch.device] = None, batch: O
     # timed back to back, so a change in the machine's load falls on all of them alike.
     phases = [(("eager", "ours"), "infer"), (("ours_optimized",), "infer"), (("eager", "ours"), "train"),
               (("eager_compile", "ours_compile"), "infer"), (("eager_compile", "ours_compile"), "train")]
-    plan = [(p, m, s) for ps, m in phases for s in chosen for p in ps if p in providers]
+    plan = [(p, m, s) for ps, m in phases for s in chosen for p in ps if p in providers and m in modes]
     seen_cost: dict = {}
     for provider, mode, s in plan:
         row = {"step": s.name, "title": s.title, "provider": provider, "mode": mode,
@@ -163,7 +165,8 @@ def run(budget_s: float = 600.0, device: Optional[torch.device] = None, batch: O
         del model
     env = environment()
     meta = {**env, "device_type": device.type, "batch": batch, "train_batch": train_batch, "img_size": img_size,
-            "dtype": str(dtype).replace("torch.", ""), "budget_s": budget_s, "elapsed_s": round(time.perf_counter() - t0, 1),
+            "dtype": str(dtype).replace("torch.", ""), "budget_s": budget_s,
+            "elapsed_s": round(time.perf_counter() - t0, 1),
             "date": env.get("date") or datetime.date.today().isoformat()}
     steps_meta = [{"name": s.name, "title": s.title, "paper_top1": s.paper_top1, "paper_gmacs": s.paper_gmacs,
                    "gmacs": round(macs[s.name], 3)} for s in chosen]
@@ -172,6 +175,8 @@ def run(budget_s: float = 600.0, device: Optional[torch.device] = None, batch: O
 
 def _table(data: dict, mode: str) -> tuple[list, list]:
     rows = [r for r in data["rows"] if r["mode"] == mode]
+    if not rows:
+        return [], []
     provs = [p for p in PROVIDERS if any(r["provider"] == p for r in rows)]
     ok = {(r["step"], r["provider"]): r for r in rows}
     base = {p: ok.get((data["steps"][0]["name"], p)) for p in provs}
@@ -212,7 +217,8 @@ def render_markdown(data: dict, heading: str = "#") -> str:
            "ResNet-50, kernel 7 and the final step only. Throughput = batch / median time "
            "(`convnext_fast.bench.timing.measure`). `budget` = skipped by the time budget.", ""]
     for mode, what in (("infer", f"Inference, batch {m.get('batch')}"),
-                       ("train", f"Training step (forward, cross-entropy, backward, SGD), batch {m.get('train_batch')}")):
+                       ("train", "Training step (forward, cross-entropy, backward, SGD), "
+                                 f"batch {m.get('train_batch')}")):
         header, body = _table(data, mode)
         if not body:
             continue
@@ -246,7 +252,7 @@ def write_plot(data: dict, path: Path) -> Path:
             vals = [rows[(s["name"], p)]["img_per_s"] if (s["name"], p) in rows else 0.0 for s in steps]
             ax.barh(ys, vals, height=h, color=COLORS[p], label=p)
         ax.set_xlabel("images / s")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title if rows else f"{title}: not measured", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         twin = ax.twiny()
         twin.plot([s["gmacs"] for s in steps], range(n), "k.-", lw=1, label="GMACs")
@@ -288,6 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--train-batch", type=int, default=0, help="training batch (default 4 on CPU, 256 on a GPU)")
     ap.add_argument("--steps", default="", help="comma list of step names (default: all)")
     ap.add_argument("--providers", default=",".join(PROVIDERS))
+    ap.add_argument("--modes", default="infer,train", help="infer and / or train")
     ap.add_argument("--from-json", default="", help="re-render the table and plot from a roadmap.json")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
@@ -296,7 +303,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data = json.loads(Path(a.from_json).read_text())
     else:
         data = run(a.budget_s, batch=a.batch or None, train_batch=a.train_batch or None,
-                   steps=a.steps.split(",") if a.steps else None, providers=a.providers.split(","), verbose=True)
+                   steps=a.steps.split(",") if a.steps else None, providers=a.providers.split(","),
+                   modes=a.modes.split(","), verbose=True)
     written = write_outputs(data, Path(a.out))
     print(render_markdown(data))
     print("wrote " + ", ".join(str(p) for p in written))
