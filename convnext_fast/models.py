@@ -30,7 +30,6 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.fx import Proxy
 
-from .backend import get_backend, has_kernel
 from .dwconv_ln import dwconv_layer_norm
 from .mlp import pointwise_mlp
 from .fused_elementwise import (drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu,

@@ -57,6 +57,7 @@ def test_features_only_matches_timm(kwargs):
     ref = _timm_features("convnext_atto", **kwargs)
     model = _ours_like(ref, "convnext_atto", **kwargs)
     assert type(model).__name__ == type(ref).__name__
+    assert isinstance(model, FeatureGetterNet) == (kwargs.get("feature_cls") == "getter")
     info, ref_info = model.feature_info, ref.feature_info
     assert info.channels() == ref_info.channels() and info.reduction() == ref_info.reduction()
     assert info.module_name() == ref_info.module_name() and tuple(info.out_indices) == tuple(ref_info.out_indices)
