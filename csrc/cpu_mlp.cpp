@@ -27,7 +27,7 @@
 // AVX512_BF16 GEMM, fp32 accumulation, bf16 out, bias inside) reorders the weights on every call,
 // so per-row-block calls ran at 0.54-0.93x eager (1 thread, batch 8); bf16 therefore runs the two
 // GEMMs on whole matrices (PyTorch's rounding of h and of fc2's output) and fuses only the
-// elementwise work: GELU in one pass (fp32 math), b2 / gamma / scale / residual in one pass.
+// elementwise work: b1 + GELU in one pass (fp32 math), b2 / gamma / scale / residual in one pass.
 // Without bf16 dot products (no AVX512_BF16, or the instruction set held lower by
 // CONVNEXT_FAST_CPU_ISA / ONEDNN_MAX_CPU_ISA) oneDNN emulates bf16 GEMMs, slower than fp32: there the
 // bf16 forward widens its inputs and runs the fp32 kernel (native_bf16_dot, forward_bf16_via_f32).
@@ -251,12 +251,18 @@ CFM_AI void epilogue_t_impl(float* t, int64_t ldt, int64_t rows, int64_t C, cons
   transpose_impl(t, ldt, C, rows, o, ldo, sc, ldsc);
 }
 
-// bf16 tiles: dst = GELU(src) (bias already added by the GEMM).
+// bf16 tiles: dst = GELU(src + bias) in fp32, rounded once; bias is an fp32 vector, or null when the
+// GEMM added it already.
 template <int V>
 CFM_AI void gelu_bf16_impl(const c10::BFloat16* src, int64_t lds, c10::BFloat16* dst, int64_t ldd, int64_t rows,
-                           int64_t n) {
+                           int64_t n, const float* bias) {
+  typedef typename Vec<V>::f F;
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < n; c += V) store<V>(dst + r * ldd + c, gelu(load<V>(src + r * lds + c, n - c)), n - c);
+    for (int64_t c = 0; c < n; c += V) {
+      F v = load<V>(src + r * lds + c, n - c);
+      if (bias) v = v + load<V>(bias + c, n - c);
+      store<V>(dst + r * ldd + c, gelu(v), n - c);
+    }
 }
 
 // The epilogue on a block's output rows (in place): o = ((o + b2) * gamma) * s[row] + shortcut, in
@@ -318,7 +324,7 @@ struct MlpOps {
   void (*bias_gelu_t)(float*, int64_t, int64_t, int64_t, const float*, float*, int64_t);
   void (*epilogue_t)(float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, const float*,
                      int64_t, float*, int64_t);
-  void (*gelu_bf16)(const BF*, int64_t, BF*, int64_t, int64_t, int64_t);
+  void (*gelu_bf16)(const BF*, int64_t, BF*, int64_t, int64_t, int64_t, const float*);
   void (*epilogue_bf16)(BF*, int64_t, int64_t, int64_t, const float*, const float*, const float*, const BF*,
                         int64_t);
   void (*scale_colsum_f32)(const float*, int64_t, int64_t, int64_t, const float*, float*, float*);
@@ -339,8 +345,9 @@ struct MlpOps {
                               const float* rs, const float* sc, int64_t ldsc, float* o, int64_t ldo) {         \
     epilogue_t_impl<V>(t, ldt, rows, C, b2, g, rs, sc, ldsc, o, ldo);                                          \
   }                                                                                                            \
-  ATTR void gelu_bf16_##NAME(const BF* s, int64_t lds, BF* d, int64_t ldd, int64_t rows, int64_t n) {           \
-    gelu_bf16_impl<V>(s, lds, d, ldd, rows, n);                                                                \
+  ATTR void gelu_bf16_##NAME(const BF* s, int64_t lds, BF* d, int64_t ldd, int64_t rows, int64_t n,             \
+                             const float* bias) {                                                              \
+    gelu_bf16_impl<V>(s, lds, d, ldd, rows, n, bias);                                                          \
   }                                                                                                            \
   ATTR void epilogue_bf16_##NAME(BF* o, int64_t ldo, int64_t rows, int64_t C, const float* b2, const float* g,  \
                                  const float* rs, const BF* sc, int64_t ldsc) {                                \
@@ -525,15 +532,16 @@ void forward_f32(const Tensor& x, const Tensor& w1, const std::vector<float>& b1
   });
 }
 
-// a = GELU(h) over all rows (bf16, in parallel row blocks); a may be h. Returns a.
-const Tensor& a_after_gelu(const Tensor& h, const Tensor& a, const Dims& d) {
+// a = GELU(h + bias) over all rows (bf16, in parallel row blocks; bias null: already in h); a may
+// be h. Returns a.
+const Tensor& a_after_gelu(const Tensor& h, const Tensor& a, const Dims& d, const float* bias) {
   const BF* src = h.data_ptr<BF>();
   BF* dst = a.data_ptr<BF>();
   const MlpOps& o = ops();
   at::parallel_for(0, (d.M + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       const int64_t r0 = b * kBwdRows, rows = std::min(kBwdRows, d.M - r0);
-      o.gelu_bf16(src + r0 * d.Hd, d.Hd, dst + r0 * d.Hd, d.Hd, rows, d.Hd);
+      o.gelu_bf16(src + r0 * d.Hd, d.Hd, dst + r0 * d.Hd, d.Hd, rows, d.Hd, bias);
     }
   });
   return a;
@@ -544,20 +552,23 @@ void forward_bf16(const Tensor& x, const Tensor& w1, const OptTensor& b1, const 
                   const Dims& d, Tensor& out, const OptTensor& hsave) {
   const int64_t M = d.M, C = d.C, Hd = d.Hd;
   // Whole-matrix GEMMs (see the file comment): h -> GELU (one fused pass) -> fc2 -> epilogue (one
-  // fused pass instead of eager's gamma and residual passes).
+  // fused pass instead of eager's gamma and residual passes). The biases go into those passes, not
+  // into the GEMMs: a bf16 at::addmm_out first copies the broadcast bias into its whole output (a slow
+  // strided pass, then read again by the GEMM), while the passes read each element anyway. Only a
+  // kept h (training) must hold its bias, so fc1 adds it there.
   Tensor h = hsave ? *hsave : at::empty({M, Hd}, x.options());
-  if (b1)
+  std::vector<float> b1v;
+  if (b1 && hsave) {
     at::addmm_out(h, *b1, x, w1.t());
-  else
+  } else {
     at::mm_out(h, x, w1.t());
+    if (b1) b1v = vec_f32(b1, Hd, 0.f);
+  }
   Tensor a = hsave ? at::empty({M, Hd}, x.options()) : h;  // GELU in place unless h is kept
-  if (b2)
-    at::addmm_out(out, *b2, a_after_gelu(h, a, d), w2.t());
-  else
-    at::mm_out(out, a_after_gelu(h, a, d), w2.t());
+  at::mm_out(out, a_after_gelu(h, a, d, b1v.empty() ? nullptr : b1v.data()), w2.t());
+  const std::vector<float> b2v = vec_f32(b2, C, 0.f);
   const BF* SC = shortcut ? shortcut->data_ptr<BF>() : nullptr;
   const int64_t ldsc = shortcut ? row_stride(*shortcut) : C;
-  const std::vector<float> zeros(static_cast<size_t>(C), 0.f);
   BF* O = out.data_ptr<BF>();
   const MlpOps& o = ops();
   at::parallel_for(0, (M + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
@@ -565,7 +576,7 @@ void forward_bf16(const Tensor& x, const Tensor& w1, const OptTensor& b1, const 
     for (int64_t b = first; b < last; ++b) {
       const int64_t r0 = b * kBwdRows, rows = std::min(kBwdRows, M - r0);
       row_scales(s, rps, r0, rows, rs);
-      o.epilogue_bf16(O + r0 * C, C, rows, C, zeros.data(), gamma.data(), rs, SC ? SC + r0 * ldsc : nullptr, ldsc);
+      o.epilogue_bf16(O + r0 * C, C, rows, C, b2v.data(), gamma.data(), rs, SC ? SC + r0 * ldsc : nullptr, ldsc);
     }
   });
 }
