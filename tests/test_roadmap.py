@@ -195,3 +195,23 @@ def test_throughput_bench_runs_and_renders(tmp_path):
     assert "| BN → LN |" in md and "ours_optimized img/s" in md
     written = B.write_outputs(data, tmp_path)
     assert (tmp_path / "roadmap.png").stat().st_size > 0 and len(written) == 3
+
+
+def test_throughput_runs_merge_keeps_the_fastest():
+    from convnext_fast.bench import roadmap as B
+
+    steps = [{"name": "resnet50", "title": "ResNet-50", "paper_top1": 78.8, "paper_gmacs": 4.1, "gmacs": 4.09}]
+
+    def run(ips, status="ok"):
+        row = {"step": "resnet50", "title": "ResNet-50", "provider": "eager", "mode": "infer", "status": status}
+        if status == "ok":
+            row["img_per_s"] = ips
+        return {"meta": {"elapsed_s": 1.0, "batch": 8, "train_batch": 4}, "steps": steps, "rows": [row]}
+
+    merged = B.merge([run(2.0), run(0, "budget"), run(5.0), run(3.0)])
+    (row,) = merged["rows"]
+    assert row["img_per_s"] == 5.0 and row["img_per_s_runs"] == [2.0, 5.0, 3.0] and row["runs"] == 3
+    assert len(merged["meta"]["merged_runs"]) == 4 and "Merged from 4 runs" in B.render_markdown(merged)
+    assert B.merge([run(0, "budget")])["rows"][0]["status"] == "budget"
+    with pytest.raises(ValueError):
+        B.merge([])
