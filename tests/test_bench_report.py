@@ -340,10 +340,10 @@ def test_no_printed_roofline_percentage_exceeds_100():
 
 def test_stage_shapes_have_one_definition():
     from convnext_fast import shapes
-    from convnext_fast.bench import cases, tune
+    from convnext_fast.bench import cases, sweep
 
     assert cases.STAGES is shapes.CONVNEXT_T_STAGES and aggregate.STAGE_SHAPES is shapes.CONVNEXT_T_STAGES
-    assert tune.STAGES == tuple((c, h) for c, h, _ in shapes.CONVNEXT_T_STAGES)
+    assert sweep.STAGES == tuple((c, h) for c, h, _ in shapes.CONVNEXT_T_STAGES)
     # nothing under bench/ or benchmarks/ spells a stage out again
     files = sorted((REPO / "convnext_fast" / "bench").glob("*.py")) + sorted((REPO / "benchmarks").glob("*.py"))
     assert files
@@ -511,7 +511,7 @@ def test_bench_imports_and_helps_without_timm_and_matplotlib(tmp_path):
     out = _run_blocked(f"""
         import runpy
         import convnext_fast.bench
-        from convnext_fast.bench import aggregate, cases, perf, report, roofline, tune  # noqa: F401
+        from convnext_fast.bench import aggregate, cases, perf, report, roofline, sweep  # noqa: F401
         sys.argv = ["python -m convnext_fast.bench", "--help"]
         try:
             runpy.run_module("convnext_fast.bench", run_name="__main__", alter_sys=True)
@@ -818,11 +818,18 @@ def test_cpu_quick_report_runs_the_mlp_family(tmp_path):
     assert {r["op"] for r in rows} == {"mlp"} and {r["mode"] for r in rows} == {"fwd", "fwdbwd"}
     ok = [r for r in rows if r["status"] == "ok"]
     assert sorted(r["provider"] for r in ok) == ["cpu", "cpu", "torch", "torch"]
-    assert all(r["parity"] == "ok" and r["speedup_vs_eager"] > 0 for r in ok if r["provider"] == "cpu")
+    assert all(r["parity"] == "ok" for r in ok if r["provider"] == "cpu")
+    # A speedup needs both timings steady: on a busy machine a spread one is marked unstable instead.
+    steady = {r["mode"] for r in ok if r["provider"] == "torch" and not r.get("unstable")}
+    assert all(r["speedup_vs_eager"] > 0 for r in ok
+               if r["provider"] == "cpu" and not r.get("unstable") and r["mode"] in steady)
+    assert all(r["speedup_vs_eager"] is None for r in ok if r.get("unstable"))
     opt, = {r["reason"] for r in rows if r["provider"] == "cpu_optimized"}
     assert "inference only" in opt
     md = (out / "report.md").read_text()
-    assert "| mlp | fwdbwd | 2x96x56x56 | float32 | 7 | cpu |" in md and "MLP half forward + backward" in md
+    assert "| mlp | fwdbwd | 2x96x56x56 | float32 | 7 | cpu |" in md
+    if "fwdbwd" in steady and any(r["mode"] == "fwdbwd" and not r.get("unstable") for r in ok if r["provider"] == "cpu"):
+        assert "MLP half forward + backward" in md  # the summary, from steady rows only
 
 
 def test_gpu_script_has_the_mlp_step():
