@@ -861,7 +861,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                          "freezing beside ours (batch 1 and 8; about a minute per frozen compile)")
     ap.add_argument("--roadmap", action="store_true",
                     help="add the ResNet-50 -> ConvNeXt-T road in throughput (convnext_fast.bench.roadmap): "
-                         "its table in report.md, roadmap.png / .json / .md in --out")
+                         "its table in report.md, roadmap.png / .json / .md in --out. On by default in a full "
+                         "run (neither --quick nor --only); this forces it")
+    ap.add_argument("--no-roadmap", action="store_true", help="leave the road from ResNet-50 out of a full run")
     ap.add_argument("--roadmap-budget-s", type=float, default=600.0, help="wall-time budget of --roadmap")
     ap.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failed cases")
     return ap.parse_args(argv)
@@ -882,7 +884,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         args.checkpoint = str(out / "results.json")
         data = run(args)
-        if getattr(args, "roadmap", False):
+        full_run = not (args.quick or args.only or getattr(args, "no_roadmap", False))
+        if getattr(args, "roadmap", False) or full_run:
             from . import roadmap as roadmap_bench
             data["roadmap"] = roadmap_bench.run(args.roadmap_budget_s, verbose=args.verbose)
         _write_json(out / "results.json", data)
