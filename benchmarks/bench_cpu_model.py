@@ -8,7 +8,7 @@ optimized model in fp32 and bf16 in a worker process restricted to AVX2, as on a
 AVX-512 and AVX512_BF16. Every engine is checked against timm in float64 first
 (``convnext_fast.parity``); then ``--runs`` interleaved blocks of ``--repeats`` round-robin rounds,
 each with its medians and spread. Every row's share of this CPU's measured ceiling (the best rate of
-large fp32 / bf16 GEMMs) is reported, and the issue's targets as the lowest ratio over the runs.
+large fp32 / bf16 GEMMs) is reported, and the speed targets as the lowest ratio over the runs.
 
 Training (``--train``): one step (forward, cross-entropy, backward, SGD with momentum) of timm
 eager, timm under ``torch.compile`` and ours, fp32 and bf16 autocast, interleaved the same way,

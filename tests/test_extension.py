@@ -378,10 +378,10 @@ print("ok")
 @needs_cpu_ext
 def test_cpp_checks_raise_instead_of_crashing():
     """Bad input given to the extension directly raises RuntimeError with a message (Python validates first in
-    normal use). In a subprocess: on the 2026-11-22 GPU machine (torch 2.11, extension built with
-    /opt/gcc) the first TORCH_CHECK thrown killed the process with SIGSEGV, which took the whole
-    pytest session with it; here it fails this test instead, with the last call reached. The cause
-    was a static copy of libstdc++ inside the extension (see test_extension_links_the_shared_libstdcxx)."""
+    normal use). In a subprocess: with a static copy of libstdc++ inside the extension (see
+    test_extension_links_the_shared_libstdcxx), the first TORCH_CHECK thrown killed the process with
+    SIGSEGV, which would take the whole pytest session with it; here it fails this test instead, with
+    the last call reached."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _CPP_CHECKS_SCRIPT], capture_output=True,
                           text=True, env=env, timeout=300)

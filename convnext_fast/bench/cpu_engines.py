@@ -73,7 +73,7 @@ FP32_ENGINES = ("timm_eager", "onnxruntime", "openvino", "compile_freezing", "ou
 BF16_ENGINES = ("timm_autocast_bf16", "openvino_bf16", "compile_freezing_autocast_bf16", "compile_freezing_bf16",
                 "ours_autocast_bf16", "ours_optimized_bf16")
 AVX2_ENGINES = ("ours_optimized_avx2", "ours_optimized_bf16_avx2")
-# The engines a user would pick instead of ours, per dtype (the issue's targets compare against the fastest).
+# The engines a user would pick instead of ours, per dtype (the speed targets compare against the fastest).
 COMPETITORS = {"fp32": ("compile_freezing", "openvino", "onnxruntime"),
                "bf16": ("compile_freezing_autocast_bf16", "compile_freezing_bf16", "openvino_bf16")}
 BASELINE = "timm_eager"
@@ -631,7 +631,7 @@ def _medians(rows: list[dict], batch: int) -> dict[str, list[float]]:
 
 
 def targets(rows: list[dict]) -> list[dict]:
-    """The issue's targets per batch, each as the lowest ratio over the runs (a ratio > 1: ours faster).
+    """The speed targets per batch, each as the lowest ratio over the runs (a ratio > 1: ours faster).
 
     * fp32: ``ours_optimized`` at least 1.15x (batch 1) / 1.2x (other batches) the fastest of
       torch.compile with freezing, OpenVINO and ONNX Runtime; ``ours`` within 5% of ``ours_optimized``;
