@@ -409,10 +409,13 @@ def _specs(name: str, timm_model: nn.Module, x: Tensor, wanted: Sequence[str], d
         return shared[key]
 
     def avx2(dtype: str):
+        # One worker per input shape: a worker holds its input, so a later batch size needs its own.
+        key = ("avx2", tuple(x.shape))
+
         def build():
-            if "avx2" not in shared:
-                shared["avx2"] = _Avx2Worker(timm_model, name, x, directory)
-            return shared["avx2"].runner(dtype, directory)
+            if key not in shared:
+                shared[key] = _Avx2Worker(timm_model, name, x, directory)
+            return shared[key].runner(dtype, directory)
         return build
 
     table: dict[str, tuple[str, str, Callable[[], Any]]] = {
@@ -471,10 +474,9 @@ def build_engines(name: str, timm_model: nn.Module, x: Tensor, wanted: Sequence[
 
 
 def close_shared(shared: dict) -> None:
-    """Stop the AVX2 worker (if one was started) and drop compiled graphs."""
-    worker = shared.pop("avx2", None)
-    if worker is not None:
-        worker.close()
+    """Stop the AVX2 workers (if any were started) and drop compiled graphs."""
+    for key in [k for k in shared if isinstance(k, tuple) and k[0] == "avx2"]:
+        shared.pop(key).close()
     shared.clear()
 
 
