@@ -37,6 +37,7 @@ from .fused_elementwise import (drop_path_scale, global_response_norm, layer_sca
 from .layers import DepthwiseConv2d, FxLeafScripting, LayerNorm2d, fx_leaf
 from .layers import _as as _cast, _compute_dtype
 # The registry and factories live in pretrained.py; this module keeps exporting them.
+from . import pretrained as _pretrained
 from .pretrained import (
     MODEL_CONFIGS, _generic_pretrained_cfg, convnext_atto, convnext_base, convnext_femto, convnext_large,
     convnext_nano, convnext_pico, convnext_small, convnext_tiny, convnext_xlarge, convnextv2_atto, convnextv2_base,
@@ -51,27 +52,7 @@ __all__ = [
     "ConvNeXtStage",
     "ClassifierHead",
     "ConvNeXt",
-    "MODEL_CONFIGS",
-    "create_model",
-    "list_models",
-    "convnext_atto",
-    "convnext_femto",
-    "convnext_pico",
-    "convnext_nano",
-    "convnext_tiny",
-    "convnext_small",
-    "convnext_base",
-    "convnext_large",
-    "convnext_xlarge",
-    "convnextv2_atto",
-    "convnextv2_femto",
-    "convnextv2_pico",
-    "convnextv2_nano",
-    "convnextv2_tiny",
-    "convnextv2_base",
-    "convnextv2_large",
-    "convnextv2_huge",
-    "convnextv2_small",
+    *_pretrained.__all__,  # MODEL_CONFIGS, create_model, list_models and the factories
 ]
 
 
