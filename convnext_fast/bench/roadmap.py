@@ -291,16 +291,20 @@ def write_plot(data: dict, path: Path) -> Path:
         twin.plot([s["gmacs"] for s in steps], range(n), "k.-", lw=1, label="GMACs")
         twin.set_xlabel("GMACs (224x224)")
         twin.set_xlim(0, max(s["gmacs"] for s in steps) * 1.15)
-        if mode == "infer":
-            ax.legend(loc="lower right", fontsize=8)
-            twin.legend(loc="upper right", fontsize=8)
+    # One legend for both panels, below them: inside a panel it would cover the last steps' bars.
+    handles: dict = {}
+    for ax in fig.axes:
+        for hnd, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, hnd)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=9,
+               frameon=False)
     axes[0].set_yticks(range(n))
     axes[0].set_yticklabels([f"{s['title']}  ({s['paper_top1']:.1f}%)" for s in steps], fontsize=9)
     axes[0].invert_yaxis()
     m = data["meta"]
     fig.suptitle(f"ResNet-50 -> ConvNeXt-T (paper's Figure 2, ImageNet top-1 in brackets) on "
                  f"{m.get('device_name', m.get('device_type'))}, {m.get('dtype')}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
