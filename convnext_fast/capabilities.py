@@ -80,7 +80,7 @@ TABLE: dict[tuple[str, str], Capability] = {
     # (kernels/patch_linear.py MAX_OUT_NORM_O); C = 0 has no patch sums (the output is the bias).
     ("patch_linear", "triton"): Capability(_LOW_AND_FP32, ("forward",), ("patch_linear_forward",), max_out_norm=512,
                                            min_c=1),
-    ("patch_linear", "cpu"): Capability(_FP32, ("forward",), ("patch_linear_forward",), min_c=1),
+    ("patch_linear", "cpu"): Capability(_BF16_FP32, ("forward",), ("patch_linear_forward",), min_c=1),
     # kernels/block.py: the depthwise conv + LayerNorm as the prologue of the flash-style MLP.
     ("folded_block", "triton"): Capability(_LOW_AND_FP32, ("forward",), ("block_forward",), max_c=256, max_k=7),
 }

@@ -33,6 +33,7 @@ __all__ = [
     "mlp_backward",
     "mlp_forward",
     "patch_linear_forward",
+    "release_cpu_memory",
     "unavailable_reason",
 ]
 
@@ -101,6 +102,22 @@ def _nhwc(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
+def _like(x: Tensor) -> Tensor:
+    """An uninitialized channels_last tensor of x's shape and dtype for a kernel's output: on the CPU
+    from the extension's output pool (``csrc/cpu_output_pool.cpp``: large outputs reuse the blocks
+    of freed ones instead of fresh, page-faulting memory)."""
+    if x.device.type == "cpu" and hasattr(_ext(), "empty_pooled_like"):
+        return _ext().empty_pooled_like(x)
+    return empty_channels_last(x.shape, x.dtype, x.device)
+
+
+def release_cpu_memory() -> int:
+    """Frees the memory the CPU kernels keep for their next outputs (up to 256 MiB of blocks that
+    earlier outputs gave back when they were freed); returns the bytes freed."""
+    module = _ext()
+    return int(module.release_pooled_memory()) if hasattr(module, "release_pooled_memory") else 0
+
+
 def _stats(x: Tensor) -> tuple[Tensor, Tensor]:
     shape, dtype = stats_shape(x.shape), stats_dtype(x.dtype)
     return (torch.empty(shape, dtype=dtype, device=x.device), torch.empty(shape, dtype=dtype, device=x.device))
@@ -112,14 +129,14 @@ def _vec_like(p: Tensor) -> Tensor:
 
 def dwconv_forward(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     x = _nhwc(x)
-    y = empty_channels_last(x.shape, x.dtype, x.device)
+    y = _like(x)
     _ext().dwconv_forward(x, w, b, y)
     return y
 
 
 def dwconv_backward(grad_y: Tensor, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     x, grad_y = _nhwc(x), _nhwc(grad_y)
-    gx = empty_channels_last(x.shape, x.dtype, x.device)
+    gx = _like(x)
     gw = _vec_like(w)
     gb = torch.empty(w.shape[0], dtype=w.dtype, device=w.device)
     _ext().dwconv_backward(grad_y, x, w, gx, gw, gb)
@@ -128,7 +145,7 @@ def dwconv_backward(grad_y: Tensor, x: Tensor, w: Tensor) -> tuple[Tensor, Tenso
 
 def layer_norm_forward(x: Tensor, w: Tensor, b: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     x = _nhwc(x)
-    y = empty_channels_last(x.shape, x.dtype, x.device)
+    y = _like(x)
     mean, rstd = _stats(x)
     _ext().layer_norm_forward(x, w, b, float(eps), y, mean, rstd)
     return y, mean, rstd
@@ -137,7 +154,7 @@ def layer_norm_forward(x: Tensor, w: Tensor, b: Tensor, eps: float) -> tuple[Ten
 def layer_norm_backward(grad_y: Tensor, x: Tensor, w: Tensor, mean: Tensor,
                         rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     x, grad_y = _nhwc(x), _nhwc(grad_y)
-    gx = empty_channels_last(x.shape, x.dtype, x.device)
+    gx = _like(x)
     gw, gb = _vec_like(w), _vec_like(w)
     _ext().layer_norm_backward(grad_y, x, w, mean.contiguous(), rstd.contiguous(), gx, gw, gb)
     return gx, gw, gb
@@ -146,7 +163,7 @@ def layer_norm_backward(grad_y: Tensor, x: Tensor, w: Tensor, mean: Tensor,
 def dwconv_ln_forward(x: Tensor, dw_w: Tensor, dw_b: Optional[Tensor], ln_w: Tensor, ln_b: Tensor,
                       eps: float) -> tuple[Tensor, Tensor, Tensor]:
     x = _nhwc(x)
-    y = empty_channels_last(x.shape, x.dtype, x.device)
+    y = _like(x)
     mean, rstd = _stats(x)
     _ext().dwconv_ln_forward(x, dw_w, dw_b, ln_w, ln_b, float(eps), y, mean, rstd)
     return y, mean, rstd
@@ -155,7 +172,7 @@ def dwconv_ln_forward(x: Tensor, dw_w: Tensor, dw_b: Optional[Tensor], ln_w: Ten
 def dwconv_ln_backward(grad_y: Tensor, x: Tensor, dw_w: Tensor, dw_b: Optional[Tensor], ln_w: Tensor, mean: Tensor,
                        rstd: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     x, grad_y = _nhwc(x), _nhwc(grad_y)
-    gx = empty_channels_last(x.shape, x.dtype, x.device)
+    gx = _like(x)
     g_dw_w = _vec_like(dw_w)
     g_dw_b = torch.empty(x.shape[1], dtype=dw_w.dtype, device=x.device)
     g_ln_w, g_ln_b = _vec_like(ln_w), _vec_like(ln_w)

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 from torch.fx import Proxy
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .depthwise_conv import check_dilation, depthwise_conv2d
 from .layer_norm import layer_norm_2d
@@ -54,6 +55,36 @@ def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
+# Casts of parameters kept between forwards, per parameter (held weakly) and dtype:
+# (version, data pointer, cast).
+_PARAMETER_CASTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _as_param(p: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """A parameter in ``dtype`` (autocast over float32 parameters): ``_as``, and where no gradient
+    flows through the cast (grad mode off, or a parameter that needs none) the cast is kept for the
+    next forward, as if the model had been converted to ``dtype``. Casting every weight on every
+    call cost as much as a batch-1 forward's GEMMs; and a cast that is the same tensor call after
+    call lets the CPU MLP keep its weights in oneDNN's packed layout. A kept cast is made again
+    when the parameter changes in place (its version) or is given new memory; it lives as long as
+    the parameter, a copy of it in ``dtype``. Tracing and inference tensors (no version) cast every
+    call."""
+    if p is None or p.dtype == dtype:
+        return p
+    if ((p.requires_grad and torch.is_grad_enabled()) or p.is_inference() or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()):
+        return p.to(dtype)
+    key = (p._version, p.data_ptr(), tuple(p.shape))
+    casts = _PARAMETER_CASTS.get(p)
+    kept = None if casts is None else casts.get(dtype)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    with torch.inference_mode(False):  # a normal tensor even under inference mode: it has a version
+        cast = p.detach().to(dtype)
+    _PARAMETER_CASTS.setdefault(p, {})[dtype] = (key, cast)
+    return cast
+
+
 class DepthwiseConv2d(FxLeafScripting, nn.Conv2d):
     """``nn.Conv2d(channels, channels, kernel_size, padding=dilation * (kernel_size // 2),
     dilation=dilation, groups=channels)`` on the fast depthwise kernel.
@@ -86,7 +117,7 @@ class DepthwiseConv2d(FxLeafScripting, nn.Conv2d):
         w, b = self.weight, self.bias
         if torch._C._is_any_autocast_enabled() or w.dtype != x.dtype:
             dtype = _compute_dtype(x)
-            x, w, b = _as(x, dtype), _as(w, dtype), _as(b, dtype)
+            x, w, b = _as(x, dtype), _as_param(w, dtype), _as_param(b, dtype)
         return depthwise_conv2d(x, w, b, self.dilation[0])
 
     def extra_repr(self) -> str:

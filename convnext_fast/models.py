@@ -35,7 +35,7 @@ from .mlp import pointwise_mlp
 from .fused_elementwise import (drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu,
                                 mlp_composite)
 from .layers import DepthwiseConv2d, FxLeafScripting, LayerNorm2d, fx_leaf
-from .layers import _as as _cast, _compute_dtype
+from .layers import _as as _cast, _as_param as _cast_param, _compute_dtype
 # The registry and factories live in pretrained.py; this module keeps exporting them.
 from . import pretrained as _pretrained
 from .pretrained import (
@@ -212,13 +212,14 @@ class ConvNeXtBlock(FxLeafScripting, nn.Module):
             scale = drop_path_scale(y, self.drop_path, self.training)
             return layer_scale_residual(y, self.gamma, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
         dt = _compute_dtype(x)
-        y = dwconv_layer_norm(_cast(x, dt), _cast(conv.weight, dt), _cast(conv.bias, dt), _cast(norm.weight, dt),
-                              _cast(norm.bias, dt), norm.eps, conv.dilation[0])
+        y = dwconv_layer_norm(_cast(x, dt), _cast_param(conv.weight, dt), _cast_param(conv.bias, dt),
+                              _cast_param(norm.weight, dt), _cast_param(norm.bias, dt), norm.eps, conv.dilation[0])
         fc1, fc2, grn, gamma = mlp.fc1, mlp.fc2, mlp.grn, self.gamma
         scale = drop_path_scale(y, self.drop_path, self.training)
-        args = (y, _cast(fc1.weight, dt), _cast(fc1.bias, dt), _cast(fc2.weight, dt), _cast(fc2.bias, dt))
-        grn_args = {} if grn is None else dict(grn_weight=_cast(grn.weight, dt), grn_bias=_cast(grn.bias, dt),
-                                               grn_eps=grn.eps)
+        args = (y, _cast_param(fc1.weight, dt), _cast_param(fc1.bias, dt), _cast_param(fc2.weight, dt),
+                _cast_param(fc2.bias, dt))
+        grn_args = {} if grn is None else dict(grn_weight=_cast_param(grn.weight, dt),
+                                               grn_bias=_cast_param(grn.bias, dt), grn_eps=grn.eps)
         # A backend asked for by name that has no MLP kernel still runs the model: pointwise_mlp's
         # route gives that call to PyTorch's composite.
         if x.dtype == dt and (gamma is None or gamma.dtype == dt):

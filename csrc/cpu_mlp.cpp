@@ -63,11 +63,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_kernels.h"  // isa(): one instruction-set choice for all CPU kernels
 #include "cpu_memory.h"
+#include "cpu_onednn.h"
+#include "cpu_output_pool.h"
 #include "cpu_vec.h"
 
 namespace convnext_fast_cpu {
@@ -325,6 +329,8 @@ struct MlpOps {
   void (*epilogue_t)(float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, const float*,
                      int64_t, float*, int64_t);
   void (*gelu_bf16)(const BF*, int64_t, BF*, int64_t, int64_t, int64_t, const float*);
+  void (*epilogue_f32)(float*, int64_t, int64_t, int64_t, const float*, const float*, const float*,
+                       const float*, int64_t);
   void (*epilogue_bf16)(BF*, int64_t, int64_t, int64_t, const float*, const float*, const float*, const BF*,
                         int64_t);
   void (*scale_colsum_f32)(const float*, int64_t, int64_t, int64_t, const float*, float*, float*);
@@ -349,6 +355,10 @@ struct MlpOps {
                              const float* bias) {                                                              \
     gelu_bf16_impl<V>(s, lds, d, ldd, rows, n, bias);                                                          \
   }                                                                                                            \
+  ATTR void epilogue_f32_##NAME(float* o, int64_t ldo, int64_t rows, int64_t C, const float* b2,              \
+                                const float* g, const float* rs, const float* sc, int64_t ldsc) {             \
+    epilogue_impl<V>(o, ldo, rows, C, b2, g, rs, sc, ldsc);                                                    \
+  }                                                                                                            \
   ATTR void epilogue_bf16_##NAME(BF* o, int64_t ldo, int64_t rows, int64_t C, const float* b2, const float* g,  \
                                  const float* rs, const BF* sc, int64_t ldsc) {                                \
     epilogue_impl<V>(o, ldo, rows, C, b2, g, rs, sc, ldsc);                                                    \
@@ -368,7 +378,7 @@ struct MlpOps {
     gelu_bwd_impl<V>(h, ga, a, rows, n, cs);                                                                   \
   }                                                                                                            \
   const MlpOps mlp_ops_##NAME = {transpose_##NAME,        bias_gelu_t_##NAME,      epilogue_t_##NAME,          \
-                                 gelu_bf16_##NAME,        epilogue_bf16_##NAME,    scale_colsum_f32_##NAME,    \
+                                 gelu_bf16_##NAME,        epilogue_f32_##NAME,     epilogue_bf16_##NAME,    scale_colsum_f32_##NAME,    \
                                  scale_colsum_bf16_##NAME, gelu_bwd_f32_##NAME,    gelu_bwd_bf16_##NAME};
 
 CFV_FOR_EACH_ISA(CFM_DEFINE_OPS)
@@ -547,6 +557,58 @@ const Tensor& a_after_gelu(const Tensor& h, const Tensor& a, const Dims& d, cons
   return a;
 }
 
+// Rows of hidden activation per oneDNN call: the hidden chunk (rows x Hd) stays in L2 / L3 between
+// fc1 and fc2, and one buffer of this size is reused call after call (a whole-matrix hidden
+// activation, tens of MB at batch 8, was fresh memory every call, a page fault per 4 KB).
+constexpr int64_t kHiddenChunkBytes = 4 << 20;
+// float32 takes oneDNN below this many rows (ConvNeXt-T stages 2-4 at batch 1), where the
+// per-block brgemm path has too few row blocks to keep the threads busy; from here on the brgemm
+// path, whose hidden tile never leaves L2, is as fast or faster (docs/performance.md).
+constexpr int64_t kOneDnnMaxRowsF32 = 1024;
+
+// The forward without a saved h on oneDNN's prepacked GEMMs with fused post-ops (onednn_linear),
+// in row chunks. With no layer scale and no per-sample scale (inference of a folded block) fc2 adds
+// the shortcut itself; otherwise the epilogue pass applies them (fc2's bias is already in its output).
+template <class T>
+void forward_onednn(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
+                    const OptTensor& b2, const std::vector<float>& gamma, const OptTensor& shortcut, const float* s,
+                    int64_t rps, const Dims& d, Tensor& out) {
+  const int64_t M = d.M, C = d.C, Hd = d.Hd;
+  const bool plain_epilogue = s == nullptr && std::all_of(gamma.begin(), gamma.end(), [](float g) { return g == 1.f; });
+  const Tensor xc = x.contiguous(), p1 = onednn_weight(w1), p2 = onednn_weight(w2);
+  const OptTensor sc = shortcut ? OptTensor(shortcut->contiguous()) : OptTensor();
+  const auto mlp_rows = [&](int64_t r0, int64_t rows) {
+    const Tensor a = onednn_linear(xc.narrow(0, r0, rows), p1, b1, /*gelu=*/true);
+    return plain_epilogue && sc ? onednn_linear_add(a, sc->narrow(0, r0, rows), p2, b2)
+                                : onednn_linear(a, p2, b2, /*gelu=*/false);
+  };
+  const int64_t chunk = std::max<int64_t>(256, kHiddenChunkBytes / (Hd * static_cast<int64_t>(sizeof(T))));
+  if (chunk >= M) {
+    out = mlp_rows(0, M);
+  } else {
+    for (int64_t r0 = 0; r0 < M; r0 += chunk) {
+      const int64_t rows = std::min(chunk, M - r0);
+      out.narrow(0, r0, rows).copy_(mlp_rows(r0, rows));
+    }
+  }
+  if (plain_epilogue) return;
+  const std::vector<float> zeros(static_cast<size_t>(C), 0.f);
+  const T* SC = sc ? sc->data_ptr<T>() : nullptr;
+  T* O = out.data_ptr<T>();
+  const MlpOps& o = ops();
+  at::parallel_for(0, (M + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
+    float rs[kBwdRows];
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t r0 = b * kBwdRows, rows = std::min(kBwdRows, M - r0);
+      row_scales(s, rps, r0, rows, rs);
+      if constexpr (std::is_same_v<T, float>)
+        o.epilogue_f32(O + r0 * C, C, rows, C, zeros.data(), gamma.data(), rs, SC ? SC + r0 * C : nullptr, C);
+      else
+        o.epilogue_bf16(O + r0 * C, C, rows, C, zeros.data(), gamma.data(), rs, SC ? SC + r0 * C : nullptr, C);
+    }
+  });
+}
+
 void forward_bf16(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
                   const std::vector<float>& gamma, const OptTensor& shortcut, const float* s, int64_t rps,
                   const Dims& d, Tensor& out, const OptTensor& hsave) {
@@ -656,85 +718,6 @@ Tensor sum_partials(const std::vector<float>& partials, int64_t nb, int64_t n) {
 
 // ---------------------------------------------------------------------------------- bf16 on CPUs without bf16 dot products
 
-// True when bf16 GEMMs run on bf16 dot-product instructions here: the CPU has AVX512_BF16, the CPU
-// kernels run their AVX-512 code (CONVNEXT_FAST_CPU_ISA not lower) and oneDNN is not held below
-// its bf16 instruction sets (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA). Elsewhere oneDNN emulates the
-// bf16 products (a bf16 GEMM then ran ~3x slower than the fp32 one), so bf16 inputs are widened and
-// run through the fp32 kernel instead: bf16 is never slower than fp32 there, only its memory is smaller.
-bool native_bf16_dot() {
-  static const bool native = [] {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    if (std::strcmp(isa(), "avx512") != 0 || !__builtin_cpu_supports("avx512bf16")) return false;
-    for (const char* name : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
-      const char* cap = std::getenv(name);
-      if (!cap || !*cap) continue;
-      std::string v(cap);
-      std::transform(v.begin(), v.end(), v.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
-      // oneDNN's ISA names with bf16 dot products: AVX512_CORE_BF16 and every level above it.
-      const bool has_bf16 = v == "ALL" || v.find("BF16") != std::string::npos || v.find("AMX") != std::string::npos ||
-                            v.find("FP16") != std::string::npos || v.find("AVX10") != std::string::npos;
-      if (!has_bf16) return false;
-    }
-    return true;
-#else
-    return false;
-#endif
-  }();
-  return native;
-}
-
-// fp32 copies of bf16 weights for the fp32 fallback, so that a forward does not widen every weight
-// on every call (at batch 1 that conversion would cost about as much as the GEMMs). An entry is
-// reused only for the same storage (held weakly: a freed storage's address is never mistaken for a
-// new one), data pointer, shape, strides and version counter: an in-place update of the weight or of
-// any view of it bumps the version and the next call converts again. Inference tensors have no
-// version counter and are converted on every call. Writes that bypass the version counter
-// (``.data``, raw pointers) are not seen, as by autograd's own saved-tensor checks.
-struct WidenedWeight {
-  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
-  const void* data;
-  std::vector<int64_t> sizes, strides;
-  uint32_t version;
-  Tensor f32;
-};
-constexpr size_t kMaxWidenedBytes = size_t(1) << 30;  // whole models up to ~250M MLP weights
-
-Tensor widened(const Tensor& w) {
-  if (w.is_inference()) return w.to(at::kFloat).contiguous();
-  static std::mutex mu;
-  static std::vector<WidenedWeight> cache;  // most recently used last
-  const c10::StorageImpl* storage = w.storage().unsafeGetStorageImpl();
-  const uint32_t version = w.unsafeGetTensorImpl()->version_counter().current_version();
-  std::lock_guard<std::mutex> lock(mu);
-  for (size_t i = 0; i < cache.size(); ++i) {
-    WidenedWeight& e = cache[i];
-    if (e.storage.expired() || e.storage._unsafe_get_target() != storage || e.data != w.data_ptr() ||
-        e.sizes != w.sizes().vec() || e.strides != w.strides().vec())
-      continue;
-    if (e.version != version) {  // updated in place: this entry is stale
-      cache.erase(cache.begin() + static_cast<std::ptrdiff_t>(i));
-      break;
-    }
-    std::rotate(cache.begin() + static_cast<std::ptrdiff_t>(i), cache.begin() + static_cast<std::ptrdiff_t>(i) + 1,
-                cache.end());
-    return cache.back().f32;
-  }
-  // drop the weights of freed models, then the least recently used until the new one fits
-  cache.erase(std::remove_if(cache.begin(), cache.end(), [](const WidenedWeight& e) { return e.storage.expired(); }),
-              cache.end());
-  Tensor f = w.to(at::kFloat).contiguous();
-  size_t bytes = f.nbytes();
-  for (const WidenedWeight& e : cache) bytes += e.f32.nbytes();
-  while (!cache.empty() && bytes > kMaxWidenedBytes) {
-    bytes -= cache.front().f32.nbytes();
-    cache.erase(cache.begin());
-  }
-  cache.push_back({c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl()), w.data_ptr(),
-                   w.sizes().vec(), w.strides().vec(), version, f});
-  return f;
-}
-
 // The bf16 forward without bf16 dot products: the fp32 kernel on widened inputs, each output
 // rounded once to bf16 (the result is the fp32 kernel's, to bf16's precision).
 void forward_bf16_via_f32(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
@@ -758,13 +741,19 @@ std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, con
   const Dims d = check_inputs(x, w1, b1, w2, b2, gamma, sample_scale, rows_per_sample);
   if (shortcut) check_rows(*shortcut, "shortcut", d.M, d.C, x);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: nothing here is differentiated
-  Tensor out = at::empty({d.M, d.C}, x.options());
+  Tensor out = empty_pooled({d.M, d.C}, x.scalar_type());
   OptTensor hsave;
   if (save_hidden) hsave = at::empty({d.M, d.Hd}, x.options());
   if (d.M == 0) return {out, hsave};
   const float* s = sample_scale ? sample_scale->data_ptr<float>() : nullptr;
   const std::vector<float> gvec = vec_f32(gamma, d.C, 1.f);
-  if (x.scalar_type() == at::kFloat) {
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  if (!save_hidden && onednn_linear_available() && (bf16 ? native_bf16_dot() : d.M < kOneDnnMaxRowsF32)) {
+    if (bf16)
+      forward_onednn<BF>(x, w1, b1, w2, b2, gvec, shortcut, s, rows_per_sample, d, out);
+    else
+      forward_onednn<float>(x, w1, b1, w2, b2, gvec, shortcut, s, rows_per_sample, d, out);
+  } else if (x.scalar_type() == at::kFloat) {
     forward_f32(x, w1, vec_f32(b1, d.Hd, 0.f), w2, vec_f32(b2, d.C, 0.f), gvec, shortcut, s, rows_per_sample, d,
                 out, hsave ? hsave->data_ptr<float>() : nullptr);
   } else if (native_bf16_dot()) {

@@ -24,9 +24,15 @@
 //
 // Numerics: float32 throughout; LayerNorm statistics in two passes (the mean, then the mean of
 // squared deviations, as PyTorch's CPU LayerNorm), biased variance, eps inside the square root.
-// bfloat16 is not served (brgemm's bf16 path needs VNNI-packed operands, which this oneDNN offers
-// only with AMX): the caller runs PyTorch's ops for it.
+//
+// bfloat16 (brgemm's bf16 path needs VNNI-packed operands, which this oneDNN offers only with AMX):
+// with bf16 dot products (native_bf16_dot) the patch rows are gathered (and normalized, in fp32)
+// into a bf16 matrix, multiplied on oneDNN's linear with the weight prepacked once and the bias
+// inside, and the output LayerNorm runs over each row in fp32; oneDNN's convolution, which eager
+// PyTorch runs, reorders its weights on every call. Without bf16 dot products the inputs are
+// widened and the float32 kernel runs, its output rounded once: bf16 is never slower than fp32.
 #include "cpu_patch_linear.h"
+#include "cpu_output_pool.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -35,8 +41,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "cpu_kernels.h"  // isa(): one instruction-set choice for all CPU kernels
+#include "cpu_onednn.h"
 #include "cpu_vec.h"
 
 namespace convnext_fast_cpu {
@@ -128,10 +136,55 @@ CFM_AI void epilogue_impl(float* y, int64_t ldy, int64_t rows, int64_t n, const 
   }
 }
 
+using BF = c10::BFloat16;
+
+// The bf16 gather: patch rows [r0, r0 + rows) of x (N, H, W, C) into P (rows x K), each input
+// pixel normalized over C in fp32 when norm is set (tmp: C floats), then rounded once.
+template <int V>
+CFM_AI void gather_bf16_impl(const BF* x, int64_t H, int64_t W, int64_t C, int64_t k, int64_t Ho, int64_t Wo,
+                             int64_t r0, int64_t rows, bool norm, float eps, BF* P, float* tmp) {
+  typedef typename Vec<V>::f F;
+  const int64_t K = k * k * C;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = r0 + r, n = t / (Ho * Wo), i = t / Wo % Ho, j = t % Wo;
+    for (int64_t kh = 0; kh < k; ++kh) {
+      const BF* src = x + ((n * H + i * k + kh) * W + j * k) * C;
+      BF* dst = P + r * K + kh * k * C;
+      if (!norm) {
+        std::memcpy(dst, src, sizeof(BF) * k * C);
+        continue;
+      }
+      for (int64_t kw = 0; kw < k; ++kw) {
+        for (int64_t c = 0; c < C; c += V) store<V>(tmp + c, load<V>(src + kw * C + c, C - c), C - c);
+        float mean, rstd;
+        row_stats<V>(tmp, C, eps, mean, rstd);
+        const F m = bc<F>(mean), s = bc<F>(rstd);
+        for (int64_t c = 0; c < C; c += V) store<V>(dst + kw * C + c, (load<V>(tmp + c, C - c) - m) * s, C - c);
+      }
+    }
+  }
+}
+
+// The output LayerNorm on bf16 rows (rows x n, in place), in fp32 (tmp: n floats): epilogue_impl
+// on each row's fp32 copy.
+template <int V>
+CFM_AI void norm_rows_bf16_impl(BF* y, int64_t rows, int64_t n, const float* ln_w, const float* ln_b, float eps,
+                                float* tmp) {
+  for (int64_t r = 0; r < rows; ++r) {
+    BF* p = y + r * n;
+    for (int64_t c = 0; c < n; c += V) store<V>(tmp + c, load<V>(p + c, n - c), n - c);
+    epilogue_impl<V>(tmp, n, 1, n, nullptr, ln_w, ln_b, eps);
+    for (int64_t c = 0; c < n; c += V) store<V>(p + c, load<V>(tmp + c, n - c), n - c);
+  }
+}
+
 struct PatchOps {
   void (*gather)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, float,
                  float*);
   void (*epilogue)(float*, int64_t, int64_t, int64_t, const float*, const float*, const float*, float);
+  void (*gather_bf16)(const BF*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, float,
+                      BF*, float*);
+  void (*norm_rows_bf16)(BF*, int64_t, int64_t, const float*, const float*, float, float*);
 };
 
 #define CPL_DEFINE_OPS(NAME, ATTR, V)                                                                             \
@@ -143,7 +196,15 @@ struct PatchOps {
                             const float* lb, float eps) {                                                         \
     epilogue_impl<V>(y, ldy, rows, n, b, w, lb, eps);                                                             \
   }                                                                                                               \
-  const PatchOps patch_ops_##NAME = {gather_##NAME, epilogue_##NAME};
+  ATTR void gather_bf16_##NAME(const BF* x, int64_t H, int64_t W, int64_t C, int64_t k, int64_t Ho, int64_t Wo,   \
+                               int64_t r0, int64_t rows, bool norm, float eps, BF* P, float* tmp) {               \
+    gather_bf16_impl<V>(x, H, W, C, k, Ho, Wo, r0, rows, norm, eps, P, tmp);                                      \
+  }                                                                                                               \
+  ATTR void norm_rows_bf16_##NAME(BF* y, int64_t rows, int64_t n, const float* w, const float* b, float eps,       \
+                                  float* tmp) {                                                                   \
+    norm_rows_bf16_impl<V>(y, rows, n, w, b, eps, tmp);                                                           \
+  }                                                                                                               \
+  const PatchOps patch_ops_##NAME = {gather_##NAME, epilogue_##NAME, gather_bf16_##NAME, norm_rows_bf16_##NAME};
 
 CFV_FOR_EACH_ISA(CPL_DEFINE_OPS)
 
@@ -154,13 +215,49 @@ const PatchOps& ops() {
 
 // ---------------------------------------------------------------------------------- checks
 
-void check_vector(const OptTensor& t, const char* name, int64_t O) {
+void check_vector(const OptTensor& t, const char* name, int64_t O, at::ScalarType dtype) {
   if (!t) return;
   TORCH_CHECK(t->dim() == 1 && t->size(0) == O, "convnext_fast patch_linear (CPU): ", name,
               " must have shape (O,) = (", O, ",), got ", t->sizes());
-  TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_cpu() && t->is_contiguous(),
-              "convnext_fast patch_linear (CPU): ", name, " must be a contiguous float32 CPU tensor, got ",
+  TORCH_CHECK(t->scalar_type() == dtype && t->is_cpu() && t->is_contiguous(),
+              "convnext_fast patch_linear (CPU): ", name, " must be a contiguous ", dtype, " CPU tensor (x's dtype), got ",
               t->scalar_type(), " on ", t->device());
+}
+
+OptTensor to_f32(const OptTensor& t) { return t ? OptTensor(t->to(at::kFloat)) : OptTensor(); }
+
+Tensor forward_f32(const Tensor& x, const Tensor& weight_t, const OptTensor& bias, int64_t k,
+                   c10::optional<double> in_eps, const OptTensor& out_weight, const OptTensor& out_bias, double out_eps);
+
+// bf16 with bf16 dot products: the gathered bf16 patch rows through oneDNN's linear (see the file
+// comment), the output LayerNorm after it.
+Tensor forward_bf16(const Tensor& x, const Tensor& weight_t, const OptTensor& bias, int64_t k,
+                    c10::optional<double> in_eps, const OptTensor& out_weight, const OptTensor& out_bias,
+                    double out_eps) {
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const int64_t K = k * k * C, O = weight_t.size(1), Ho = H / k, Wo = W / k, M = N * Ho * Wo;
+  const Tensor P = empty_pooled({M, K}, at::kBFloat16);
+  const BF* X = x.data_ptr<BF>();
+  BF* Pp = P.data_ptr<BF>();
+  const bool norm = in_eps.has_value();
+  const float eps_in = norm ? static_cast<float>(*in_eps) : 0.f;
+  const PatchOps& o = ops();
+  at::parallel_for(0, M, 16, [&](int64_t first, int64_t last) {
+    std::vector<float> tmp(static_cast<size_t>(C));
+    o.gather_bf16(X, H, W, C, k, Ho, Wo, first, last - first, norm, eps_in, Pp + first * K, tmp.data());
+  });
+  // (O, K) view of weight_t: onednn_weight keeps its packed copy, keyed by this view's strides.
+  Tensor y = onednn_linear(P, onednn_weight(weight_t.t()), bias, /*gelu=*/false);
+  if (out_weight) {
+    const Tensor lw = out_weight->to(at::kFloat), lb = out_bias ? out_bias->to(at::kFloat) : at::zeros({O}, lw.options());
+    BF* Y = y.data_ptr<BF>();
+    at::parallel_for(0, M, 16, [&](int64_t first, int64_t last) {
+      std::vector<float> tmp(static_cast<size_t>(O));
+      o.norm_rows_bf16(Y + first * O, last - first, O, lw.data_ptr<float>(), lb.data_ptr<float>(),
+                       static_cast<float>(out_eps), tmp.data());
+    });
+  }
+  return y.view({N, Ho, Wo, O});
 }
 
 }  // namespace
@@ -171,25 +268,42 @@ Tensor patch_linear_forward(const Tensor& x, const Tensor& weight_t, const OptTe
   TORCH_CHECK(x.dim() == 4 && x.is_cpu() && x.is_contiguous(),
               "convnext_fast patch_linear (CPU): x must be a contiguous (N, H, W, C) CPU tensor, got shape ",
               x.sizes(), " on ", x.device());
-  TORCH_CHECK_NOT_IMPLEMENTED(x.scalar_type() == at::kFloat,
-                              "convnext_fast patch_linear (CPU): supports float32, got ", x.scalar_type());
-  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const at::ScalarType dtype = x.scalar_type();
+  TORCH_CHECK_NOT_IMPLEMENTED(dtype == at::kFloat || dtype == at::kBFloat16,
+                              "convnext_fast patch_linear (CPU): supports float32 and bfloat16, got ", dtype);
+  const int64_t H = x.size(1), W = x.size(2), C = x.size(3);
   TORCH_CHECK(k >= 1 && H >= k && W >= k, "convnext_fast patch_linear (CPU): patch size k=", k,
               " must be >= 1 and fit in the input's H=", H, ", W=", W);
   TORCH_CHECK(C >= 1, "convnext_fast patch_linear (CPU): x has no channels");
   const int64_t K = k * k * C;
-  TORCH_CHECK(weight_t.dim() == 2 && weight_t.size(0) == K && weight_t.scalar_type() == at::kFloat &&
+  TORCH_CHECK(weight_t.dim() == 2 && weight_t.size(0) == K && weight_t.scalar_type() == dtype &&
                   weight_t.is_cpu() && weight_t.is_contiguous(),
-              "convnext_fast patch_linear (CPU): weight_t must be a contiguous float32 (k*k*C, O) CPU tensor "
-              "with k*k*C = ", K, ", got ", weight_t.scalar_type(), " of shape ", weight_t.sizes());
+              "convnext_fast patch_linear (CPU): weight_t must be a contiguous (k*k*C, O) CPU tensor of x's dtype ",
+              dtype, " with k*k*C = ", K, ", got ", weight_t.scalar_type(), " of shape ", weight_t.sizes());
   const int64_t O = weight_t.size(1);
-  check_vector(bias, "bias", O);
-  check_vector(out_weight, "out_weight", O);
-  check_vector(out_bias, "out_bias", O);
+  check_vector(bias, "bias", O, dtype);
+  check_vector(out_weight, "out_weight", O, dtype);
+  check_vector(out_bias, "out_bias", O, dtype);
   TORCH_CHECK(!out_bias || out_weight, "convnext_fast patch_linear (CPU): out_bias given without out_weight");
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: nothing here is differentiated
+  if (dtype == at::kFloat) return forward_f32(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps);
+  if (x.size(0) * (H / k) * (W / k) > 0 && native_bf16_dot() && onednn_linear_available())
+    return forward_bf16(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps);
+  return forward_f32(x.to(at::kFloat), widened(weight_t), to_f32(bias), k, in_eps, to_f32(out_weight),
+                     to_f32(out_bias), out_eps)
+      .to(at::kBFloat16);
+}
 
+namespace {
+
+// float32 (see the file comment): x (N, H, W, C), weight_t (k*k*C, O) and the vectors checked.
+Tensor forward_f32(const Tensor& x, const Tensor& weight_t, const OptTensor& bias, int64_t k,
+                   c10::optional<double> in_eps, const OptTensor& out_weight, const OptTensor& out_bias,
+                   double out_eps) {
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const int64_t K = k * k * C, O = weight_t.size(1);
   const int64_t Ho = H / k, Wo = W / k, M = N * Ho * Wo;
-  Tensor out = at::empty({N, Ho, Wo, O}, x.options());
+  Tensor out = empty_pooled({N, Ho, Wo, O}, x.scalar_type());
   if (M == 0 || O == 0) return out;
 
   // Column panels: all O at once when the output LayerNorm needs whole rows, else equal panels of
@@ -239,5 +353,7 @@ Tensor patch_linear_forward(const Tensor& x, const Tensor& weight_t, const OptTe
   });
   return out;
 }
+
+}  // namespace
 
 }  // namespace convnext_fast_cpu

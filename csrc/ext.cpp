@@ -14,6 +14,7 @@
 #if CF_WITH_CPU
 #include "cpu_kernels.h"
 #include "cpu_mlp.h"
+#include "cpu_output_pool.h"
 #include "cpu_patch_linear.h"
 #endif
 #if CF_WITH_CUDA
@@ -373,6 +374,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("w1"), pybind11::arg("b1"), pybind11::arg("w2"),
         pybind11::arg("b2"), pybind11::arg("gamma"), pybind11::arg("sample_scale"), pybind11::arg("rows_per_sample"),
         pybind11::arg("h"));
+  m.def(
+      "empty_pooled_like",
+      [](const Tensor& x) {
+        return convnext_fast_cpu::empty_pooled(x.sizes(), x.scalar_type(), at::MemoryFormat::ChannelsLast);
+      },
+      "an uninitialized channels_last CPU tensor of the 4-D x's shape and dtype, from the output pool",
+      pybind11::arg("x"));
+  m.def("release_pooled_memory", &convnext_fast_cpu::release_pooled_memory,
+        "frees the blocks the output pool keeps; returns the bytes freed");
   m.def("cpu_bf16_compute", &convnext_fast_cpu::bf16_compute,
         "how the bf16 MLP computes here: 'bf16' (AVX512_BF16 dot products) or 'fp32' (widened inputs)");
   // The stem's and the downsampling layers' patch convolutions with fused LayerNorms, for inference

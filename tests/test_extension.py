@@ -399,3 +399,26 @@ def test_extension_links_the_shared_libstdcxx():
     so = extension._ext().__file__
     out = subprocess.run(["ldd", so], capture_output=True, text=True, timeout=60).stdout
     assert "libstdc++.so" in out, f"{so} does not link libstdc++ dynamically:\n{out}"
+
+
+@needs_cpu_ext
+def test_large_outputs_reuse_the_blocks_of_freed_ones():
+    """The CPU kernels' large outputs come from the output pool: a freed output's block serves the
+    next output of its size (no fresh, page-faulting memory), the values are the kernel's, the
+    tensors behave as any other (resizable, freed by the last reference), and release_cpu_memory
+    frees what the pool keeps."""
+    x = torch.randn(2, 64, 48, 48).contiguous(memory_format=torch.channels_last)  # 1.2 MB outputs
+    w, b = torch.randn(64, 1, 7, 7) * 0.1, torch.randn(64)
+    first = extension.dwconv_forward(x, w, b)
+    ptr = first.data_ptr()
+    assert first.is_contiguous(memory_format=torch.channels_last)
+    expected = first.clone()
+    del first
+    again = extension.dwconv_forward(x, w, b)
+    assert again.data_ptr() == ptr
+    assert torch.equal(again, expected)
+    torch.testing.assert_close(again, torch.nn.functional.conv2d(x, w, b, padding=3, groups=64), rtol=1e-5, atol=1e-5)
+    again.resize_(4, 64, 48, 48)  # a larger storage: still an ordinary, resizable tensor
+    del again
+    assert extension.release_cpu_memory() > 0
+    assert extension.release_cpu_memory() == 0

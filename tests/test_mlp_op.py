@@ -255,7 +255,9 @@ def test_training_saves_hidden_and_inference_does_not(kernel, monkeypatch):
         y2, _ = run(convnext_fast.pointwise_mlp, t)
     assert calls == [("mlp_forward", False)] and y2.grad_fn is None
     assert y2.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y2, y.detach(), rtol=0, atol=0)
+    # The same function; not always the same bits: without h to keep, the CPU kernel may run other
+    # GEMMs (oneDNN's, with GELU fused; csrc/cpu_mlp.cpp).
+    torch.testing.assert_close(y2, y.detach(), rtol=2e-6, atol=2e-6)
     # In-place updates of the output are allowed (the Function's output is not a view to autograd).
     y3, _ = run(convnext_fast.pointwise_mlp, t)
     y3 += 1

@@ -219,20 +219,59 @@ def test_parameters_requiring_grad_and_inference_mode(dtype, mode, threads):
         assert all(g is None or not g.requires_grad for g in grads)
 
 
-def test_weights_are_read_as_stored_each_call():
-    """The kernel keeps nothing between calls: an in-place weight update (an optimizer step, FSDP
-    refilling a parameter) is seen by the next call."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("m", [37, 1100], ids=lambda m: f"M{m}")
+def test_weights_updated_in_place_are_seen_by_the_next_call(dtype, m):
+    """The kernel keeps converted weights between calls (oneDNN's packed layout, fp32 copies for
+    bf16 without bf16 dot products), each checked against the weight's version: an in-place update
+    (an optimizer step, FSDP refilling a parameter, ``load_state_dict``, a write through a view) is
+    seen by the next call, and a new weight at a freed weight's address is never mistaken for it."""
     torch.manual_seed(0)
-    x = torch.randn(37, 8)
-    w1, w2 = torch.randn(32, 8), torch.randn(8, 32)
-    b1, b2 = torch.randn(32), torch.randn(8)
+    x = torch.randn(m, 8).to(dtype)
+    w1, w2 = torch.randn(32, 8).to(dtype), torch.randn(8, 32).to(dtype)
+    b1, b2 = torch.randn(32).to(dtype), torch.randn(8).to(dtype)
 
-    def expected():
-        return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+    def check(out, w1, w2):
+        ref = F.linear(F.gelu(F.linear(x.double(), w1.double(), b1.double())), w2.double(), b2.double())
+        assert_matches_reference(out, ref, F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2), name="out",
+                                 atol=1e-5, rtol=1e-5)
 
     with torch.no_grad():
         for _ in range(2):
-            out, _ = extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, 37, False)
-            torch.testing.assert_close(out, expected(), rtol=1e-5, atol=1e-5)
+            out, _ = extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, m, False)
+            check(out, w1, w2)
             w1.mul_(0.5)
             w2[:, :3] = 1.0
+        for _ in range(3):  # fresh weights, likely at the address of the ones just freed
+            w1, w2 = torch.randn(32, 8).to(dtype), torch.randn(8, 32).to(dtype)
+            out, _ = extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, m, False)
+            check(out, w1, w2)
+
+
+def test_inference_forward_does_not_depend_on_the_thread_count():
+    """float32 inference (no h kept) gives the same bits on 1, 2 and 3 threads, on either GEMM path
+    (oneDNN below 1024 rows, the row-block path from there on)."""
+    before = torch.get_num_threads()
+    for shape in ((1, 96, 14, 14), (2, 40, 30, 20)):
+        p, s = make_inputs(*shape, TERMS[0][0], torch.float32)
+        results = []
+        try:
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                results.append(call_forward(p, None, torch.float32, save_hidden=False)[3])
+        finally:
+            torch.set_num_threads(before)
+        for other in results[1:]:
+            assert torch.equal(results[0], other)
+
+
+@pytest.mark.parametrize("terms", [TERMS[0][0], (True, True, False, True, False)], ids=["all", "folded"])
+def test_bf16_inference_in_row_chunks(terms):
+    """bf16 inference runs oneDNN on row chunks whose hidden activation fits 4 MB (here Hd = 2048:
+    chunks of 1024 rows over M = 2 * 35 * 36 = 2520, the last one shorter), with the layer scale and
+    per-sample scale after the chunks ("all") or the shortcut added by fc2 itself ("folded")."""
+    p, s = make_inputs(2, 512, 35, 36, terms, torch.bfloat16)
+    _, _, _, out, _ = call_forward(p, s, torch.bfloat16, save_hidden=False)
+    out64, _, _ = reference_run(p, s, None, torch.float64, with_grad=False)
+    lowp, _, _ = reference_run(p, s, None, torch.bfloat16, with_grad=False)
+    assert_matches_reference(out, out64, lowp, name="out")

@@ -153,6 +153,50 @@ def test_autocast_bf16_within_low_precision_tolerance():
     assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_autocast_inference_keeps_casts_until_a_parameter_changes(mode):
+    """Autocast inference keeps each parameter's bf16 cast between forwards (``layers._as_param``):
+    the outputs are those of a fresh cast every call, bit for bit, and an in-place update of a
+    parameter (an optimizer step, ``load_state_dict``) or a parameter given new memory is seen by the
+    next forward. Grad mode on casts every call, so gradients reach the float32 parameters."""
+    from convnext_fast import layers
+
+    model = models.convnext_atto().eval()
+    with torch.no_grad():
+        randomize_(model)
+    x = torch.randn(1, 3, 32, 32)
+    ctx = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+
+    def run():
+        with ctx(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x)
+
+    def fresh():  # the same forward with nothing kept
+        layers._PARAMETER_CASTS.clear()
+        return run()
+
+    first = fresh()
+    assert len(layers._PARAMETER_CASTS) > 0
+    assert torch.equal(run(), first)
+    block = model.stages[1].blocks[0]
+    with torch.no_grad():
+        block.mlp.fc1.weight.mul_(2.0)
+    changed = run()
+    assert not torch.equal(changed, first)
+    assert torch.equal(changed, fresh())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["stages.1.blocks.0.mlp.fc2.weight"].mul_(-1.0)
+    model.load_state_dict(state)
+    assert torch.equal(run(), fresh())
+    block.conv_dw.weight = torch.nn.Parameter(block.conv_dw.weight.detach() * 0.5)
+    assert torch.equal(run(), fresh())
+
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).float().sum().backward()
+    assert block.mlp.fc1.weight.grad is not None and block.mlp.fc1.weight.grad.dtype == torch.float32
+
+
 def test_compile_fullgraph_whole_model_no_graph_break():
     """torch.compile(fullgraph=True) traces convnext_atto forward + backward with no graph break
     (aot_eager: the graph capture and autograd tracing without inductor's long CPU compile)."""
