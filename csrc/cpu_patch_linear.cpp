@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_kernels.h"  // isa(): one instruction-set choice for all CPU kernels
@@ -61,6 +62,9 @@ constexpr int64_t kTileBytes = 256 * 1024;
 constexpr int64_t kPanelBytes = 384 * 1024;
 constexpr int64_t kMaxCols = 128;
 constexpr int64_t kMaxRows = 256;
+// float32 takes oneDNN's linear below this many output pixels (the downsampling layers at small
+// batches), where the row blocks here are too few to keep the threads busy.
+constexpr int64_t kOneDnnMaxRowsF32 = 1024;
 
 // ---------------------------------------------------------------------------------- row kernels
 
@@ -229,32 +233,42 @@ OptTensor to_f32(const OptTensor& t) { return t ? OptTensor(t->to(at::kFloat)) :
 Tensor forward_f32(const Tensor& x, const Tensor& weight_t, const OptTensor& bias, int64_t k,
                    c10::optional<double> in_eps, const OptTensor& out_weight, const OptTensor& out_bias, double out_eps);
 
-// bf16 with bf16 dot products: the gathered bf16 patch rows through oneDNN's linear (see the file
-// comment), the output LayerNorm after it.
-Tensor forward_bf16(const Tensor& x, const Tensor& weight_t, const OptTensor& bias, int64_t k,
-                    c10::optional<double> in_eps, const OptTensor& out_weight, const OptTensor& out_bias,
-                    double out_eps) {
+// The gathered patch rows through oneDNN's linear (see the file comment), the output LayerNorm
+// after it: bf16 with bf16 dot products, and float32 below kOneDnnMaxRowsF32 output pixels.
+template <class T>
+Tensor forward_onednn(const Tensor& x, const Tensor& weight_t, const OptTensor& bias, int64_t k,
+                      c10::optional<double> in_eps, const OptTensor& out_weight, const OptTensor& out_bias,
+                      double out_eps) {
   const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   const int64_t K = k * k * C, O = weight_t.size(1), Ho = H / k, Wo = W / k, M = N * Ho * Wo;
-  const Tensor P = empty_pooled({M, K}, at::kBFloat16);
-  const BF* X = x.data_ptr<BF>();
-  BF* Pp = P.data_ptr<BF>();
+  const Tensor P = empty_pooled({M, K}, x.scalar_type());
+  const T* X = x.data_ptr<T>();
+  T* Pp = P.data_ptr<T>();
   const bool norm = in_eps.has_value();
   const float eps_in = norm ? static_cast<float>(*in_eps) : 0.f;
   const PatchOps& o = ops();
   at::parallel_for(0, M, 16, [&](int64_t first, int64_t last) {
-    std::vector<float> tmp(static_cast<size_t>(C));
-    o.gather_bf16(X, H, W, C, k, Ho, Wo, first, last - first, norm, eps_in, Pp + first * K, tmp.data());
+    if constexpr (std::is_same_v<T, float>) {
+      o.gather(X, H, W, C, k, Ho, Wo, first, last - first, norm, eps_in, Pp + first * K);
+    } else {
+      std::vector<float> tmp(static_cast<size_t>(C));
+      o.gather_bf16(X, H, W, C, k, Ho, Wo, first, last - first, norm, eps_in, Pp + first * K, tmp.data());
+    }
   });
   // (O, K) view of weight_t: onednn_weight keeps its packed copy, keyed by this view's strides.
   Tensor y = onednn_linear(P, onednn_weight(weight_t.t()), bias, /*gelu=*/false);
   if (out_weight) {
     const Tensor lw = out_weight->to(at::kFloat), lb = out_bias ? out_bias->to(at::kFloat) : at::zeros({O}, lw.options());
-    BF* Y = y.data_ptr<BF>();
+    T* Y = y.data_ptr<T>();
     at::parallel_for(0, M, 16, [&](int64_t first, int64_t last) {
-      std::vector<float> tmp(static_cast<size_t>(O));
-      o.norm_rows_bf16(Y + first * O, last - first, O, lw.data_ptr<float>(), lb.data_ptr<float>(),
-                       static_cast<float>(out_eps), tmp.data());
+      if constexpr (std::is_same_v<T, float>) {
+        o.epilogue(Y + first * O, O, last - first, O, nullptr, lw.data_ptr<float>(), lb.data_ptr<float>(),
+                   static_cast<float>(out_eps));
+      } else {
+        std::vector<float> tmp(static_cast<size_t>(O));
+        o.norm_rows_bf16(Y + first * O, last - first, O, lw.data_ptr<float>(), lb.data_ptr<float>(),
+                         static_cast<float>(out_eps), tmp.data());
+      }
     });
   }
   return y.view({N, Ho, Wo, O});
@@ -286,9 +300,15 @@ Tensor patch_linear_forward(const Tensor& x, const Tensor& weight_t, const OptTe
   check_vector(out_bias, "out_bias", O, dtype);
   TORCH_CHECK(!out_bias || out_weight, "convnext_fast patch_linear (CPU): out_bias given without out_weight");
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: nothing here is differentiated
-  if (dtype == at::kFloat) return forward_f32(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps);
-  if (x.size(0) * (H / k) * (W / k) > 0 && native_bf16_dot() && onednn_linear_available())
-    return forward_bf16(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps);
+  const int64_t M = x.size(0) * (H / k) * (W / k);
+  const bool dnn = M > 0 && onednn_linear_available();
+  if (dtype == at::kFloat) {
+    if (dnn && M < kOneDnnMaxRowsF32)
+      return forward_onednn<float>(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps);
+    return forward_f32(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps);
+  }
+  if (dnn && native_bf16_dot())
+    return forward_onednn<BF>(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps);
   return forward_f32(x.to(at::kFloat), widened(weight_t), to_f32(bias), k, in_eps, to_f32(out_weight),
                      to_f32(out_bias), out_eps)
       .to(at::kBFloat16);

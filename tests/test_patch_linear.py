@@ -34,6 +34,9 @@ CASES = [
     (2, 96, 10, 10, 200, 2, True, False),  # O = 200: two column panels
     (1, 24, 2, 2, 48, 2, True, True),      # one output pixel, both norms
     (2, 16, 4, 4, 32, 1, False, False),    # k = 1: a plain Linear over channels
+    # From 1024 output pixels on, float32 runs the row-block kernel instead of oneDNN's linear.
+    (2, 8, 64, 66, 24, 2, True, False),    # downsampling, M = 2112
+    (1, 3, 130, 129, 40, 4, False, True),  # stem, M = 1024
 ]
 
 
