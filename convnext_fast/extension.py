@@ -240,7 +240,7 @@ def patch_linear_forward(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k:
     given (no affine), then the patch GEMM with ``weight_t`` (k*k*C, O) and ``bias``, then a
     LayerNorm over O with ``out_weight`` / ``out_bias`` when ``out_weight`` is given.
 
-    float32 only (others raise NotImplementedError). Returns a new (N, O, H // k, W // k)
+    float32 and bfloat16 (others raise NotImplementedError). Returns a new (N, O, H // k, W // k)
     channels_last tensor. See ``convnext_fast/patch_linear.py`` for the contract.
     """
     y = _cpu_only_ext().patch_linear_forward(_nhwc(x).permute(0, 2, 3, 1), weight_t, bias, int(k),

@@ -25,7 +25,7 @@ its LayerNorms fused; the downsampling LayerNorm's affine folds into the conv). 
 LayerNorm, Linear) folds its LayerNorm affine into the Linear and runs the pooled features through
 one ``patch_linear`` pass (k = 1). These folds happen where the patch kernel runs for the model's
 device and dtype under the backend in force when the model is optimized (the CPU kernel in
-float32; the Triton kernel on CUDA once the device record trusts it, or when ``triton`` is asked
+float32 and bfloat16; the Triton kernel on CUDA once the device record trusts it, or when ``triton`` is asked
 for by name); elsewhere those layers keep their modules.
 
 Small batches on a GPU are host-bound (a launch costs more than its kernel runs):
@@ -421,7 +421,7 @@ def optimize_for_inference(model: nn.Module, *, dtype: Optional[torch.dtype] = N
     for name in blocks:
         _replace(optimized, name, FoldedBlock(optimized.get_submodule(name), dtype))
     # The stem, the downsampling layers and the head fold only where the patch kernel will run them;
-    # elsewhere (bfloat16 on the CPU; CUDA until a GPU parity run of the kernel is recorded, unless
+    # elsewhere (float16 on the CPU; CUDA until a GPU parity run of the kernel is recorded, unless
     # triton is asked for by name) their own modules (LayerNorm2d op + conv) are faster than the
     # patch op's PyTorch route.
     device = next(t for t in (*optimized.parameters(), *optimized.buffers()) if t.is_floating_point()).device

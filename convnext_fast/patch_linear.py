@@ -167,7 +167,7 @@ def patch_linear(x: Tensor, weight_t: Tensor, bias: Optional[Tensor], k: int, *,
 
     The kernels serve inference; a call that autograd must record (an input requiring grad, grad
     mode on), forward-mode AD, torch.func transforms, the ``reference`` backend and a dtype the
-    kernel does not compute in (float64; bfloat16 / float16 on ``cpu``) and, on ``triton``, an
+    kernel does not compute in (float64; float16 on ``cpu``) and, on ``triton``, an
     output LayerNorm over more than 512 channels, and a backend asked for by name without this
     kernel (``cuda``) run ``patch_linear_composite``. On CUDA tensors ``auto`` takes the Triton
     kernel once it passed its parity checks on the device and was timed faster there (the device

@@ -5,15 +5,28 @@
 //
 // Forward. Eager PyTorch writes the (M, 4C) hidden activation to memory and reads it back three
 // times (fc1 out, GELU in/out, fc2 in), plus two more passes over (M, C) for gamma and the residual.
-// In float32 the token rows are split into blocks of R rows (at::parallel_for, one block at a time
-// per thread); per block, on transposed tiles (token index last):
-//   x.T of the block (C x R), fc1 into a per-thread hidden tile h.T = w1 @ x.T (J x R floats, sized
-//   to stay in L2), bias + GELU in place on the tile, fc2 out.T = w2 @ GELU(h.T), then b2, gamma and
-//   the per-sample scale on out.T and its transposed write, plus the residual, into the output rows.
-// The hidden activation never goes to memory (unless the caller asks for it to be saved for the
-// backward, then it is written once, from the same pass). bfloat16 fuses less (GEMMs below).
+// Three paths, by what the call needs:
 //
-// GEMMs. float32: oneDNN's batch-reduce GEMM micro-kernel (at::native::cpublas::brgemm, fp32 in,
+// 1. Inference (no h kept for a backward), bfloat16 with bf16 dot products, and float32 below
+//    kOneDnnMaxRowsF32 rows: oneDNN's linear (cpu_onednn.h: the ops torch.compile's freezing runs)
+//    with each weight prepacked once into oneDNN's blocked layout, GELU as fc1's post-op and the
+//    shortcut as fc2's post-op, on row chunks whose hidden activation (<= kHiddenChunkBytes) stays
+//    in cache between the two GEMMs (forward_onednn). The post-ops work on the fp32 accumulators:
+//    h and the output are rounded once. A layer scale or per-sample scale (the unfolded model)
+//    takes one epilogue pass after fc2.
+// 2. float32 otherwise (training, and large row counts, where this path is as fast or faster):
+//    the token rows are split into blocks of R rows (at::parallel_for, one block at a time per
+//    thread); per block, on transposed tiles (token index last): x.T of the block (C x R), fc1 into
+//    a per-thread hidden tile h.T = w1 @ x.T (J x R floats, sized to stay in L2), bias + GELU in
+//    place on the tile, fc2 out.T = w2 @ GELU(h.T), then b2, gamma and the per-sample scale on
+//    out.T and its transposed write, plus the residual, into the output rows. The hidden
+//    activation never goes to memory (unless the caller asks for it to be saved for the backward,
+//    then it is written once, from the same pass).
+// 3. bfloat16 training (h kept): the two GEMMs on whole matrices (at::mm, PyTorch's rounding of h
+//    and of fc2's output), the elementwise work fused: b1 + GELU in one pass (fp32 math), b2 / gamma
+//    / scale / residual in one pass.
+//
+// GEMMs of path 2: oneDNN's batch-reduce GEMM micro-kernel (at::native::cpublas::brgemm, fp32 in,
 // fp32 accumulate/out), which multiplies row-major A (M x K) by row-major B (K x N). Taking the
 // weights as A (as nn.Linear stores them) and the transposed token tiles as B, no weight is ever
 // copied: at batch 1 a transposed copy of every weight on every call would move more memory than
@@ -22,12 +35,9 @@
 // what F.linear runs; docs/performance.md, "Kernel constants"). Wide layers (Hd > kMaxChunk) are
 // split into hidden chunks of J rows of w1 (flash-attention's loop over key blocks): fc2
 // accumulates the chunks into out.T with brgemm's add_C, so the tile stays J x R whatever the width.
-// bfloat16: brgemm's bf16 path needs VNNI-packed B, which this oneDNN does not offer without AMX
-// (cpublas::could_pack is false: its unpacked fallback ran at ~5 GFLOP/s). at::addmm (oneDNN's
-// AVX512_BF16 GEMM, fp32 accumulation, bf16 out, bias inside) reorders the weights on every call,
-// so per-row-block calls ran at 0.54-0.93x eager (1 thread, batch 8); bf16 therefore runs the two
-// GEMMs on whole matrices (PyTorch's rounding of h and of fc2's output) and fuses only the
-// elementwise work: b1 + GELU in one pass (fp32 math), b2 / gamma / scale / residual in one pass.
+// brgemm's bf16 path needs VNNI-packed B, which this oneDNN does not offer without AMX
+// (cpublas::could_pack is false: its unpacked fallback ran at ~5 GFLOP/s); hence oneDNN's linear
+// for bf16.
 // Without bf16 dot products (no AVX512_BF16, or the instruction set held lower by
 // CONVNEXT_FAST_CPU_ISA / ONEDNN_MAX_CPU_ISA) oneDNN emulates bf16 GEMMs, slower than fp32: there the
 // bf16 forward widens its inputs and runs the fp32 kernel (native_bf16_dot, forward_bf16_via_f32).
