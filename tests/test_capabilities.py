@@ -28,7 +28,7 @@ def test_the_table_agrees_with_the_kernels_own_limits():
     assert capabilities.capability("patch_linear", "triton").dtypes == set(patch_kernel._TRITON_DTYPE)
     # the ops' dtype tables are read from it, not copied
     assert set(mlp.KERNEL_DTYPES["cpu"]) == capabilities.capability("pointwise_mlp", "cpu").dtypes
-    assert set(patch_linear.KERNEL_DTYPES["cpu"]) == {torch.float32}
+    assert set(patch_linear.KERNEL_DTYPES["cpu"]) == {torch.float32, torch.bfloat16}
 
 
 def test_reasons_name_what_is_missing():
