@@ -733,10 +733,17 @@ Tensor sum_partials(const std::vector<float>& partials, int64_t nb, int64_t n) {
 void forward_bf16_via_f32(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
                           const OptTensor& b2, const std::vector<float>& gamma, const OptTensor& shortcut,
                           const float* s, int64_t rps, const Dims& d, Tensor& out, const OptTensor& hsave) {
-  const Tensor xf = x.to(at::kFloat);
-  const OptTensor scf = shortcut ? OptTensor(shortcut->to(at::kFloat)) : OptTensor();
-  Tensor outf = at::empty({d.M, d.C}, x.options().dtype(at::kFloat));
-  Tensor hf = hsave ? at::empty({d.M, d.Hd}, x.options().dtype(at::kFloat)) : Tensor();
+  // The fp32 copies come from the output pool: at batch 8 fresh memory for them cost more than
+  // the conversions themselves.
+  const auto widen_rows = [](const Tensor& t) {
+    Tensor f = empty_pooled(t.sizes(), at::kFloat);
+    f.copy_(t);
+    return f;
+  };
+  const Tensor xf = widen_rows(x);
+  const OptTensor scf = shortcut ? OptTensor(widen_rows(*shortcut)) : OptTensor();
+  Tensor outf = empty_pooled({d.M, d.C}, at::kFloat);
+  Tensor hf = hsave ? empty_pooled({d.M, d.Hd}, at::kFloat) : Tensor();
   forward_f32(xf, widened(w1), vec_f32(b1, d.Hd, 0.f), widened(w2), vec_f32(b2, d.C, 0.f), gamma, scf, s, rps, d,
               outf, hsave ? hf.data_ptr<float>() : nullptr);
   out.copy_(outf);

@@ -309,9 +309,15 @@ Tensor patch_linear_forward(const Tensor& x, const Tensor& weight_t, const OptTe
   }
   if (dnn && native_bf16_dot())
     return forward_onednn<BF>(x, weight_t, bias, k, in_eps, out_weight, out_bias, out_eps);
-  return forward_f32(x.to(at::kFloat), widened(weight_t), to_f32(bias), k, in_eps, to_f32(out_weight),
-                     to_f32(out_bias), out_eps)
-      .to(at::kBFloat16);
+  // Without bf16 dot products: the float32 kernel on a widened copy (from the output pool, as is
+  // the rounded result), its output rounded once.
+  Tensor xf = empty_pooled(x.sizes(), at::kFloat);
+  xf.copy_(x);
+  const Tensor yf = forward_f32(xf, widened(weight_t), to_f32(bias), k, in_eps, to_f32(out_weight), to_f32(out_bias),
+                                out_eps);
+  Tensor y = empty_pooled(yf.sizes(), at::kBFloat16);
+  y.copy_(yf);
+  return y;
 }
 
 namespace {
