@@ -744,8 +744,13 @@ void forward_bf16_via_f32(const Tensor& x, const Tensor& w1, const OptTensor& b1
   const OptTensor scf = shortcut ? OptTensor(widen_rows(*shortcut)) : OptTensor();
   Tensor outf = empty_pooled({d.M, d.C}, at::kFloat);
   Tensor hf = hsave ? empty_pooled({d.M, d.Hd}, at::kFloat) : Tensor();
-  forward_f32(xf, widened(w1), vec_f32(b1, d.Hd, 0.f), widened(w2), vec_f32(b2, d.C, 0.f), gamma, scf, s, rps, d,
-              outf, hsave ? hf.data_ptr<float>() : nullptr);
+  if (!hsave && onednn_linear_available() && d.M < kOneDnnMaxRowsF32) {  // as a float32 call would run
+    const auto f32 = [](const OptTensor& t) { return t ? OptTensor(t->to(at::kFloat)) : OptTensor(); };
+    forward_onednn<float>(xf, widened(w1), f32(b1), widened(w2), f32(b2), gamma, scf, s, rps, d, outf);
+  } else {
+    forward_f32(xf, widened(w1), vec_f32(b1, d.Hd, 0.f), widened(w2), vec_f32(b2, d.C, 0.f), gamma, scf, s, rps, d,
+                outf, hsave ? hf.data_ptr<float>() : nullptr);
+  }
   out.copy_(outf);
   if (hsave) hsave->copy_(hf);
 }

@@ -177,21 +177,22 @@ def test_bf16_mlp_falls_back_to_fp32_compute_without_avx512_bf16():
         ext = extension._ext()
         assert ext.cpu_bf16_compute() == "fp32", ext.cpu_bf16_compute()
         g = torch.Generator().manual_seed(0)
-        M, C, Hd = 37, 24, 96
+        C, Hd = 24, 96
         bf = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).bfloat16()
-        x, w1, b1 = bf(M, C), bf(Hd, C, scale=0.2), bf(Hd)
-        w2, b2, gamma, sc = bf(C, Hd, scale=0.1), bf(C), bf(C), bf(M, C)
-        out, _ = extension.mlp_forward(x, w1, b1, w2, b2, gamma, sc, None, M, False)
         f = lambda t: t.float()
-        ref, _ = extension.mlp_forward(f(x), f(w1), f(b1), f(w2), f(b2), f(gamma), f(sc), None, M, False)
-        assert out.dtype == torch.bfloat16
-        assert torch.equal(out, ref.bfloat16()), (out.float() - ref).abs().max()
-        # an in-place weight update is seen by the next call (no stale converted weights)
-        with torch.no_grad():
-            w1.mul_(2)
-        out2, _ = extension.mlp_forward(x, w1, b1, w2, b2, gamma, sc, None, M, False)
-        ref2, _ = extension.mlp_forward(f(x), f(w1), f(b1), f(w2), f(b2), f(gamma), f(sc), None, M, False)
-        assert torch.equal(out2, ref2.bfloat16()) and not torch.equal(out2, out)
+        for M in (37, 1100):  # the float32 kernel's two GEMM paths (oneDNN below 1024 rows)
+            x, w1, b1 = bf(M, C), bf(Hd, C, scale=0.2), bf(Hd)
+            w2, b2, gamma, sc = bf(C, Hd, scale=0.1), bf(C), bf(C), bf(M, C)
+            out, _ = extension.mlp_forward(x, w1, b1, w2, b2, gamma, sc, None, M, False)
+            ref, _ = extension.mlp_forward(f(x), f(w1), f(b1), f(w2), f(b2), f(gamma), f(sc), None, M, False)
+            assert out.dtype == torch.bfloat16
+            assert torch.equal(out, ref.bfloat16()), (M, (out.float() - ref).abs().max())
+            # an in-place weight update is seen by the next call (no stale converted weights)
+            with torch.no_grad():
+                w1.mul_(2)
+            out2, _ = extension.mlp_forward(x, w1, b1, w2, b2, gamma, sc, None, M, False)
+            ref2, _ = extension.mlp_forward(f(x), f(w1), f(b1), f(w2), f(b2), f(gamma), f(sc), None, M, False)
+            assert torch.equal(out2, ref2.bfloat16()) and not torch.equal(out2, out), M
         print("ok")
     """)
     env = dict(os.environ, CONVNEXT_FAST_CPU_ISA="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
