@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .fused_elementwise import drop_path_scale, layer_scale_residual
 from .layers import DepthwiseConv2d, LayerNorm2d
 from .models import ConvNeXtBlock, ConvNeXtMlp, GlobalResponseNorm
+from .patch_layers import PatchConvSequential
 
 __all__ = ["convert", "to_reference", "ReferenceLayerNorm2d", "TorchvisionConvNeXtBlock"]
 
@@ -328,7 +329,8 @@ def to_reference(model: nn.Module) -> nn.Module:
     Modules made by :func:`convert` become the timm/torchvision modules they replaced again.
     The rest (e.g. inside :class:`convnext_fast.models.ConvNeXt`):
     :class:`~convnext_fast.DepthwiseConv2d` -> ``nn.Conv2d`` and :class:`~convnext_fast.LayerNorm2d`
-    -> :class:`ReferenceLayerNorm2d`; a :class:`ConvNeXtBlock` whose ``conv_dw``/``norm`` are plain
+    -> :class:`ReferenceLayerNorm2d`, :class:`~convnext_fast.patch_layers.PatchConvSequential` ->
+    ``nn.Sequential``; a :class:`ConvNeXtBlock` whose ``conv_dw``/``norm`` are plain
     modules runs plain PyTorch ops. Parameters stay the same objects. The result exports with
     ``torch.onnx.export`` / ``torch.export`` without custom ops.
 
@@ -353,6 +355,8 @@ def to_reference(model: nn.Module) -> nn.Module:
             new = ReferenceLayerNorm2d(m.normalized_shape[0], eps=m.eps, device="meta")
             new.weight, new.bias = m.weight, m.bias
             return new.train(m.training)
+        if isinstance(m, PatchConvSequential):  # its modules, one after the other (converted in turn)
+            return nn.Sequential(*m).train(m.training)
         return None
 
     def visit(parent: nn.Module) -> None:

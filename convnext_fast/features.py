@@ -28,6 +28,8 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from .patch_layers import PatchConvSequential
+
 __all__ = ["FeatureInfo", "FeatureListNet", "FeatureDictNet", "FeatureGetterNet", "FEATURE_CLASSES",
            "features_model", "pretrained_cfg_for_features"]
 
@@ -174,6 +176,12 @@ class FeatureDictNet(nn.ModuleDict):
             if not wanted:
                 break
         self.update(layers)
+        # The stem's two modules are flattened for timm's names, but run as the stem does (one
+        # fused pass in inference, patch_layers.PatchConvSequential): held outside the submodules
+        # (the same two modules; registering it would add its parameters' names twice).
+        stem = getattr(model, "stem", None)
+        object.__setattr__(self, "_fused_stem",
+                           stem if isinstance(stem, PatchConvSequential) and "stem_1" in layers else None)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each module but the first and the last in the backward pass (timm's rule)."""
@@ -186,6 +194,10 @@ class FeatureDictNet(nn.ModuleDict):
         x = _channels_last(x)
         last = len(self) - 1
         for i, (name, module) in enumerate(self.items()):
+            if self._fused_stem is not None and name in ("stem_0", "stem_1"):
+                if name == "stem_0":  # i = 0: never checkpointed
+                    x = self._fused_stem(x)
+                continue
             if self.grad_checkpointing and torch.is_grad_enabled() and 0 < i < last:
                 x = torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
             else:

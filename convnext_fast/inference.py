@@ -47,6 +47,7 @@ from .kernels.layout import device_guard, empty_channels_last
 from .layers import DepthwiseConv2d, LayerNorm2d
 from .mlp import pointwise_mlp
 from .models import ClassifierHead, ConvNeXtBlock, ConvNeXtMlp
+from .patch_layers import patch_parts
 from .patch_linear import fold_norm_into_patch_weight, patch_linear, patch_linear_composite, patch_weight
 from .patch_linear import kernel_backend as patch_kernel_backend
 
@@ -325,26 +326,10 @@ def _foldable_head(head: nn.Module) -> bool:
             and type(head.fc) is nn.Linear and head.norm.weight is not None)
 
 
-def _patch_conv(m: nn.Module) -> bool:
-    """A plain k x k conv with stride k, no padding, dilation or groups: a GEMM over patches."""
-    return (type(m) is nn.Conv2d and m.kernel_size[0] == m.kernel_size[1] == m.stride[0] == m.stride[1]
-            and m.padding in ((0, 0), "valid") and m.dilation == (1, 1) and m.groups == 1)
-
-
 def _patch_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d, Optional[LayerNorm2d], Optional[LayerNorm2d]]]:
-    """(name, conv, norm before, norm after) of every two-module Sequential that is a LayerNorm2d
-    and a patch conv in either order: the stem and the downsampling layers of timm's, torchvision's
-    and our ConvNeXt."""
-    found = []
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.Sequential) or len(m) != 2 or not name:
-            continue
-        first, second = m[0], m[1]
-        if type(first) is LayerNorm2d and _patch_conv(second):
-            found.append((name, second, first, None))
-        elif _patch_conv(first) and type(second) is LayerNorm2d:
-            found.append((name, first, None, second))
-    return found
+    """(name, conv, norm before, norm after) of every stem and downsampling layer
+    (``patch_layers.patch_parts``)."""
+    return [(name, *parts) for name, m in model.named_modules() if name and (parts := patch_parts(m)) is not None]
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -35,6 +35,7 @@ from .mlp import pointwise_mlp
 from .fused_elementwise import (drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu,
                                 mlp_composite)
 from .layers import DepthwiseConv2d, FxLeafScripting, LayerNorm2d, fx_leaf
+from .patch_layers import PatchConvSequential
 from .layers import _as as _cast, _as_param as _cast_param, _compute_dtype
 # The registry and factories live in pretrained.py; this module keeps exporting them.
 from . import pretrained as _pretrained
@@ -276,7 +277,7 @@ class ConvNeXtStage(nn.Module):
         if downsample and dilation_ > 1:
             raise ValueError(f"ConvNeXtStage downsamples (stride 2) or dilates, not both: dilation={dilation}")
         if downsample:
-            self.downsample = nn.Sequential(
+            self.downsample = PatchConvSequential(
                 LayerNorm2d(in_dim, eps=eps, **dd),
                 nn.Conv2d(in_dim, out_dim, kernel_size=2, stride=2, **dd),
             )
@@ -426,7 +427,7 @@ def _register_with_timm() -> None:
         from timm.layers import register_notrace_module
     except ImportError:  # a timm without the FX registry
         return
-    for cls in (ConvNeXtBlock, ConvNeXtMlp, GlobalResponseNorm, DepthwiseConv2d, LayerNorm2d):
+    for cls in (ConvNeXtBlock, ConvNeXtMlp, GlobalResponseNorm, DepthwiseConv2d, LayerNorm2d, PatchConvSequential):
         register_notrace_module(cls)
     _TIMM_REGISTERED = True
 
@@ -511,7 +512,7 @@ class ConvNeXt(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = dims[-1]
-        self.stem = nn.Sequential(
+        self.stem = PatchConvSequential(
             nn.Conv2d(in_chans, dims[0], kernel_size=patch_size, stride=patch_size, **dd),
             LayerNorm2d(dims[0], eps=norm_eps, **dd),
         )

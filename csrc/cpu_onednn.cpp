@@ -59,10 +59,6 @@ namespace {
 // or of any view of it bumps the version and the next call converts again. Inference tensors have
 // no version counter and are converted on every call. Writes that bypass the version counter
 // (``.data``, raw pointers) are not seen, as by autograd's own saved-tensor checks.
-// With ``on_second_sight`` a weight is converted only when the same version comes a second time; the
-// first time derived() returns an undefined tensor and the caller uses the weight as it is. Weights
-// made anew for every call (autocast's casts in training) then cost no conversion that is never
-// used again.
 enum class Derived { kWidened, kPacked };
 struct DerivedWeight {
   Derived kind;
@@ -75,8 +71,8 @@ struct DerivedWeight {
 constexpr size_t kMaxDerivedBytes = size_t(1) << 30;  // whole models up to ~250M MLP weights
 
 template <class Make>
-Tensor derived(const Tensor& w, Derived kind, const Make& make, bool on_second_sight = false) {
-  if (w.is_inference()) return on_second_sight ? Tensor() : make(w);
+Tensor derived(const Tensor& w, Derived kind, const Make& make) {
+  if (w.is_inference()) return make(w);
   static std::mutex mu;
   static std::vector<DerivedWeight> cache;  // most recently used last
   const c10::StorageImpl* storage = w.storage().unsafeGetStorageImpl();
@@ -91,7 +87,6 @@ Tensor derived(const Tensor& w, Derived kind, const Make& make, bool on_second_s
       cache.erase(cache.begin() + static_cast<std::ptrdiff_t>(i));
       break;
     }
-    if (!e.value.defined()) e.value = make(w);  // seen before: now it is worth converting
     std::rotate(cache.begin() + static_cast<std::ptrdiff_t>(i), cache.begin() + static_cast<std::ptrdiff_t>(i) + 1,
                 cache.end());
     return cache.back().value;
@@ -99,10 +94,8 @@ Tensor derived(const Tensor& w, Derived kind, const Make& make, bool on_second_s
   // drop the weights of freed models, then the least recently used until the new one fits
   cache.erase(std::remove_if(cache.begin(), cache.end(), [](const DerivedWeight& e) { return e.storage.expired(); }),
               cache.end());
-  Tensor value = on_second_sight ? Tensor() : make(w);
-  const auto bytes_of = [](const Tensor& t) {
-    return t.defined() ? static_cast<size_t>(t.numel()) * t.element_size() : size_t(0);
-  };
+  Tensor value = make(w);
+  const auto bytes_of = [](const Tensor& t) { return static_cast<size_t>(t.numel()) * t.element_size(); };
   size_t bytes = bytes_of(value);
   for (const DerivedWeight& e : cache) bytes += bytes_of(e.value);
   while (!cache.empty() && bytes > kMaxDerivedBytes) {
@@ -154,11 +147,12 @@ Tensor widened(const Tensor& w) {
 }
 
 Tensor onednn_weight(const Tensor& w) {
+  // An inference tensor has no version to check a kept copy against: it is multiplied as stored
+  // (oneDNN reorders it inside the call), the same way on every call.
+  if (w.is_inference()) return w.contiguous();
   const OneDnnLinear& dnn = *onednn_ops();
-  const Tensor p = derived(
-      w, Derived::kPacked, [&](const Tensor& t) { return call_boxed(dnn.reorder, {t.contiguous(), c10::IValue()}); },
-      /*on_second_sight=*/true);
-  return p.defined() ? p : w.contiguous();
+  return derived(w, Derived::kPacked,
+                 [&](const Tensor& t) { return call_boxed(dnn.reorder, {t.contiguous(), c10::IValue()}); });
 }
 
 Tensor onednn_linear(const Tensor& x, const Tensor& w, const OptTensor& b, bool gelu) {

@@ -17,7 +17,7 @@ at::Tensor widened(const at::Tensor& w);
 bool onednn_linear_available();
 
 // The (out, in) weight in oneDNN's blocked layout, kept between calls while the weight is
-// unchanged, once the weight came a second time; the first time the weight itself.
+// unchanged (an inference tensor, which has no version to check, is used as stored).
 at::Tensor onednn_weight(const at::Tensor& w);
 
 // y = x @ w.T + b, then GELU (exact) when gelu is set; x (M, in) contiguous, w from onednn_weight.

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import convnext_fast
+from convnext_fast.patch_layers import PatchConvSequential
 from convnext_fast import reference
 from convnext_fast.features import FeatureDictNet, FeatureGetterNet, FeatureListNet
 from convnext_fast.models import MODEL_CONFIGS, ConvNeXtBlock
@@ -235,7 +236,7 @@ def test_symbolic_trace_same_outputs(name, kwargs):
     model = convnext_fast.create_model(name, **kwargs).eval()
     gm = torch.fx.symbolic_trace(model)
     leaves = _leaf_targets(gm)
-    assert "stages.0.blocks.0" in leaves and "stem.1" in leaves  # fused modules are leaves
+    assert "stages.0.blocks.0" in leaves and "stem" in leaves  # fused modules are leaves
     assert not any(t.startswith("stages.0.blocks.0.") for t in leaves)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -255,7 +256,8 @@ def test_create_feature_extractor_and_backward():
 
     model = convnext_fast.create_model("convnext_atto", num_classes=5)
     train_nodes, eval_nodes = get_graph_node_names(model)
-    assert "stages.1.downsample.1" in eval_nodes and "stages.2.blocks.0" in eval_nodes
+    # fused modules are nodes of their own: the downsampling layer (norm + conv) is one
+    assert "stages.1.downsample" in eval_nodes and "stages.2.blocks.0" in eval_nodes
     fx = create_feature_extractor(model.eval(), return_nodes={"stages.1": "c3", "stages.3": "c5"})
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -272,7 +274,8 @@ def test_fx_leaves_registered_with_timm_and_script_refused():
     from timm.models import get_notrace_modules
 
     model = convnext_fast.create_model("convnext_atto")
-    assert {ConvNeXtBlock, convnext_fast.LayerNorm2d, convnext_fast.DepthwiseConv2d} <= set(get_notrace_modules())
+    assert {ConvNeXtBlock, convnext_fast.LayerNorm2d, convnext_fast.DepthwiseConv2d,
+            PatchConvSequential} <= set(get_notrace_modules())
     gm = torch.fx.symbolic_trace(model)
     with pytest.raises(RuntimeError, match="cannot be compiled by torch.jit.script.*torch.export"):
         torch.jit.script(gm)

@@ -156,7 +156,8 @@ def test_to_reference_native_model_exports_without_custom_ops():
     params = dict(model.named_parameters())
     to_reference(model)
     assert not _fast_modules(model) or all(isinstance(m, ConvNeXtBlock) for m in _fast_modules(model))
-    assert isinstance(model.stem[1], ReferenceLayerNorm2d)
+    assert isinstance(model.stem[1], ReferenceLayerNorm2d) and type(model.stem) is nn.Sequential
+    assert type(model.stages[1].downsample) is nn.Sequential
     assert type(model.stages[0].blocks[0].conv_dw) is nn.Conv2d
     assert all(p is params[k] for k, p in model.named_parameters())
     with torch.no_grad():
