@@ -29,7 +29,7 @@ from .patch_linear import fold_norm_into_patch_weight, kernel_backend, patch_lin
 
 __all__ = ["PatchConvSequential", "is_patch_conv", "patch_parts"]
 
-# Per module: (key of the parameters' state, dtype, device) -> the patch_linear arguments.
+# Per module, per (dtype, device): (the parameters' state when made, the patch_linear arguments).
 _DERIVED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
@@ -81,9 +81,9 @@ class PatchConvSequential(nn.Sequential):
     def _derived(self, parts, dtype: torch.dtype, device: torch.device) -> tuple:
         params = list(self.parameters())
         state = tuple((p._version, p.data_ptr(), tuple(p.shape)) for p in params)
-        kept = _DERIVED.get(self)
-        key = (state, dtype, device)
-        if kept is not None and kept[0] == key:
+        per_dtype = _DERIVED.setdefault(self, {})
+        kept = per_dtype.get((dtype, device))
+        if kept is not None and kept[0] == state:
             return kept[1]
         conv, in_norm, out_norm = parts
         with torch.no_grad(), torch.inference_mode(False):
@@ -97,5 +97,5 @@ class PatchConvSequential(nn.Sequential):
                     None if out_norm is None else cast(out_norm.weight),
                     None if out_norm is None else cast(out_norm.bias),
                     1e-6 if out_norm is None else float(out_norm.eps))
-        _DERIVED[self] = (key, args)
+        per_dtype[(dtype, device)] = (state, args)
         return args

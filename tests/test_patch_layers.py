@@ -80,6 +80,22 @@ def test_parameters_changed_in_place_or_replaced_are_seen(monkeypatch):
     assert len(calls) == 4
 
 
+def test_float32_and_autocast_calls_keep_their_weights_apart(monkeypatch):
+    """One model run in float32 and under bf16 autocast in turn (as a benchmark interleaves them)
+    derives each dtype's weights once, not on every switch."""
+    down, _ = _layers()
+    x = torch.randn(1, 24, 8, 8)
+    made = []
+    real = patch_layers.patch_weight
+    monkeypatch.setattr(patch_layers, "patch_weight", lambda w: made.append(1) or real(w))
+    with torch.no_grad():
+        for _ in range(3):
+            down(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert down(x).dtype == torch.bfloat16
+    assert len(made) == 2
+
+
 def test_training_and_reference_backend_run_the_modules(monkeypatch):
     down, _ = _layers()
     x = torch.randn(1, 24, 8, 8)
