@@ -567,6 +567,26 @@ const Tensor& a_after_gelu(const Tensor& h, const Tensor& a, const Dims& d, cons
   return a;
 }
 
+// The epilogue pass over contiguous output rows (M x C), in place, in parallel 256-row blocks:
+// o = ((o + b2) * gamma) * s[row // rps] + shortcut (sc: rows of stride ldsc, or null).
+template <class T>
+void epilogue_rows(T* O, int64_t M, int64_t C, const float* b2, const std::vector<float>& gamma, const float* s,
+                   int64_t rps, const T* sc, int64_t ldsc) {
+  const MlpOps& o = ops();
+  at::parallel_for(0, (M + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
+    float rs[kBwdRows];
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t r0 = b * kBwdRows, rows = std::min(kBwdRows, M - r0);
+      row_scales(s, rps, r0, rows, rs);
+      const T* scb = sc ? sc + r0 * ldsc : nullptr;
+      if constexpr (std::is_same_v<T, float>)
+        o.epilogue_f32(O + r0 * C, C, rows, C, b2, gamma.data(), rs, scb, ldsc);
+      else
+        o.epilogue_bf16(O + r0 * C, C, rows, C, b2, gamma.data(), rs, scb, ldsc);
+    }
+  });
+}
+
 // Rows of hidden activation per oneDNN call: the hidden chunk (rows x Hd) stays in L2 / L3 between
 // fc1 and fc2, and one buffer of this size is reused call after call (a whole-matrix hidden
 // activation, tens of MB at batch 8, was fresh memory every call, a page fault per 4 KB).
@@ -602,21 +622,8 @@ void forward_onednn(const Tensor& x, const Tensor& w1, const OptTensor& b1, cons
     }
   }
   if (plain_epilogue) return;
-  const std::vector<float> zeros(static_cast<size_t>(C), 0.f);
-  const T* SC = sc ? sc->data_ptr<T>() : nullptr;
-  T* O = out.data_ptr<T>();
-  const MlpOps& o = ops();
-  at::parallel_for(0, (M + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
-    float rs[kBwdRows];
-    for (int64_t b = first; b < last; ++b) {
-      const int64_t r0 = b * kBwdRows, rows = std::min(kBwdRows, M - r0);
-      row_scales(s, rps, r0, rows, rs);
-      if constexpr (std::is_same_v<T, float>)
-        o.epilogue_f32(O + r0 * C, C, rows, C, zeros.data(), gamma.data(), rs, SC ? SC + r0 * C : nullptr, C);
-      else
-        o.epilogue_bf16(O + r0 * C, C, rows, C, zeros.data(), gamma.data(), rs, SC ? SC + r0 * C : nullptr, C);
-    }
-  });
+  const std::vector<float> zeros(static_cast<size_t>(C), 0.f);  // fc2's bias is in out already
+  epilogue_rows<T>(out.data_ptr<T>(), M, C, zeros.data(), gamma, s, rps, sc ? sc->data_ptr<T>() : nullptr, C);
 }
 
 void forward_bf16(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
@@ -639,18 +646,8 @@ void forward_bf16(const Tensor& x, const Tensor& w1, const OptTensor& b1, const 
   Tensor a = hsave ? at::empty({M, Hd}, x.options()) : h;  // GELU in place unless h is kept
   at::mm_out(out, a_after_gelu(h, a, d, b1v.empty() ? nullptr : b1v.data()), w2.t());
   const std::vector<float> b2v = vec_f32(b2, C, 0.f);
-  const BF* SC = shortcut ? shortcut->data_ptr<BF>() : nullptr;
-  const int64_t ldsc = shortcut ? row_stride(*shortcut) : C;
-  BF* O = out.data_ptr<BF>();
-  const MlpOps& o = ops();
-  at::parallel_for(0, (M + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
-    float rs[kBwdRows];
-    for (int64_t b = first; b < last; ++b) {
-      const int64_t r0 = b * kBwdRows, rows = std::min(kBwdRows, M - r0);
-      row_scales(s, rps, r0, rows, rs);
-      o.epilogue_bf16(O + r0 * C, C, rows, C, b2v.data(), gamma.data(), rs, SC ? SC + r0 * ldsc : nullptr, ldsc);
-    }
-  });
+  epilogue_rows<BF>(out.data_ptr<BF>(), M, C, b2v.data(), gamma, s, rps, shortcut ? shortcut->data_ptr<BF>() : nullptr,
+                    shortcut ? row_stride(*shortcut) : C);
 }
 
 // ---------------------------------------------------------------------------------- backward
