@@ -591,10 +591,12 @@ void epilogue_rows(T* O, int64_t M, int64_t C, const float* b2, const std::vecto
 // fc1 and fc2, and one buffer of this size is reused call after call (a whole-matrix hidden
 // activation, tens of MB at batch 8, was fresh memory every call, a page fault per 4 KB).
 constexpr int64_t kHiddenChunkBytes = 4 << 20;
-// float32 takes oneDNN below this many rows (ConvNeXt-T stages 2-4 at batch 1), where the
-// per-block brgemm path has too few row blocks to keep the threads busy; from here on the brgemm
-// path, whose hidden tile never leaves L2, is as fast or faster (docs/performance.md).
-constexpr int64_t kOneDnnMaxRowsF32 = 1024;
+
+// Whether a float32 forward (or a bf16 one widened to float32) runs forward_onednn: inference
+// (no h kept) below kOneDnnMaxRowsF32 rows.
+bool f32_on_onednn(int64_t M, bool save_hidden) {
+  return !save_hidden && M < kOneDnnMaxRowsF32 && onednn_linear_available();
+}
 
 // The forward without a saved h on oneDNN's prepacked GEMMs with fused post-ops (onednn_linear),
 // in row chunks. With no layer scale and no per-sample scale (inference of a folded block) fc2 adds
@@ -741,7 +743,7 @@ void forward_bf16_via_f32(const Tensor& x, const Tensor& w1, const OptTensor& b1
   const OptTensor scf = shortcut ? OptTensor(widen_rows(*shortcut)) : OptTensor();
   Tensor outf = empty_pooled({d.M, d.C}, at::kFloat);
   Tensor hf = hsave ? empty_pooled({d.M, d.Hd}, at::kFloat) : Tensor();
-  if (!hsave && onednn_linear_available() && d.M < kOneDnnMaxRowsF32) {  // as a float32 call would run
+  if (f32_on_onednn(d.M, hsave.has_value())) {  // as a float32 call would run
     const auto f32 = [](const OptTensor& t) { return t ? OptTensor(t->to(at::kFloat)) : OptTensor(); };
     forward_onednn<float>(xf, widened(w1), f32(b1), widened(w2), f32(b2), gamma, scf, s, rps, d, outf);
   } else {
@@ -767,7 +769,7 @@ std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, con
   const float* s = sample_scale ? sample_scale->data_ptr<float>() : nullptr;
   const std::vector<float> gvec = vec_f32(gamma, d.C, 1.f);
   const bool bf16 = x.scalar_type() == at::kBFloat16;
-  if (!save_hidden && onednn_linear_available() && (bf16 ? native_bf16_dot() : d.M < kOneDnnMaxRowsF32)) {
+  if (bf16 ? !save_hidden && native_bf16_dot() && onednn_linear_available() : f32_on_onednn(d.M, save_hidden)) {
     if (bf16)
       forward_onednn<BF>(x, w1, b1, w2, b2, gvec, shortcut, s, rows_per_sample, d, out);
     else

@@ -13,6 +13,12 @@ bool native_bf16_dot();
 // An fp32 copy of a (bf16) weight, kept between calls while the weight is unchanged.
 at::Tensor widened(const at::Tensor& w);
 
+// float32 GEMMs of the MLP and the patch convolutions take oneDNN's linear below this many rows
+// (ConvNeXt-T's late stages at small batches), where the kernels' own row-block brgemm paths have
+// too few row blocks to keep the threads busy; from here on those paths (the MLP's hidden tile never
+// leaves L2) are as fast or faster (docs/performance.md, "Kernel constants").
+constexpr int64_t kOneDnnMaxRowsF32 = 1024;
+
 // Whether this PyTorch has oneDNN's linear ops (mkldnn::_linear_pointwise and its weight reorder).
 bool onednn_linear_available();
 

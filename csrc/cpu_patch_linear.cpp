@@ -62,9 +62,6 @@ constexpr int64_t kTileBytes = 256 * 1024;
 constexpr int64_t kPanelBytes = 384 * 1024;
 constexpr int64_t kMaxCols = 128;
 constexpr int64_t kMaxRows = 256;
-// float32 takes oneDNN's linear below this many output pixels (the downsampling layers at small
-// batches), where the row blocks here are too few to keep the threads busy.
-constexpr int64_t kOneDnnMaxRowsF32 = 1024;
 
 // ---------------------------------------------------------------------------------- row kernels
 
