@@ -110,6 +110,12 @@ class DwconvLayerNormFunction(torch.autograd.Function):
         return gx, g_dw_w, (g_dw_b if dw_bias is not None else None), g_ln_w, g_ln_b, None, None, None, None
 
 
+def resolve(x: Tensor, dw_weight: Tensor, ln_weight: Tensor) -> tuple[str, str]:
+    """(the forward's backend, the backend asked for) of a call on ``x`` with these weights."""
+    k = dw_weight.shape[-1]
+    return resolve_forward(OP, x, (*x.shape, k), dw_weight, ln_weight, c=x.shape[1], k=k)
+
+
 def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], ln_weight: Tensor,
                       ln_bias: Tensor, eps: float = 1e-6, dilation: int = 1) -> Tensor:
     """LayerNorm over C of the depthwise conv of ``x``: the first half of a ConvNeXt block, fused.
@@ -133,8 +139,7 @@ def dwconv_layer_norm(x: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor], l
     check_ln(OP, x, ln_weight, ln_bias, prefix="ln_")
     eps = check_eps(OP, eps)
     dilation = check_dilation(OP, dilation)
-    k = dw_weight.shape[-1]
-    backend, requested = resolve_forward(OP, x, (*x.shape, k), dw_weight, ln_weight, c=x.shape[1], k=k)
+    backend, requested = resolve(x, dw_weight, ln_weight)
     if dilation > 1:
         if backend == "reference" or needs_reference():
             return reference.dwconv_layer_norm(x, dw_weight, dw_bias, ln_weight, ln_bias, eps, dilation)

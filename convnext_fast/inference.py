@@ -40,8 +40,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import backend, capabilities
+from . import backend, capabilities, direct_block
 from .cuda_graph import GraphedForward
+from .direct_block import DirectCalls
 from .dwconv_ln import dwconv_layer_norm
 from .kernels.layout import device_guard, empty_channels_last
 from .layers import DepthwiseConv2d, LayerNorm2d
@@ -156,14 +157,31 @@ class FoldedBlock(_InferenceOnly):
         k = conv.weight.shape[-1]
         self.one_kernel_ok = (grn is None and self.dilation == 1
                               and not capabilities.reason("folded_block", "triton", c=c, k=k))
+        self._direct = DirectCalls()
 
     def forward(self, x: Tensor) -> Tensor:
+        key = DirectCalls.key(x)
+        if key in self._direct:  # a CPU call like one before: the kernels the routes chose then
+            return direct_block.forward(x, self.dw_weight, self.dw_bias, self.ln_ones, self.ln_zeros, self.eps,
+                                        self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias, None)
         if self.one_kernel_ok and _one_kernel(x, self.dw_weight.shape[-1]):
             return block_fwd(x, self.dw_weight, self.dw_bias, self.eps, self.fc1_weight, self.fc1_bias,
                              self.fc2_weight, self.fc2_bias)
         y = dwconv_layer_norm(x, self.dw_weight, self.dw_bias, self.ln_ones, self.ln_zeros, self.eps, self.dilation)
-        return pointwise_mlp(y, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias, shortcut=x,
-                             grn_weight=self.grn_weight, grn_bias=self.grn_bias, grn_eps=self.grn_eps)
+        out = pointwise_mlp(y, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias, shortcut=x,
+                            grn_weight=self.grn_weight, grn_bias=self.grn_bias, grn_eps=self.grn_eps)
+        if self.dilation == 1 and self.grn_weight is None:
+            self._direct.learn(key, x, self.dw_weight, self.ln_ones, self.fc1_weight, self.fc2_weight, self.dw_bias,
+                               self.ln_zeros, self.fc1_bias, self.fc2_bias)
+        return out
+
+    def _apply(self, fn, recurse: bool = True):
+        self._direct.clear()  # moved weights: the next call goes through the routes again
+        return super()._apply(fn, recurse)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_direct", DirectCalls())  # a block pickled before the memo existed
 
     def extra_repr(self) -> str:
         return f"{self.dw_weight.shape[0]}, kernel_size={self.dw_weight.shape[-1]}, grn={self.grn_weight is not None}"

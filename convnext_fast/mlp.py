@@ -265,6 +265,12 @@ class PointwiseMlpFunction(torch.autograd.Function):
                 *tail)
 
 
+def resolve(x: Tensor, fc1_weight: Tensor, fc2_weight: Tensor, shortcut: Optional[Tensor]) -> tuple[str, str]:
+    """(the forward's backend, the backend asked for) of a call on ``x`` with these weights."""
+    n, c, h, w = x.shape
+    return resolve_forward(OP, x, (n, c, h, w, fc1_weight.shape[0]), fc1_weight, fc2_weight, shortcut, c=c)
+
+
 def pointwise_mlp(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2_weight: Tensor,
                   fc2_bias: Optional[Tensor], *, gamma: Optional[Tensor] = None, shortcut: Optional[Tensor] = None,
                   grn_weight: Optional[Tensor] = None, grn_bias: Optional[Tensor] = None,
@@ -313,7 +319,7 @@ def pointwise_mlp(x: Tensor, fc1_weight: Tensor, fc1_bias: Optional[Tensor], fc2
                 grn_eps)
     n, c, h, w = x.shape
     # A backend asked for by name without a kernel for this call gets "reference": the composite.
-    backend, requested = resolve_forward(OP, x, (n, c, h, w, hd), fc1_weight, fc2_weight, shortcut, c=c)
+    backend, requested = resolve(x, fc1_weight, fc2_weight, shortcut)
     if backend == "reference" or needs_reference() or grn_weight is not None or hd == 0 or needs_graph(drop_scale):
         return mlp_composite(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, gamma, shortcut, grn_weight, grn_bias,
                              drop_scale, float(grn_eps))

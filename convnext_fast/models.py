@@ -30,6 +30,8 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.fx import Proxy
 
+from . import direct_block
+from .direct_block import DirectCalls
 from .dwconv_ln import dwconv_layer_norm
 from .mlp import pointwise_mlp
 from .fused_elementwise import (drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu,
@@ -202,6 +204,15 @@ class ConvNeXtBlock(FxLeafScripting, nn.Module):
         else:
             self.gamma = None
         self.drop_path = float(drop_path)
+        self._direct = DirectCalls()
+
+    def _apply(self, fn, recurse: bool = True):
+        self._direct.clear()  # moved or cast parameters: the next call goes through the routes again
+        return super()._apply(fn, recurse)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_direct", DirectCalls())  # a block pickled before the memo existed
 
     def forward(self, x: Tensor) -> Tensor:
         if isinstance(x, Proxy):
@@ -212,10 +223,14 @@ class ConvNeXtBlock(FxLeafScripting, nn.Module):
             y = mlp(norm(conv(x)).permute(0, 2, 3, 1))
             scale = drop_path_scale(y, self.drop_path, self.training)
             return layer_scale_residual(y, self.gamma, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
+        fc1, fc2, grn, gamma = mlp.fc1, mlp.fc2, mlp.grn, self.gamma
+        key = None if self.training and self.drop_path else DirectCalls.key(x)
+        if key in self._direct:  # a CPU inference call like one before: the kernels the routes chose then
+            return direct_block.forward(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, fc1.weight,
+                                        fc1.bias, fc2.weight, fc2.bias, gamma)
         dt = _compute_dtype(x)
         y = dwconv_layer_norm(_cast(x, dt), _cast_param(conv.weight, dt), _cast_param(conv.bias, dt),
                               _cast_param(norm.weight, dt), _cast_param(norm.bias, dt), norm.eps, conv.dilation[0])
-        fc1, fc2, grn, gamma = mlp.fc1, mlp.fc2, mlp.grn, self.gamma
         scale = drop_path_scale(y, self.drop_path, self.training)
         args = (y, _cast_param(fc1.weight, dt), _cast_param(fc1.bias, dt), _cast_param(fc2.weight, dt),
                 _cast_param(fc2.bias, dt))
@@ -225,7 +240,11 @@ class ConvNeXtBlock(FxLeafScripting, nn.Module):
         # route gives that call to PyTorch's composite.
         if x.dtype == dt and (gamma is None or gamma.dtype == dt):
             # One dtype (no autocast, or parameters already in it): the residual add is the kernel's epilogue.
-            return pointwise_mlp(*args, gamma=gamma, shortcut=x, drop_scale=scale, **grn_args)
+            out = pointwise_mlp(*args, gamma=gamma, shortcut=x, drop_scale=scale, **grn_args)
+            if grn is None and conv.dilation[0] == 1:
+                self._direct.learn(key, x, conv.weight, norm.weight, fc1.weight, fc2.weight, conv.bias, norm.bias,
+                                   fc1.bias, fc2.bias, gamma)
+            return out
         # Autocast over float32 parameters: the residual add follows PyTorch's type promotion, as
         # timm's block does (a float32 gamma keeps the residual stream in float32).
         y = pointwise_mlp(*args, **grn_args).permute(0, 2, 3, 1)

@@ -12,6 +12,9 @@ Each op module (``depthwise_conv.py``, ``layer_norm.py``, ``dwconv_ln.py``,
                                             eager mode and the registered ops (``convnext_fast::*``)
                                             under torch.compile, export, dispatch modes and subclasses
 
+In CPU inference a ConvNeXt block may call the kernels its two ops' routes chose for an earlier
+input of the same signature without going through the routes again (``direct_block.py``).
+
 Double backward runs through the same Function: when its backward is itself recorded
 (``create_graph=True``), it differentiates the reference instead of calling the backward kernel.
 """
@@ -28,7 +31,8 @@ from .autotune import may_measure
 from .backend import requested_backend, resolve
 
 __all__ = ["FLOAT_DTYPES", "MAX_KERNEL_SIZE", "check_x", "check_params", "check_eps", "check_dw", "check_ln",
-           "direct_ok", "needs_graph", "needs_reference", "reference_backward", "resolve_forward", "resolve_backward"]
+           "direct_ok", "plain_eager", "needs_graph", "needs_reference", "reference_backward", "resolve_forward",
+           "resolve_backward"]
 
 MAX_KERNEL_SIZE = 31
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -100,14 +104,19 @@ def direct_ok(*tensors: Optional[Tensor]) -> bool:
     FlopCounterMode, ...) or TorchFunctionMode (``with torch.device(...)``), and for tensor
     subclasses: each of those has to see the registered op. ``nn.Parameter`` is a plain tensor here.
     """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    if torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled():
+    if not plain_eager():
         return False
     for t in tensors:
         if t is not None and type(t) not in _PLAIN:
             return False
     return True
+
+
+def plain_eager() -> bool:
+    """False under torch.compile / export tracing, TorchScript tracing, any TorchDispatchMode or
+    TorchFunctionMode: what :func:`direct_ok` asks of the call's context, before its tensors."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() > 0
+                or torch._C._is_torch_function_mode_enabled())
 
 
 def needs_graph(*tensors: Optional[Tensor]) -> bool:
