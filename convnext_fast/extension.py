@@ -102,13 +102,13 @@ def _nhwc(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def _like(x: Tensor) -> Tensor:
-    """An uninitialized channels_last tensor of x's shape and dtype for a kernel's output: on the CPU
-    from the extension's output pool (``csrc/cpu_output_pool.cpp``: large outputs reuse the blocks
-    of freed ones instead of fresh, page-faulting memory)."""
+def _like(x: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """An uninitialized channels_last tensor of x's shape and dtype (or ``dtype``) for a kernel's
+    output: on the CPU from the extension's output pool (``csrc/cpu_output_pool.cpp``: large outputs
+    reuse the blocks of freed ones instead of fresh, page-faulting memory)."""
     if x.device.type == "cpu" and hasattr(_ext(), "empty_pooled_like"):
-        return _ext().empty_pooled_like(x)
-    return empty_channels_last(x.shape, x.dtype, x.device)
+        return _ext().empty_pooled_like(x, dtype)
+    return empty_channels_last(x.shape, dtype or x.dtype, x.device)
 
 
 def release_cpu_memory() -> int:
@@ -212,6 +212,25 @@ def mlp_forward(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Opt
     out, h = _cpu_only_ext().mlp_forward(x, w1, b1, w2, b2, gamma, shortcut, sample_scale,
                                          int(rows_per_sample), bool(save_hidden))
     return out, h
+
+
+def mlp_forward_promoted(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],
+                         gamma: Optional[Tensor], shortcut: Tensor) -> Tensor:
+    """Autocast inference's block tail on the CPU (``csrc/cpu_mlp.cpp``): a float32 residual stream
+    over the bfloat16 MLP, ``out = shortcut + gamma * MLP(x)`` in float32 with one rounding, the bits
+    of ``mlp_forward`` then ``torch.addcmul(shortcut, out, gamma)``, without the branch's round trip
+    through memory.
+
+    Args:
+        x: (M, C) bfloat16 token rows; w1, b1, w2, b2: the MLP's bfloat16 weights (see
+            :func:`mlp_forward`).
+        gamma: float32 layer scale (C,) or None.
+        shortcut: (M, C) float32 or bfloat16 rows, contiguous rows.
+
+    Returns:
+        (M, C) float32, a new tensor.
+    """
+    return _cpu_only_ext().mlp_forward_promoted(x, w1, b1, w2, b2, gamma, shortcut)
 
 
 def mlp_backward(grad_out: Tensor, x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor],

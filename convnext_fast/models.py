@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.fx import Proxy
 
 from . import direct_block
-from .direct_block import DirectCalls
+from .direct_block import DirectCalls, usable
 from .dwconv_ln import dwconv_layer_norm
 from .mlp import pointwise_mlp
 from .fused_elementwise import (drop_path_scale, global_response_norm, layer_scale_residual, linear_gelu,
@@ -225,30 +225,38 @@ class ConvNeXtBlock(FxLeafScripting, nn.Module):
             return layer_scale_residual(y, self.gamma, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
         fc1, fc2, grn, gamma = mlp.fc1, mlp.fc2, mlp.grn, self.gamma
         key = None if self.training and self.drop_path else DirectCalls.key(x)
-        if key in self._direct:  # a CPU inference call like one before: the kernels the routes chose then
-            return direct_block.forward(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, fc1.weight,
-                                        fc1.bias, fc2.weight, fc2.bias, gamma)
         dt = _compute_dtype(x)
-        y = dwconv_layer_norm(_cast(x, dt), _cast_param(conv.weight, dt), _cast_param(conv.bias, dt),
-                              _cast_param(norm.weight, dt), _cast_param(norm.bias, dt), norm.eps, conv.dilation[0])
+        one_dtype = x.dtype == dt and (gamma is None or gamma.dtype == dt)
+        # The parameters in the dtype the block computes in (themselves unless autocast casts them).
+        dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2 = [_cast_param(p, dt) for p in (
+            conv.weight, conv.bias, norm.weight, norm.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias)]
+        if key in self._direct:  # a CPU inference call like one before: the kernels the routes chose then
+            if one_dtype:
+                return direct_block.forward(x, dw_w, dw_b, ln_w, ln_b, norm.eps, w1, b1, w2, b2, gamma)
+            return direct_block.forward_promoted(x, dt, dw_w, dw_b, ln_w, ln_b, norm.eps, w1, b1, w2, b2, gamma)
+        xc = _cast(x, dt)
+        y = dwconv_layer_norm(xc, dw_w, dw_b, ln_w, ln_b, norm.eps, conv.dilation[0])
         scale = drop_path_scale(y, self.drop_path, self.training)
-        args = (y, _cast_param(fc1.weight, dt), _cast_param(fc1.bias, dt), _cast_param(fc2.weight, dt),
-                _cast_param(fc2.bias, dt))
         grn_args = {} if grn is None else dict(grn_weight=_cast_param(grn.weight, dt),
                                                grn_bias=_cast_param(grn.bias, dt), grn_eps=grn.eps)
         # A backend asked for by name that has no MLP kernel still runs the model: pointwise_mlp's
         # route gives that call to PyTorch's composite.
-        if x.dtype == dt and (gamma is None or gamma.dtype == dt):
+        if one_dtype:
             # One dtype (no autocast, or parameters already in it): the residual add is the kernel's epilogue.
-            out = pointwise_mlp(*args, gamma=gamma, shortcut=x, drop_scale=scale, **grn_args)
-            if grn is None and conv.dilation[0] == 1:
-                self._direct.learn(key, x, conv.weight, norm.weight, fc1.weight, fc2.weight, conv.bias, norm.bias,
-                                   fc1.bias, fc2.bias, gamma)
-            return out
-        # Autocast over float32 parameters: the residual add follows PyTorch's type promotion, as
-        # timm's block does (a float32 gamma keeps the residual stream in float32).
-        y = pointwise_mlp(*args, **grn_args).permute(0, 2, 3, 1)
-        return layer_scale_residual(y, gamma, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
+            out = pointwise_mlp(y, w1, b1, w2, b2, gamma=gamma, shortcut=x, drop_scale=scale, **grn_args)
+            direct_ok = True
+        else:
+            # Autocast over float32 parameters: the residual add follows PyTorch's type promotion, as
+            # timm's block does (a float32 gamma keeps the residual stream in float32).
+            z = pointwise_mlp(y, w1, b1, w2, b2, **grn_args).permute(0, 2, 3, 1)
+            out = layer_scale_residual(z, gamma, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
+            # The direct call's kernel computes that tail for a bfloat16 branch over a float32 or
+            # bfloat16 stream and a float32 (or no) layer scale.
+            direct_ok = (dt == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
+                         and usable(gamma, torch.float32) and usable(x, x.dtype))
+        if grn is None and conv.dilation[0] == 1 and direct_ok:
+            self._direct.learn(key, xc, dw_w, ln_w, w1, w2, dw_b, ln_b, b1, b2, gamma if one_dtype else None)
+        return out
 
     def extra_repr(self) -> str:
         return f"drop_path={self.drop_path}" if self.drop_path else ""

@@ -69,6 +69,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -333,6 +334,34 @@ CFM_AI void gelu_bwd_impl(const T* h, float* ga, float* a, int64_t rows, int64_t
 
 using BF = c10::BFloat16;
 
+inline float bf16_to_float(uint16_t bits) {
+  const uint32_t u = uint32_t(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// A float32 residual stream over a bf16 branch, as PyTorch's addcmul computes it (one rounding):
+// out = fma(z, gamma, shortcut) over rows of C (z: bf16 bits; shortcut: float32, or bf16 bits).
+// Scalar code on purpose: std::fma is exact everywhere, and vectorizes where the ISA has FMA.
+template <class S>
+CFM_AI void promoted_residual_impl(const uint16_t* z, int64_t ldz, const S* sc, int64_t ldsc, const float* gamma,
+                                   int64_t rows, int64_t C, float* out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* zr = z + r * ldz;
+    const S* sr = sc + r * ldsc;
+    float* o = out + r * ldo;
+    for (int64_t c = 0; c < C; ++c) {
+      float s;
+      if constexpr (std::is_same_v<S, float>)
+        s = sr[c];
+      else
+        s = bf16_to_float(sr[c]);
+      o[c] = std::fma(bf16_to_float(zr[c]), gamma[c], s);
+    }
+  }
+}
+
 struct MlpOps {
   void (*transpose)(const float*, int64_t, int64_t, int64_t, float*, int64_t);
   void (*bias_gelu_t)(float*, int64_t, int64_t, int64_t, const float*, float*, int64_t);
@@ -347,6 +376,10 @@ struct MlpOps {
   void (*scale_colsum_bf16)(const BF*, int64_t, int64_t, int64_t, const float*, float*, float*);
   void (*gelu_bwd_f32)(const float*, float*, float*, int64_t, int64_t, float*);
   void (*gelu_bwd_bf16)(const BF*, float*, float*, int64_t, int64_t, float*);
+  void (*promoted_residual_f32)(const uint16_t*, int64_t, const float*, int64_t, const float*, int64_t, int64_t,
+                                float*, int64_t);
+  void (*promoted_residual_bf16)(const uint16_t*, int64_t, const uint16_t*, int64_t, const float*, int64_t, int64_t,
+                                 float*, int64_t);
 };
 
 #define CFM_DEFINE_OPS(NAME, ATTR, V)                                                                          \
@@ -387,9 +420,18 @@ struct MlpOps {
   ATTR void gelu_bwd_bf16_##NAME(const BF* h, float* ga, float* a, int64_t rows, int64_t n, float* cs) {        \
     gelu_bwd_impl<V>(h, ga, a, rows, n, cs);                                                                   \
   }                                                                                                            \
+  ATTR void promoted_residual_f32_##NAME(const uint16_t* z, int64_t ldz, const float* sc, int64_t ldsc,         \
+                                         const float* g, int64_t rows, int64_t C, float* o, int64_t ldo) {       \
+    promoted_residual_impl(z, ldz, sc, ldsc, g, rows, C, o, ldo);                                              \
+  }                                                                                                            \
+  ATTR void promoted_residual_bf16_##NAME(const uint16_t* z, int64_t ldz, const uint16_t* sc, int64_t ldsc,     \
+                                          const float* g, int64_t rows, int64_t C, float* o, int64_t ldo) {      \
+    promoted_residual_impl(z, ldz, sc, ldsc, g, rows, C, o, ldo);                                              \
+  }                                                                                                            \
   const MlpOps mlp_ops_##NAME = {transpose_##NAME,        bias_gelu_t_##NAME,      epilogue_t_##NAME,          \
                                  gelu_bf16_##NAME,        epilogue_f32_##NAME,     epilogue_bf16_##NAME,    scale_colsum_f32_##NAME,    \
-                                 scale_colsum_bf16_##NAME, gelu_bwd_f32_##NAME,    gelu_bwd_bf16_##NAME};
+                                 scale_colsum_bf16_##NAME, gelu_bwd_f32_##NAME,    gelu_bwd_bf16_##NAME,       \
+                                 promoted_residual_f32_##NAME, promoted_residual_bf16_##NAME};
 
 CFV_FOR_EACH_ISA(CFM_DEFINE_OPS)
 
@@ -598,6 +640,21 @@ bool f32_on_onednn(int64_t M, bool save_hidden) {
   return !save_hidden && M < kOneDnnMaxRowsF32 && onednn_linear_available();
 }
 
+// The MLP on oneDNN's prepacked GEMMs (onednn_linear) in row chunks: fc1 with GELU as its post-op,
+// fc2 with its bias (and `add` as a binary-add post-op when given); done(r0, rows, part) takes each
+// chunk's (rows, C) output, in row order.
+template <class T, class Done>
+void onednn_chunks(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
+                   const OptTensor& add, const Dims& d, const Done& done) {
+  const Tensor xc = x.contiguous(), p1 = onednn_weight(w1), p2 = onednn_weight(w2);
+  const int64_t chunk = std::max<int64_t>(256, kHiddenChunkBytes / (d.Hd * static_cast<int64_t>(sizeof(T))));
+  for (int64_t r0 = 0; r0 < d.M; r0 += chunk) {
+    const int64_t rows = std::min(chunk, d.M - r0);
+    const Tensor a = onednn_linear(xc.narrow(0, r0, rows), p1, b1, /*gelu=*/true);
+    done(r0, rows, add ? onednn_linear_add(a, add->narrow(0, r0, rows), p2, b2) : onednn_linear(a, p2, b2, false));
+  }
+}
+
 // The forward without a saved h on oneDNN's prepacked GEMMs with fused post-ops (onednn_linear),
 // in row chunks. With no layer scale and no per-sample scale (inference of a folded block) fc2 adds
 // the shortcut itself; otherwise the epilogue pass applies them (fc2's bias is already in its output).
@@ -607,22 +664,14 @@ void forward_onednn(const Tensor& x, const Tensor& w1, const OptTensor& b1, cons
                     int64_t rps, const Dims& d, Tensor& out) {
   const int64_t M = d.M, C = d.C, Hd = d.Hd;
   const bool plain_epilogue = s == nullptr && std::all_of(gamma.begin(), gamma.end(), [](float g) { return g == 1.f; });
-  const Tensor xc = x.contiguous(), p1 = onednn_weight(w1), p2 = onednn_weight(w2);
   const OptTensor sc = shortcut ? OptTensor(shortcut->contiguous()) : OptTensor();
-  const auto mlp_rows = [&](int64_t r0, int64_t rows) {
-    const Tensor a = onednn_linear(xc.narrow(0, r0, rows), p1, b1, /*gelu=*/true);
-    return plain_epilogue && sc ? onednn_linear_add(a, sc->narrow(0, r0, rows), p2, b2)
-                                : onednn_linear(a, p2, b2, /*gelu=*/false);
-  };
-  const int64_t chunk = std::max<int64_t>(256, kHiddenChunkBytes / (Hd * static_cast<int64_t>(sizeof(T))));
-  if (chunk >= M) {
-    out = mlp_rows(0, M);
-  } else {
-    for (int64_t r0 = 0; r0 < M; r0 += chunk) {
-      const int64_t rows = std::min(chunk, M - r0);
-      out.narrow(0, r0, rows).copy_(mlp_rows(r0, rows));
-    }
-  }
+  onednn_chunks<T>(x, w1, b1, w2, b2, plain_epilogue ? sc : OptTensor(), d,
+                   [&](int64_t r0, int64_t rows, const Tensor& part) {
+                     if (rows == M)
+                       out = part;
+                     else
+                       out.narrow(0, r0, rows).copy_(part);
+                   });
   if (plain_epilogue) return;
   const std::vector<float> zeros(static_cast<size_t>(C), 0.f);  // fc2's bias is in out already
   epilogue_rows<T>(out.data_ptr<T>(), M, C, zeros.data(), gamma, s, rps, sc ? sc->data_ptr<T>() : nullptr, C);
@@ -783,6 +832,52 @@ std::tuple<Tensor, OptTensor> mlp_forward(const Tensor& x, const Tensor& w1, con
     forward_bf16_via_f32(x, w1, b1, w2, b2, gvec, shortcut, s, rows_per_sample, d, out, hsave);
   }
   return {out, hsave};
+}
+
+Tensor mlp_forward_promoted(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
+                            const OptTensor& b2, const OptTensor& gamma, const Tensor& shortcut) {
+  const Dims d = check_inputs(x, w1, b1, w2, b2, OptTensor(), OptTensor(), 1);
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "convnext_fast mlp (CPU): the promoted forward takes bfloat16 x, got ",
+              x.scalar_type());
+  TORCH_CHECK(shortcut.scalar_type() == at::kFloat || shortcut.scalar_type() == at::kBFloat16,
+              "convnext_fast mlp (CPU): shortcut must be float32 or bfloat16, got ", shortcut.scalar_type());
+  check_rows(shortcut, "shortcut", d.M, d.C, shortcut);
+  if (gamma) {
+    TORCH_CHECK(gamma->scalar_type() == at::kFloat && gamma->dim() == 1 && gamma->size(0) == d.C && gamma->is_cpu(),
+                "convnext_fast mlp (CPU): gamma must be a float32 (C,) CPU tensor with C=", d.C, ", got ",
+                gamma->scalar_type(), " of shape ", gamma->sizes());
+  }
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  Tensor out = empty_pooled({d.M, d.C}, at::kFloat);
+  if (d.M == 0) return out;
+  const std::vector<float> g = vec_f32(gamma, d.C, 1.f);
+  const MlpOps& o = ops();
+  const bool f32_sc = shortcut.scalar_type() == at::kFloat;
+  const int64_t ldsc = row_stride(shortcut);
+  // out rows [r0, r0 + rows) from the branch's rows z (bf16, row stride d.C).
+  const auto residual = [&](int64_t r0, int64_t rows, const Tensor& z) {
+    const uint16_t* zb = reinterpret_cast<const uint16_t*>(z.data_ptr<BF>());
+    at::parallel_for(0, (rows + kBwdRows - 1) / kBwdRows, 1, [&](int64_t first, int64_t last) {
+      for (int64_t b = first; b < last; ++b) {
+        const int64_t q0 = b * kBwdRows, n = std::min(kBwdRows, rows - q0), r = r0 + q0;
+        float* dst = out.data_ptr<float>() + r * d.C;
+        if (f32_sc)
+          o.promoted_residual_f32(zb + q0 * d.C, d.C, shortcut.data_ptr<float>() + r * ldsc, ldsc, g.data(), n, d.C,
+                                  dst, d.C);
+        else
+          o.promoted_residual_bf16(zb + q0 * d.C, d.C,
+                                   reinterpret_cast<const uint16_t*>(shortcut.data_ptr<BF>()) + r * ldsc, ldsc,
+                                   g.data(), n, d.C, dst, d.C);
+      }
+    });
+  };
+  if (native_bf16_dot() && onednn_linear_available()) {
+    onednn_chunks<BF>(x, w1, b1, w2, b2, OptTensor(), d, residual);  // each chunk's branch still in cache
+  } else {
+    const Tensor z = std::get<0>(mlp_forward(x, w1, b1, w2, b2, OptTensor(), OptTensor(), OptTensor(), 1, false));
+    residual(0, d.M, z);
+  }
+  return out;
 }
 
 std::tuple<Tensor, Tensor, OptTensor, Tensor, OptTensor, OptTensor> mlp_backward(

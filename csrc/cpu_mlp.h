@@ -26,6 +26,15 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> mlp_forward(
     const c10::optional<at::Tensor>& shortcut, const c10::optional<at::Tensor>& sample_scale,
     int64_t rows_per_sample, bool save_hidden);
 
+// Inference under autocast, where the residual stream is float32 and the branch bfloat16: out (M, C)
+// float32 = shortcut + gamma * z, z the MLP's bfloat16 output (no layer scale, no shortcut), as
+// PyTorch's addcmul computes it (one rounding). x and the weights bfloat16; gamma float32 (C,) or
+// None; shortcut (M, C) float32 or bfloat16 rows. The same z as mlp_forward's, so the same bits as
+// mlp_forward followed by torch.addcmul(shortcut, z, gamma).
+at::Tensor mlp_forward_promoted(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                                const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                                const c10::optional<at::Tensor>& gamma, const at::Tensor& shortcut);
+
 // Returns (gx, gw1, gb1, gw2, gb2, ggamma), None for an absent optional input. h: the forward's
 // pre-activation (M, Hd) or None (recomputed). grad_out (M, C) of x's dtype, any strides.
 std::tuple<at::Tensor, at::Tensor, c10::optional<at::Tensor>, at::Tensor, c10::optional<at::Tensor>,

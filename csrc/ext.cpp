@@ -370,17 +370,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("b1"), pybind11::arg("w2"), pybind11::arg("b2"), pybind11::arg("gamma"),
         pybind11::arg("shortcut"), pybind11::arg("sample_scale"), pybind11::arg("rows_per_sample"),
         pybind11::arg("save_hidden"));
+  m.def("mlp_forward_promoted", &convnext_fast_cpu::mlp_forward_promoted,
+        "float32 out <- shortcut + gamma * (the bf16 MLP's output), one rounding (autocast inference)",
+        pybind11::arg("x"), pybind11::arg("w1"), pybind11::arg("b1"), pybind11::arg("w2"), pybind11::arg("b2"),
+        pybind11::arg("gamma"), pybind11::arg("shortcut"));
   m.def("mlp_backward", &convnext_fast_cpu::mlp_backward, "(gx, gw1, gb1, gw2, gb2, ggamma) <- MLP backward",
         pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("w1"), pybind11::arg("b1"), pybind11::arg("w2"),
         pybind11::arg("b2"), pybind11::arg("gamma"), pybind11::arg("sample_scale"), pybind11::arg("rows_per_sample"),
         pybind11::arg("h"));
   m.def(
       "empty_pooled_like",
-      [](const Tensor& x) {
-        return convnext_fast_cpu::empty_pooled(x.sizes(), x.scalar_type(), at::MemoryFormat::ChannelsLast);
+      [](const Tensor& x, c10::optional<at::ScalarType> dtype) {
+        return convnext_fast_cpu::empty_pooled(x.sizes(), dtype.value_or(x.scalar_type()),
+                                               at::MemoryFormat::ChannelsLast);
       },
-      "an uninitialized channels_last CPU tensor of the 4-D x's shape and dtype, from the output pool",
-      pybind11::arg("x"));
+      "an uninitialized channels_last CPU tensor of the 4-D x's shape and dtype (or dtype), from the output pool",
+      pybind11::arg("x"), pybind11::arg("dtype") = pybind11::none());
   m.def("release_pooled_memory", &convnext_fast_cpu::release_pooled_memory,
         "frees the blocks the output pool keeps; returns the bytes freed");
   m.def("cpu_bf16_compute", &convnext_fast_cpu::bf16_compute,

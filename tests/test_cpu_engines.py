@@ -193,6 +193,11 @@ def test_bf16_mlp_falls_back_to_fp32_compute_without_avx512_bf16():
             out2, _ = extension.mlp_forward(x, w1, b1, w2, b2, gamma, sc, None, M, False)
             ref2, _ = extension.mlp_forward(f(x), f(w1), f(b1), f(w2), f(b2), f(gamma), f(sc), None, M, False)
             assert torch.equal(out2, ref2.bfloat16()) and not torch.equal(out2, out), M
+            # autocast's block tail over the widened MLP: still the MLP's output, then addcmul
+            z, _ = extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, M, False)
+            for shortcut in (f(sc), sc):
+                tail = extension.mlp_forward_promoted(x, w1, b1, w2, b2, f(gamma), shortcut)
+                assert torch.equal(tail, torch.addcmul(shortcut, z, f(gamma))), M
         print("ok")
     """)
     env = dict(os.environ, CONVNEXT_FAST_CPU_ISA="avx2", ONEDNN_MAX_CPU_ISA="AVX2")

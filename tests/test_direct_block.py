@@ -21,18 +21,28 @@ pytestmark = pytest.mark.skipif(bool(cpu_kernel_unavailable("mlp_forward")),
 C = 16
 
 
-@pytest.fixture
-def direct_calls(monkeypatch):
-    """Counts the calls that went straight to the kernels."""
+def _count(monkeypatch, name: str) -> list:
     calls = []
-    forward = direct_block.forward
+    forward = getattr(direct_block, name)
 
     def counted(*args):
         calls.append(args[0].shape)
         return forward(*args)
 
-    monkeypatch.setattr(direct_block, "forward", counted)
+    monkeypatch.setattr(direct_block, name, counted)
     return calls
+
+
+@pytest.fixture
+def direct_calls(monkeypatch):
+    """Counts the calls that went straight to the kernels (in one dtype)."""
+    return _count(monkeypatch, "forward")
+
+
+@pytest.fixture
+def promoted_calls(monkeypatch):
+    """Counts the direct calls under autocast (a bf16 branch over a float32 stream)."""
+    return _count(monkeypatch, "forward_promoted")
 
 
 def _block(dtype=torch.float32, **kwargs) -> ConvNeXtBlock:
@@ -123,7 +133,7 @@ def test_contexts_that_change_the_route_leave_the_direct_call(context, direct_ca
             assert torch.allclose(out, block(x), rtol=1e-5, atol=1e-5)
         assert len(direct_calls) == 1  # only the call after the context
         return
-    if context == "autocast":
+    if context == "autocast":  # another dtype to compute in: another signature, the routes first
         with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
             out = block(x)
         assert out.dtype == torch.float32  # timm's promotion: the residual stream stays float32
@@ -250,3 +260,48 @@ def test_reference_math_of_the_direct_call():
         expected = reference.pointwise_mlp(y, p["mlp.fc1.weight"], p["mlp.fc1.bias"], p["mlp.fc2.weight"],
                                            p["mlp.fc2.bias"], gamma=p["gamma"]) + xd
     assert torch.allclose(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=["f32_stream", "bf16_input"])
+@pytest.mark.parametrize("ls_init_value", [0.5, None], ids=["gamma", "no_gamma"])
+def test_autocast_direct_call_gives_the_routes_bits(x_dtype, ls_init_value, promoted_calls, direct_calls):
+    """Under autocast the branch runs in bf16 and the stream stays float32 (timm's promotion): the
+    direct call (the cast of x into the pool, the two kernels, the residual in the MLP's chunks)
+    gives the bits of the route's cast, ops and ``torch.addcmul``. A bf16 input without a layer
+    scale is one dtype throughout: the one-dtype direct call."""
+    block, x = _block(ls_init_value=ls_init_value), _x(x_dtype)
+    with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
+        first = block(x)
+        second = block(x)
+    one_dtype = x_dtype == torch.bfloat16 and ls_init_value is None
+    assert (direct_calls, promoted_calls) == (([x.shape], []) if one_dtype else ([], [x.shape]))
+    assert torch.equal(first, second)
+    assert second.dtype == (torch.bfloat16 if one_dtype else torch.float32)
+    with torch.no_grad():
+        expected = block(x.double())
+    assert torch.allclose(second.double(), expected, rtol=3e-2, atol=3e-2)
+
+
+def test_autocast_model_forwards_repeat_their_bits(promoted_calls):
+    model = convnext_fast.convnext_atto(num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", torch.bfloat16), torch.inference_mode():
+        first = model(x)
+        assert promoted_calls == []
+        second = model(x)
+    assert len(promoted_calls) == sum(len(s.blocks) for s in model.stages)
+    assert torch.equal(first, second)
+
+
+def test_autocast_in_place_parameter_updates_are_seen(promoted_calls):
+    """The kept bf16 casts of the parameters are made again after an in-place change."""
+    block, x = _block(), _x()
+    with torch.autocast("cpu", torch.bfloat16), torch.no_grad():
+        block(x)
+        block.mlp.fc1.weight.mul_(-1.5)
+        block.gamma.add_(1.0)
+        out = block(x)
+        assert len(promoted_calls) == 1
+        block._direct.clear()
+        expected = block(x)  # through the routes
+    assert torch.equal(out, expected)

@@ -276,3 +276,37 @@ def test_bf16_inference_in_row_chunks(terms):
     out64, _, _ = reference_run(p, s, None, torch.float64, with_grad=False)
     lowp, _, _ = reference_run(p, s, None, torch.bfloat16, with_grad=False)
     assert_matches_reference(out, out64, lowp, name="out")
+
+
+@pytest.mark.parametrize("shortcut_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_gamma", [True, False], ids=["gamma", "no_gamma"])
+@pytest.mark.parametrize("m", [37, 1300])
+def test_promoted_forward_is_the_mlp_then_addcmul(shortcut_dtype, with_gamma, m, threads):
+    """Autocast's block tail (``mlp_forward_promoted``): a float32 stream over the bf16 MLP has the
+    bits of the MLP's bf16 output followed by ``torch.addcmul`` (one rounding), over one row chunk
+    and over several (Hd = 4096: chunks of 512 rows), with a shortcut of strided rows."""
+    g = torch.Generator().manual_seed(m)
+    C, Hd = 16, 4096
+    bf = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).bfloat16()  # noqa: E731
+    x, w1, b1, w2, b2 = bf(m, C), bf(Hd, C, scale=0.25), bf(Hd), bf(C, Hd, scale=0.02), bf(C)
+    gamma = torch.randn(C, generator=g) * 0.1 if with_gamma else None
+    shortcut = torch.randn(m, 2 * C, generator=g).to(shortcut_dtype)[:, 3:3 + C]  # row stride 2C
+    z, _ = extension.mlp_forward(x, w1, b1, w2, b2, None, None, None, m, False)
+    expected = torch.addcmul(shortcut, z, gamma) if with_gamma else shortcut.float() + z.float()
+    out = extension.mlp_forward_promoted(x, w1, b1, w2, b2, gamma, shortcut)
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.equal(out, expected), (out - expected).abs().max()
+
+
+def test_promoted_forward_errors_name_the_numbers():
+    C, Hd, m = 8, 32, 5
+    x, w1, w2 = torch.randn(m, C).bfloat16(), torch.randn(Hd, C).bfloat16(), torch.randn(C, Hd).bfloat16()
+    sc = torch.randn(m, C)
+    with pytest.raises(RuntimeError, match="bfloat16 x"):
+        extension.mlp_forward_promoted(x.float(), w1.float(), None, w2.float(), None, None, sc)
+    with pytest.raises(RuntimeError, match="float32 \\(C,\\).*C=8"):
+        extension.mlp_forward_promoted(x, w1, None, w2, None, torch.randn(C).bfloat16(), sc)
+    with pytest.raises(RuntimeError, match="shortcut must have shape \\(M, C\\) = \\(5, 8\\)"):
+        extension.mlp_forward_promoted(x, w1, None, w2, None, None, torch.randn(m + 1, C))
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        extension.mlp_forward_promoted(x, w1, None, w2, None, None, sc.double())
