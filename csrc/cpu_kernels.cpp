@@ -36,6 +36,7 @@
 // depend only on the shape (never on the thread count); each block writes its own partial sums and
 // the partials are added in block order. No atomics, bitwise reproducible.
 #include "cpu_kernels.h"
+#include "cpu_vec.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -537,12 +538,7 @@ CF_AI void ln_bwd_row_impl(const A* z, const A* gy, const A* g, const A* mask, c
 
 // bfloat16 <-> fp32, V lanes at a time, bit for bit what c10::BFloat16 does (widening is a 16-bit
 // shift; narrowing rounds to nearest even, NaN -> 0x7FC0); bf16 travels as its uint16_t bits.
-inline float bf16_bits_to_f32(uint16_t h) {
-  const uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
+using simd::bf16_bits_to_f32;
 
 template <int V>
 CF_AI typename Vec<float, V>::type bf16_to_f32(const uint16_t* p) {

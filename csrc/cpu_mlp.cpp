@@ -334,13 +334,6 @@ CFM_AI void gelu_bwd_impl(const T* h, float* ga, float* a, int64_t rows, int64_t
 
 using BF = c10::BFloat16;
 
-inline float bf16_to_float(uint16_t bits) {
-  const uint32_t u = uint32_t(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
 // A float32 residual stream over a bf16 branch, as PyTorch's addcmul computes it (one rounding):
 // out = fma(z, gamma, shortcut) over rows of C (z: bf16 bits; shortcut: float32, or bf16 bits).
 // Scalar code on purpose: std::fma is exact everywhere, and vectorizes where the ISA has FMA.
@@ -356,8 +349,8 @@ CFM_AI void promoted_residual_impl(const uint16_t* z, int64_t ldz, const S* sc, 
       if constexpr (std::is_same_v<S, float>)
         s = sr[c];
       else
-        s = bf16_to_float(sr[c]);
-      o[c] = std::fma(bf16_to_float(zr[c]), gamma[c], s);
+        s = bf16_bits_to_f32(sr[c]);
+      o[c] = std::fma(bf16_bits_to_f32(zr[c]), gamma[c], s);
     }
   }
 }

@@ -1,6 +1,7 @@
 // Short fixed-width float vectors for the CPU kernels written with GCC / Clang vector extensions
-// (cpu_mlp.cpp, cpu_patch_linear.cpp): V floats per vector, compiled for AVX-512 (V = 16), AVX2 (8)
-// or baseline x86-64 (4) by the caller's target attribute. Loads and stores of n < V elements
+// (cpu_mlp.cpp, cpu_patch_linear.cpp; cpu_kernels.cpp takes only the bf16 widening): V floats per
+// vector, compiled for AVX-512 (V = 16), AVX2 (8) or baseline x86-64 (4) by the caller's target
+// attribute. Loads and stores of n < V elements
 // touch only those n (row tails), so every element of a row gets the same vector arithmetic.
 #pragma once
 
@@ -22,6 +23,14 @@ struct Vec {
   typedef uint32_t u __attribute__((vector_size(V * 4)));
   typedef uint16_t h __attribute__((vector_size(V * 2)));
 };
+
+// One bf16 value (its uint16_t bits) as a float: a 16-bit shift, bit for bit what c10::BFloat16 does.
+inline float bf16_bits_to_f32(uint16_t bits) {
+  const uint32_t u = uint32_t(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
 
 template <class T>
 CFM_AI T bc(float v) {
