@@ -1,8 +1,8 @@
 // Short fixed-width float vectors for the CPU kernels written with GCC / Clang vector extensions
 // (cpu_mlp.cpp, cpu_patch_linear.cpp; cpu_kernels.cpp takes only the bf16 widening): V floats per
 // vector, compiled for AVX-512 (V = 16), AVX2 (8) or baseline x86-64 (4) by the caller's target
-// attribute. Loads and stores of n < V elements
-// touch only those n (row tails), so every element of a row gets the same vector arithmetic.
+// attribute. Loads and stores of n < V elements touch only those n (row tails), so every element
+// of a row gets the same vector arithmetic.
 #pragma once
 
 #include <c10/util/BFloat16.h>
