@@ -13,9 +13,9 @@ as one kernel (``mlp_forward_promoted``: the residual add in the MLP's row chunk
 of the ``torch.addcmul`` the route runs), so it too gives the route's bits.
 
 What can change between two calls with inputs of one signature is checked on every call
-(:meth:`DirectCalls.key`): grad mode with an input that requires grad, tracing, dispatch and
-function modes, torch.func transforms and forward-mode AD; the dtype the block computes in
-(autocast's) and the backend asked for are part of the key. The rest of a route's choice is fixed
+(:meth:`DirectCalls.key`, :meth:`DirectCalls.ready`): grad mode with an input or a weight that
+needs a gradient, tracing, dispatch and function modes, torch.func transforms and forward-mode AD;
+the dtype the block computes in (autocast's) and the backend asked for are part of the key. The rest of a route's choice is fixed
 by the key: on the CPU the backend depends only on the backend asked for, the op, the dtype and the
 sizes; the checks of ``x`` depend on its shape, strides and dtype. The block's weights are read on
 every call and the extension checks their shapes, dtypes, devices and layout again, so a weight
@@ -56,8 +56,13 @@ class DirectCalls:
             return None
         return x.shape, x.stride(), x.dtype, _compute_dtype(x), requested_backend()
 
-    def __contains__(self, key: Optional[tuple]) -> bool:
-        return key is not None and key in self._seen
+    def ready(self, key: Optional[tuple], *weights: Optional[Tensor]) -> bool:
+        """Whether a call with signature ``key`` and these weights may go straight to the kernels:
+        ``key`` was learned, and autograd has nothing to record (grad mode off, or no weight needs a
+        gradient: parameters can be unfrozen between two calls of one signature)."""
+        if key is None or key not in self._seen:
+            return False
+        return not torch.is_grad_enabled() or not any(w is not None and w.requires_grad for w in weights)
 
     def learn(self, key: Optional[tuple], x: Tensor, dw_weight: Tensor, ln_weight: Tensor, fc1_weight: Tensor,
               fc2_weight: Tensor, *others: Optional[Tensor]) -> None:

@@ -161,9 +161,11 @@ class FoldedBlock(_InferenceOnly):
 
     def forward(self, x: Tensor) -> Tensor:
         key = DirectCalls.key(x)
-        if key in self._direct:  # a CPU call like one before: the kernels the routes chose then
-            return direct_block.forward(x, self.dw_weight, self.dw_bias, self.ln_ones, self.ln_zeros, self.eps,
-                                        self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias, None)
+        weights = (self.dw_weight, self.dw_bias, self.ln_ones, self.ln_zeros, self.fc1_weight, self.fc1_bias,
+                   self.fc2_weight, self.fc2_bias)
+        if self._direct.ready(key, *weights):  # a CPU call like one before: the kernels the routes chose then
+            dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2 = weights
+            return direct_block.forward(x, dw_w, dw_b, ln_w, ln_b, self.eps, w1, b1, w2, b2, None)
         if self.one_kernel_ok and _one_kernel(x, self.dw_weight.shape[-1]):
             return block_fwd(x, self.dw_weight, self.dw_bias, self.eps, self.fc1_weight, self.fc1_bias,
                              self.fc2_weight, self.fc2_bias)

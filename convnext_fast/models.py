@@ -230,7 +230,8 @@ class ConvNeXtBlock(FxLeafScripting, nn.Module):
         # The parameters in the dtype the block computes in (themselves unless autocast casts them).
         dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2 = [_cast_param(p, dt) for p in (
             conv.weight, conv.bias, norm.weight, norm.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias)]
-        if key in self._direct:  # a CPU inference call like one before: the kernels the routes chose then
+        if self._direct.ready(key, dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2, gamma):
+            # A CPU inference call like one before: the kernels the routes chose then.
             if one_dtype:
                 return direct_block.forward(x, dw_w, dw_b, ln_w, ln_b, norm.eps, w1, b1, w2, b2, gamma)
             return direct_block.forward_promoted(x, dt, dw_w, dw_b, ln_w, ln_b, norm.eps, w1, b1, w2, b2, gamma)

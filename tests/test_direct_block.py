@@ -118,7 +118,7 @@ def _key(x: torch.Tensor):
 def _learned(block: nn.Module, x: torch.Tensor) -> nn.Module:
     with torch.no_grad():
         block(x)
-    assert _key(x) in block._direct
+    assert block._direct.ready(_key(x))
     return block
 
 
@@ -197,13 +197,13 @@ def test_moving_the_block_forgets_its_direct_calls(direct_calls):
     block, x = _block(), _x()
     _learned(block, x)
     block.to(torch.bfloat16)
-    assert _key(x) not in block._direct
+    assert not block._direct.ready(_key(x))
     with torch.no_grad():
         out = block(x)  # float32 input, bfloat16 parameters: the route casts them
     assert direct_calls == [] and out.dtype == torch.float32
     folded = _learned(_folded(), x)
     folded.to("cpu")
-    assert _key(x) not in folded._direct
+    assert not folded._direct.ready(_key(x))
 
 
 def test_never_direct_for_grn_or_dilation(direct_calls):
@@ -212,7 +212,7 @@ def test_never_direct_for_grn_or_dilation(direct_calls):
             x = _x()
             block(x)
             block(x)
-            assert _key(x) not in block._direct
+            assert not block._direct.ready(_key(x))
     assert direct_calls == []
 
 
@@ -243,7 +243,7 @@ def test_a_block_pickled_without_the_memo_gets_one():
     with torch.no_grad():
         expected = block(x)
         fresh(x)
-        assert _key(x) in fresh._direct
+        assert fresh._direct.ready(_key(x))
         assert torch.equal(fresh(x), expected)
 
 
@@ -305,3 +305,23 @@ def test_autocast_in_place_parameter_updates_are_seen(promoted_calls):
         block._direct.clear()
         expected = block(x)  # through the routes
     assert torch.equal(out, expected)
+
+
+def test_parameters_that_need_grad_take_the_routes_in_grad_mode(direct_calls):
+    """A signature learned under no_grad, then the same input in grad mode with parameters that
+    need gradients (fine-tuning in eval mode, or a frozen block unfrozen): the routes record the
+    graph and every parameter gets its gradient."""
+    block, x = _block(), _x()
+    block.requires_grad_(False)
+    block(x)  # grad mode, nothing needs a gradient: learned
+    block(x)
+    assert len(direct_calls) == 1
+    block.requires_grad_(True)
+    block(x).sum().backward()
+    assert len(direct_calls) == 1
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
+    folded = _folded()
+    folded(x)
+    folded.fc1_weight.requires_grad_(True)
+    folded(x).sum().backward()
+    assert folded.fc1_weight.grad is not None and len(direct_calls) == 1
