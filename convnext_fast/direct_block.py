@@ -37,6 +37,7 @@ from .route import needs_reference, plain_eager
 __all__ = ["DirectCalls", "forward", "forward_promoted", "usable"]
 
 _KERNELS = "cpu"  # the backend whose kernels the direct calls run: the compiled extension's
+_MAX_SIGNATURES = 64  # per block
 
 
 class DirectCalls:
@@ -75,6 +76,8 @@ class DirectCalls:
             return
         if (dwconv_ln.resolve(x, dw_weight, ln_weight)[0] == _KERNELS
                 and mlp.resolve(x, fc1_weight, fc2_weight, x)[0] == _KERNELS):
+            if len(self._seen) >= _MAX_SIGNATURES:  # inputs of ever new sizes: start over, not grow
+                self._seen.clear()
             self._seen.add(key)
 
     def clear(self) -> None:

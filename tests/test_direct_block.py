@@ -325,3 +325,12 @@ def test_parameters_that_need_grad_take_the_routes_in_grad_mode(direct_calls):
     folded.fc1_weight.requires_grad_(True)
     folded(x).sum().backward()
     assert folded.fc1_weight.grad is not None and len(direct_calls) == 1
+
+
+def test_the_memo_stays_bounded():
+    block = _block()
+    with torch.no_grad():
+        for w in range(1, 2 + direct_block._MAX_SIGNATURES):
+            block(_x(shape=(1, C, 3, w)))
+    assert 1 <= len(block._direct._seen) <= direct_block._MAX_SIGNATURES
+    assert block._direct.ready(_key(_x(shape=(1, C, 3, 1 + direct_block._MAX_SIGNATURES))))
