@@ -13,7 +13,8 @@
 //    shortcut as fc2's post-op, on row chunks whose hidden activation (<= kHiddenChunkBytes) stays
 //    in cache between the two GEMMs (forward_onednn). The post-ops work on the fp32 accumulators:
 //    h and the output are rounded once. A layer scale or per-sample scale (the unfolded model)
-//    takes one epilogue pass after fc2.
+//    takes one epilogue pass after fc2. Under autocast (mlp_forward_promoted) each chunk's bf16
+//    output goes straight into the block's float32 residual add, while it is in cache.
 // 2. float32 otherwise (training, and large row counts, where this path is as fast or faster):
 //    the token rows are split into blocks of R rows (at::parallel_for, one block at a time per
 //    thread); per block, on transposed tiles (token index last): x.T of the block (C x R), fc1 into
@@ -655,7 +656,7 @@ template <class T>
 void forward_onednn(const Tensor& x, const Tensor& w1, const OptTensor& b1, const Tensor& w2,
                     const OptTensor& b2, const std::vector<float>& gamma, const OptTensor& shortcut, const float* s,
                     int64_t rps, const Dims& d, Tensor& out) {
-  const int64_t M = d.M, C = d.C, Hd = d.Hd;
+  const int64_t M = d.M, C = d.C;
   const bool plain_epilogue = s == nullptr && std::all_of(gamma.begin(), gamma.end(), [](float g) { return g == 1.f; });
   const OptTensor sc = shortcut ? OptTensor(shortcut->contiguous()) : OptTensor();
   onednn_chunks<T>(x, w1, b1, w2, b2, plain_epilogue ? sc : OptTensor(), d,
