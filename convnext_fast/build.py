@@ -546,4 +546,9 @@ def load(p: Optional[BuildPlan] = None, verbose: bool = False,
         if so is None:
             so = _build(p, directory, verbose, why)
             how = "compiled"
-    return _import_binary(so), p, how
+    module = _import_binary(so)
+    if how == "compiled":
+        # cpp_extension.load imported the library from its build directory, removed since, and the
+        # interpreter hands back that module: name the installed file (the same bytes) instead.
+        module.__file__ = str(so)
+    return module, p, how

@@ -28,8 +28,9 @@ NO_COMPILER = "convnext-fast-test-no-such-compiler"
 HANG_GUARD_S = 300  # only for a process that never reports: a failing test must not hang the suite
 
 # Installs the fake compile in the subprocess. argv: the real library, the mode (copy: write it;
-# slow: write its first 4096 bytes, say so, wait for a go file, write the rest; forbid: refuse to
-# compile at all), and a folder for the signal files.
+# import: write it, then import it from the build directory, as cpp_extension.load does; slow:
+# write its first 4096 bytes, say so, wait for a go file, write the rest; forbid: refuse to compile
+# at all), and a folder for the signal files.
 PRELUDE = '''
 import sys, time
 from pathlib import Path
@@ -53,6 +54,8 @@ def fake_compile(p, directory, verbose):
             while not (SIGNALS / "go").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
         f.write(data[4096:])
+    if MODE == "import":
+        build._import_binary(directory / (build.MODULE_NAME + ".so"))
 
 
 build._compile = fake_compile
@@ -177,6 +180,17 @@ def _wait_for(stream, words: str, proc: subprocess.Popen) -> str:
     proc.kill()
     out, err = proc.communicate()
     pytest.fail(f"the process never said {words!r} (exit {proc.returncode}): {seen}{err[-3000:]}{out[-1000:]}")
+
+
+def test_compiled_library_names_its_installed_file(tmp_path):
+    """A compile imports the library from its build directory (cpp_extension.load does), which the
+    build then removes: the module handed out names the installed file, which exists (``ldd`` and
+    users read it)."""
+    cache = tmp_path / "cache"
+    out = _run(LOAD, "import", tmp_path, _env(cache))
+    assert out.returncode == 0, out.stderr[-3000:]
+    how, _, path = out.stdout.split()
+    assert how == "compiled" and Path(path) == _library(cache) and Path(path).is_file(), out.stdout
 
 
 def test_process_arriving_during_a_link_waits_for_the_whole_library(tmp_path):
