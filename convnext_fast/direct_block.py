@@ -32,7 +32,7 @@ from torch import Tensor
 from . import dwconv_ln, mlp
 from .backend import implementation, requested_backend
 from .layers import _compute_dtype
-from .route import needs_reference, plain_eager
+from .route import PLAIN_TENSOR_TYPES, needs_reference, plain_eager
 
 __all__ = ["DirectCalls", "forward", "forward_promoted", "usable"]
 
@@ -87,7 +87,7 @@ class DirectCalls:
 def usable(t: Optional[Tensor], dtype: torch.dtype) -> bool:
     """Whether ``t`` (None counts) can go to the kernels of a direct call as a ``dtype`` tensor: a
     plain CPU tensor of that dtype that needs no gradient here."""
-    return t is None or (type(t) in (Tensor, torch.nn.Parameter) and t.dtype == dtype and t.is_cpu
+    return t is None or (type(t) in PLAIN_TENSOR_TYPES and t.dtype == dtype and t.is_cpu
                          and not (t.requires_grad and torch.is_grad_enabled()))
 
 

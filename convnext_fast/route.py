@@ -36,7 +36,7 @@ __all__ = ["FLOAT_DTYPES", "MAX_KERNEL_SIZE", "check_x", "check_params", "check_
 
 MAX_KERNEL_SIZE = 31
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_PLAIN = (Tensor, torch.nn.Parameter)
+PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)  # what the kernels take directly
 
 
 def check_x(op: str, x: Tensor) -> None:
@@ -107,7 +107,7 @@ def direct_ok(*tensors: Optional[Tensor]) -> bool:
     if not plain_eager():
         return False
     for t in tensors:
-        if t is not None and type(t) not in _PLAIN:
+        if t is not None and type(t) not in PLAIN_TENSOR_TYPES:
             return False
     return True
 
